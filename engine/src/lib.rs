@@ -1,0 +1,23 @@
+//! hafill engine: everything between the command line and the disk or the wire.
+//!
+//! Data flows one way through the modules: `store` (what we hold) and the
+//! peers' coverage feed `plan` (what is missing), whose segments later feed the
+//! transfer. `sim` writes synthetic recordings through the same `store` API a
+//! real recorder adapter would use.
+
+// Nothing from outside the process may panic us: errors are typed instead.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod camera;
+pub mod interval;
+pub mod plan;
+pub mod segment;
+pub mod sim;
+pub mod store;
+pub mod units;
+
+pub use camera::CameraId;
+pub use interval::IntervalSet;
+pub use segment::{Origin, SegmentMeta, SegmentState};
+pub use store::Store;
+pub use units::Timestamp;

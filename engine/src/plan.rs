@@ -1,0 +1,445 @@
+//! The gap planner: what the peers hold minus what we hold, clipped to our
+//! retention, as a list of source segments to fetch.
+//!
+//! Pure: it takes coverage already read (from local stores, or from peers
+//! over the network) and returns a plan. Where two peers hold the same
+//! segment (same camera, start, length and BLAKE3) one is chosen, spreading
+//! bytes across peers, and the others are kept as fallbacks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::camera::CameraId;
+use crate::interval::IntervalSet;
+use crate::segment::{SegmentMeta, SegmentState};
+use crate::store::{Store, StoreError};
+use crate::units::Timestamp;
+
+/// One camera's segments as one server holds them.
+pub type Holdings = BTreeMap<CameraId, Vec<SegmentMeta>>;
+
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub now: Timestamp,
+    /// Local retention: nothing that starts before `now - retention` is planned.
+    pub retention_us: u64,
+    /// Only plan within `[from, to)` where given.
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+impl PlanOptions {
+    /// The window that may be planned: retention and the requested bounds.
+    pub fn window(&self) -> (Timestamp, Timestamp) {
+        let cutoff = self
+            .now
+            .add_micros(-(self.retention_us.min(i64::MAX as u64) as i64));
+        let from = self.from.map_or(cutoff, |f| f.max(cutoff));
+        let to = self.to.unwrap_or(crate::units::MAX_TIME);
+        (from, to)
+    }
+}
+
+/// A source segment to fetch, from `peer`, or any of `fallback` if that fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedSegment {
+    pub source: SegmentMeta,
+    pub peer: String,
+    pub fallback: Vec<String>,
+}
+
+/// A run of missing time on one camera and the segments that fill it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub camera: CameraId,
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub segments: Vec<PlannedSegment>,
+}
+
+impl Gap {
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.source.len).sum()
+    }
+}
+
+/// Two peers hold different bytes for the same segment path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    pub camera: CameraId,
+    pub start: String,
+    pub chosen: String,
+    pub other: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Newest gaps first: when not everything fits, they are filled first.
+    pub gaps: Vec<Gap>,
+    pub conflicts: Vec<Conflict>,
+}
+
+impl Plan {
+    pub fn segments(&self) -> u64 {
+        self.gaps.iter().map(|g| g.segments.len() as u64).sum()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.gaps.iter().map(Gap::bytes).sum()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &PlannedSegment> {
+        self.gaps.iter().flat_map(|g| g.segments.iter())
+    }
+}
+
+/// A segment to fetch and every peer that holds exactly its bytes.
+type Candidate = (SegmentMeta, Vec<String>);
+
+/// Plans every camera any peer holds.
+///
+/// `local` counts whatever we hold in any state (complete, placeholder,
+/// partial): a placeholder is already being filled and is not a gap.
+pub fn plan(local: &Holdings, peers: &[(String, Holdings)], opts: &PlanOptions) -> Plan {
+    let (from, to) = opts.window();
+    let mut cameras: Vec<&CameraId> = peers.iter().flat_map(|(_, h)| h.keys()).collect();
+    cameras.sort();
+    cameras.dedup();
+
+    let mut out = Plan::default();
+    let mut chosen: Vec<(CameraId, Vec<Candidate>)> = Vec::new();
+    for camera in cameras {
+        let empty = Vec::new();
+        let mine = local.get(camera).unwrap_or(&empty);
+        let mut covered = IntervalSet::from_intervals(mine.iter().map(SegmentMeta::interval));
+        let taken: std::collections::HashSet<i64> = mine.iter().map(|s| s.start.0).collect();
+
+        // Candidates by start: the first peer's bytes, and every peer holding
+        // exactly those bytes.
+        let mut by_start: BTreeMap<i64, (SegmentMeta, Vec<String>)> = BTreeMap::new();
+        for (peer, holdings) in peers {
+            for s in holdings.get(camera).into_iter().flatten() {
+                if s.state != SegmentState::Complete
+                    || s.start < from
+                    || s.start >= to
+                    || taken.contains(&s.start.0)
+                {
+                    continue;
+                }
+                match by_start.get_mut(&s.start.0) {
+                    None => {
+                        by_start.insert(s.start.0, (s.clone(), vec![peer.clone()]));
+                    }
+                    Some((m, holders)) if same_bytes(m, s) => {
+                        if !holders.contains(peer) {
+                            holders.push(peer.clone());
+                        }
+                    }
+                    Some((m, holders)) => out.conflicts.push(Conflict {
+                        camera: camera.clone(),
+                        start: m.start.to_string(),
+                        chosen: holders[0].clone(),
+                        other: peer.clone(),
+                    }),
+                }
+            }
+        }
+        // Greedy cover in time order: keep a segment only if it brings time
+        // we do not hold yet (peers with differently cut segments overlap).
+        let mut keep = Vec::new();
+        for (_, (m, holders)) in by_start {
+            let (s, e) = m.interval();
+            if covered.covered_len(s, e) < (e - s) as u64 {
+                covered = covered.union(&IntervalSet::single(s, e));
+                keep.push((m, holders));
+            }
+        }
+        if !keep.is_empty() {
+            chosen.push((camera.clone(), keep));
+        }
+    }
+
+    // Spread the bytes: newest first, each segment to the holder with the
+    // fewest bytes assigned so far; the others become fallbacks in order.
+    let mut order: Vec<(usize, usize)> = chosen
+        .iter()
+        .enumerate()
+        .flat_map(|(c, (_, v))| (0..v.len()).map(move |i| (c, i)))
+        .collect();
+    order.sort_by_key(|&(c, i)| std::cmp::Reverse((chosen[c].1[i].0.start, c)));
+    let mut load: HashMap<String, u64> = HashMap::new();
+    let mut assigned: Vec<Vec<Option<PlannedSegment>>> =
+        chosen.iter().map(|(_, v)| vec![None; v.len()]).collect();
+    for (c, i) in order {
+        let (m, holders) = &chosen[c].1[i];
+        let best = holders
+            .iter()
+            .enumerate()
+            .min_by_key(|(k, p)| (load.get(*p).copied().unwrap_or(0), *k))
+            .map(|(k, _)| k)
+            .unwrap_or(0);
+        let peer = holders[best].clone();
+        *load.entry(peer.clone()).or_default() += m.len;
+        let fallback = holders
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| *k != best)
+            .map(|(_, p)| p.clone())
+            .collect();
+        assigned[c][i] = Some(PlannedSegment {
+            source: m.clone(),
+            peer,
+            fallback,
+        });
+    }
+
+    for ((camera, _), segs) in chosen.iter().zip(assigned) {
+        let mut gap: Option<Gap> = None;
+        for p in segs.into_iter().flatten() {
+            match &mut gap {
+                Some(g) if p.source.start <= g.to => {
+                    g.to = g.to.max(p.source.end());
+                    g.segments.push(p);
+                }
+                _ => {
+                    out.gaps.extend(gap.take());
+                    gap = Some(Gap {
+                        camera: camera.clone(),
+                        from: p.source.start,
+                        to: p.source.end(),
+                        segments: vec![p],
+                    });
+                }
+            }
+        }
+        out.gaps.extend(gap);
+    }
+    out.gaps
+        .sort_by(|a, b| b.to.cmp(&a.to).then_with(|| a.camera.cmp(&b.camera)));
+    out
+}
+
+fn same_bytes(a: &SegmentMeta, b: &SegmentMeta) -> bool {
+    a.len == b.len && a.blake3 == b.blake3 && a.duration_us == b.duration_us
+}
+
+/// Reads what a store holds within the window the plan may cover.
+pub fn holdings_of(
+    store: &Store,
+    cameras: Option<&[CameraId]>,
+    opts: &PlanOptions,
+) -> Result<Holdings, StoreError> {
+    let (from, to) = opts.window();
+    let list = match cameras {
+        Some(c) => c.to_vec(),
+        None => store.cameras()?,
+    };
+    let mut out = Holdings::new();
+    for c in list {
+        let segs = store.segments(&c, from, to)?;
+        if !segs.is_empty() {
+            out.insert(c, segs);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct PlannedJson<'a> {
+    #[serde(flatten)]
+    segment: crate::segment::SegmentJson<'a>,
+    peer: &'a str,
+    fallback: &'a [String],
+}
+
+#[derive(Serialize)]
+struct GapJson<'a> {
+    camera: &'a CameraId,
+    from: String,
+    to: String,
+    segments: Vec<PlannedJson<'a>>,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    segments: u64,
+    bytes: u64,
+    gaps: Vec<GapJson<'a>>,
+    conflicts: &'a [Conflict],
+}
+
+impl Plan {
+    /// The `--json` form: totals beside the gap list.
+    pub fn to_json(&self) -> serde_json::Value {
+        let j = PlanJson {
+            segments: self.segments(),
+            bytes: self.bytes(),
+            gaps: self
+                .gaps
+                .iter()
+                .map(|g| GapJson {
+                    camera: &g.camera,
+                    from: g.from.to_string(),
+                    to: g.to.to_string(),
+                    bytes: g.bytes(),
+                    segments: g
+                        .segments
+                        .iter()
+                        .map(|p| PlannedJson {
+                            segment: (&p.source).into(),
+                            peer: &p.peer,
+                            fallback: &p.fallback,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            conflicts: &self.conflicts,
+        };
+        serde_json::to_value(j).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Origin;
+
+    const MIN: i64 = 60_000_000;
+
+    fn seg(cam: &str, start_min: i64, len: u64, tag: u8) -> SegmentMeta {
+        SegmentMeta {
+            camera: CameraId::new(cam).unwrap(),
+            start: Timestamp(start_min * MIN),
+            duration_us: MIN as u64,
+            len,
+            blake3: blake3::hash(&[tag, start_min as u8]),
+            state: SegmentState::Complete,
+            origin: Origin::Local,
+        }
+    }
+
+    fn holdings(segs: Vec<SegmentMeta>) -> Holdings {
+        let mut h = Holdings::new();
+        for s in segs {
+            h.entry(s.camera.clone()).or_insert_with(Vec::new).push(s);
+        }
+        h
+    }
+
+    fn opts() -> PlanOptions {
+        PlanOptions {
+            now: Timestamp(1000 * MIN),
+            retention_us: 1000 * MIN as u64,
+            from: None,
+            to: None,
+        }
+    }
+
+    #[test]
+    fn plans_exactly_what_is_missing() {
+        let peer: Vec<_> = (0..10).map(|m| seg("a", m, 100, 0)).collect();
+        let local: Vec<_> = (0..10)
+            .filter(|m| !(3..6).contains(m))
+            .map(|m| seg("a", m, 100, 0))
+            .collect();
+        let p = plan(&holdings(local), &[("p1".into(), holdings(peer))], &opts());
+        assert_eq!(p.gaps.len(), 1);
+        assert_eq!(p.segments(), 3);
+        assert_eq!(p.bytes(), 300);
+        assert_eq!(p.gaps[0].from, Timestamp(3 * MIN));
+        assert_eq!(p.gaps[0].to, Timestamp(6 * MIN));
+    }
+
+    #[test]
+    fn retention_clips_old_segments() {
+        let peer: Vec<_> = (0..10).map(|m| seg("a", m, 100, 0)).collect();
+        let mut o = opts();
+        o.now = Timestamp(10 * MIN);
+        o.retention_us = 4 * MIN as u64;
+        let p = plan(&Holdings::new(), &[("p1".into(), holdings(peer))], &o);
+        let starts: Vec<_> = p.iter().map(|s| s.source.start.0 / MIN).collect();
+        assert_eq!(starts.len(), 4);
+        assert!(starts.iter().all(|s| *s >= 6));
+    }
+
+    #[test]
+    fn placeholders_and_partials_are_not_gaps_but_peer_placeholders_are_not_sources() {
+        let peer: Vec<_> = (0..4).map(|m| seg("a", m, 100, 0)).collect();
+        let mut ph = seg("a", 1, 100, 0);
+        ph.state = SegmentState::Placeholder;
+        let mut peer2 = vec![seg("a", 5, 100, 0)];
+        peer2[0].state = SegmentState::Placeholder;
+        let p = plan(
+            &holdings(vec![ph]),
+            &[
+                ("p1".into(), holdings(peer)),
+                ("p2".into(), holdings(peer2)),
+            ],
+            &opts(),
+        );
+        let starts: Vec<_> = p.iter().map(|s| s.source.start.0 / MIN).collect();
+        assert_eq!(starts.len(), 3);
+        assert!(!starts.contains(&1) && !starts.contains(&5));
+    }
+
+    #[test]
+    fn shared_segments_are_planned_once_with_a_fallback_and_spread() {
+        let both: Vec<_> = (0..10).map(|m| seg("a", m, 100, 0)).collect();
+        let p = plan(
+            &Holdings::new(),
+            &[
+                ("p1".into(), holdings(both.clone())),
+                ("p2".into(), holdings(both)),
+            ],
+            &opts(),
+        );
+        assert_eq!(p.segments(), 10);
+        let on_p1 = p.iter().filter(|s| s.peer == "p1").count();
+        assert_eq!(on_p1, 5);
+        for s in p.iter() {
+            assert_eq!(s.fallback.len(), 1);
+            assert_ne!(s.fallback[0], s.peer);
+        }
+    }
+
+    #[test]
+    fn peers_holding_parts_are_combined() {
+        let p1: Vec<_> = (0..5).map(|m| seg("a", m, 100, 0)).collect();
+        let p2: Vec<_> = (5..10).map(|m| seg("a", m, 100, 0)).collect();
+        let p = plan(
+            &Holdings::new(),
+            &[("p1".into(), holdings(p1)), ("p2".into(), holdings(p2))],
+            &opts(),
+        );
+        assert_eq!(p.segments(), 10);
+        assert_eq!(p.gaps.len(), 1);
+        assert!(p.iter().all(|s| s.fallback.is_empty()));
+    }
+
+    #[test]
+    fn different_bytes_for_one_segment_are_a_conflict() {
+        let p = plan(
+            &Holdings::new(),
+            &[
+                ("p1".into(), holdings(vec![seg("a", 0, 100, 1)])),
+                ("p2".into(), holdings(vec![seg("a", 0, 100, 2)])),
+            ],
+            &opts(),
+        );
+        assert_eq!(p.segments(), 1);
+        assert_eq!(p.iter().next().unwrap().peer, "p1");
+        assert_eq!(p.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn newest_gaps_come_first() {
+        let peer: Vec<_> = (0..10).map(|m| seg("a", m, 100, 0)).collect();
+        let local: Vec<_> = [0, 1, 4, 5, 8, 9]
+            .iter()
+            .map(|&m| seg("a", m, 100, 0))
+            .collect();
+        let p = plan(&holdings(local), &[("p1".into(), holdings(peer))], &opts());
+        let froms: Vec<_> = p.gaps.iter().map(|g| g.from.0 / MIN).collect();
+        assert_eq!(froms, vec![6, 2]);
+    }
+}

@@ -1,0 +1,1 @@
+//! hafill wire format, sans-IO. The transfer issue fills this crate.

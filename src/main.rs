@@ -1,0 +1,117 @@
+//! hafill: the command line. Parse, call the engine, print.
+
+// Nothing from outside the process may panic us: errors are typed instead.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod args;
+mod plan_cmd;
+mod progress;
+mod sim_cmd;
+mod store_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Backfill data mover for high-availability video-surveillance recording
+/// clusters: finds the holes in a recording timeline and fills them from
+/// peers that recorded the same cameras.
+#[derive(Debug, Parser)]
+#[command(name = "hafill", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect, verify and repair a recording store.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
+    /// Synthetic recordings for tests, benchmarks and the demo.
+    #[command(subcommand)]
+    Sim(sim_cmd::SimCommand),
+    /// Plan a backfill between stores on this machine: what the peers hold
+    /// that the local store does not.
+    Plan(plan_cmd::PlanArgs),
+}
+
+/// How a command ended, for the exit status.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Everything as asked: status 0.
+    Ok,
+    /// The command ran and found problems it reported (a mismatch, a failed
+    /// segment): status 1.
+    Problems,
+}
+
+/// A failure the user has to act on; printed as `error: ...`, status 1.
+pub type CmdResult = Result<Outcome, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    restore_sigpipe();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::from(if e.kind() == DisplayHelpOnMissingArgumentOrSubcommand {
+                    2
+                } else {
+                    0
+                });
+            }
+            // One line: what was wrong, with which argument, in which form.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("{first}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let result = match cli.command {
+        Command::Store(c) => store_cmd::run(c),
+        Command::Sim(c) => sim_cmd::run(c),
+        Command::Plan(a) => plan_cmd::run(a),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Problems) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Rust ignores SIGPIPE; a command-line tool piped into `head` should end
+/// quietly as other Unix tools do, not panic on the closed pipe.
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HAFILL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// Prints a value as pretty JSON on standard output.
+pub fn print_json(v: &impl serde::Serialize) -> Result<(), Box<dyn std::error::Error>> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

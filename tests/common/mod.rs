@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests: run the real `hafill` binary.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn hafill() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hafill"));
+    c.env("HAFILL_LOG", "warn");
+    c
+}
+
+/// Runs hafill with `args`, asserts success, returns stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = hafill().args(args).output().expect("hafill runs");
+    assert!(
+        out.status.success(),
+        "hafill {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+pub fn run(args: &[&str]) -> Output {
+    hafill().args(args).output().expect("hafill runs")
+}
+
+pub fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&run_ok(args)).expect("valid JSON")
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// A fixed hour boundary a little in the past, so relative windows stay
+/// inside the default retention and runs align.
+pub fn base_time() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    (now / 3600 - 3) * 3600
+}
+
+pub fn rfc3339(secs: i64) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("date runs");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}

@@ -43,15 +43,12 @@ pub fn run(a: PlanArgs) -> CmdResult {
         to: a.to,
     };
     let cams = (!a.camera.is_empty()).then_some(a.camera.as_slice());
-    let local = plan::holdings_of(&Store::open(&a.store)?, cams, &opts)?;
+    let local = Store::open(&a.store)?;
     let mut peers = Vec::new();
     for (name, dir) in &a.peer_store {
-        peers.push((
-            name.clone(),
-            plan::holdings_of(&Store::open(dir)?, cams, &opts)?,
-        ));
+        peers.push((name.clone(), Store::open(dir)?));
     }
-    let p = plan::plan(&local, &peers, &opts);
+    let p = plan::plan_stores(&local, &peers, cams, &opts)?;
     if a.json {
         print_json(&p.to_json())?;
         return Ok(Outcome::Ok);

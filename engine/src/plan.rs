@@ -95,50 +95,64 @@ impl Plan {
 /// A segment to fetch and every peer that holds exactly its bytes.
 type Candidate = (SegmentMeta, Vec<String>);
 
-/// Plans every camera any peer holds.
-///
-/// `local` counts whatever we hold in any state (complete, placeholder,
-/// partial): a placeholder is already being filled and is not a gap.
-pub fn plan(local: &Holdings, peers: &[(String, Holdings)], opts: &PlanOptions) -> Plan {
-    let (from, to) = opts.window();
-    let mut cameras: Vec<&CameraId> = peers.iter().flat_map(|(_, h)| h.keys()).collect();
-    cameras.sort();
-    cameras.dedup();
+/// Plans camera by camera, keeping only what it chooses, so memory follows
+/// the size of the plan, not the size of the stores.
+#[derive(Debug)]
+pub struct Planner {
+    opts: PlanOptions,
+    chosen: Vec<(CameraId, Vec<Candidate>)>,
+    conflicts: Vec<Conflict>,
+}
 
-    let mut out = Plan::default();
-    let mut chosen: Vec<(CameraId, Vec<Candidate>)> = Vec::new();
-    for camera in cameras {
-        let empty = Vec::new();
-        let mine = local.get(camera).unwrap_or(&empty);
-        let mut covered = IntervalSet::from_intervals(mine.iter().map(SegmentMeta::interval));
-        let taken: std::collections::HashSet<i64> = mine.iter().map(|s| s.start.0).collect();
+impl Planner {
+    pub fn new(opts: PlanOptions) -> Self {
+        Planner {
+            opts,
+            chosen: Vec::new(),
+            conflicts: Vec::new(),
+        }
+    }
+
+    /// Plans one camera. `local` counts whatever we hold in any state
+    /// (complete, placeholder, partial): a placeholder is already being
+    /// filled and is not a gap. Only complete peer segments are sources.
+    pub fn add_camera(
+        &mut self,
+        camera: &CameraId,
+        local: &[SegmentMeta],
+        peers: &[(&str, &[SegmentMeta])],
+    ) {
+        let (from, to) = self.opts.window();
+        let mut covered = IntervalSet::from_intervals(local.iter().map(SegmentMeta::interval));
+        let taken: std::collections::HashSet<i64> = local.iter().map(|s| s.start.0).collect();
 
         // Candidates by start: the first peer's bytes, and every peer holding
         // exactly those bytes.
-        let mut by_start: BTreeMap<i64, (SegmentMeta, Vec<String>)> = BTreeMap::new();
-        for (peer, holdings) in peers {
-            for s in holdings.get(camera).into_iter().flatten() {
+        let mut by_start: BTreeMap<i64, Candidate> = BTreeMap::new();
+        for (peer, segs) in peers {
+            for s in segs.iter() {
                 if s.state != SegmentState::Complete
                     || s.start < from
                     || s.start >= to
                     || taken.contains(&s.start.0)
+                    || covered.covered_len(s.start.0, s.end().0) == s.duration_us
                 {
                     continue;
                 }
                 match by_start.get_mut(&s.start.0) {
                     None => {
-                        by_start.insert(s.start.0, (s.clone(), vec![peer.clone()]));
+                        by_start.insert(s.start.0, (s.clone(), vec![peer.to_string()]));
                     }
                     Some((m, holders)) if same_bytes(m, s) => {
-                        if !holders.contains(peer) {
-                            holders.push(peer.clone());
+                        if !holders.iter().any(|h| h == peer) {
+                            holders.push(peer.to_string());
                         }
                     }
-                    Some((m, holders)) => out.conflicts.push(Conflict {
+                    Some((m, holders)) => self.conflicts.push(Conflict {
                         camera: camera.clone(),
                         start: m.start.to_string(),
                         chosen: holders[0].clone(),
-                        other: peer.clone(),
+                        other: peer.to_string(),
                     }),
                 }
             }
@@ -154,93 +168,133 @@ pub fn plan(local: &Holdings, peers: &[(String, Holdings)], opts: &PlanOptions) 
             }
         }
         if !keep.is_empty() {
-            chosen.push((camera.clone(), keep));
+            self.chosen.push((camera.clone(), keep));
         }
     }
 
-    // Spread the bytes: newest first, each segment to the holder with the
-    // fewest bytes assigned so far; the others become fallbacks in order.
-    let mut order: Vec<(usize, usize)> = chosen
-        .iter()
-        .enumerate()
-        .flat_map(|(c, (_, v))| (0..v.len()).map(move |i| (c, i)))
-        .collect();
-    order.sort_by_key(|&(c, i)| std::cmp::Reverse((chosen[c].1[i].0.start, c)));
-    let mut load: HashMap<String, u64> = HashMap::new();
-    let mut assigned: Vec<Vec<Option<PlannedSegment>>> =
-        chosen.iter().map(|(_, v)| vec![None; v.len()]).collect();
-    for (c, i) in order {
-        let (m, holders) = &chosen[c].1[i];
-        let best = holders
+    /// Assigns sources and groups the segments into gaps, newest first.
+    pub fn finish(self) -> Plan {
+        let Planner {
+            chosen, conflicts, ..
+        } = self;
+        // Spread the bytes: newest first, each segment to the holder with the
+        // fewest bytes assigned so far; the others become fallbacks in order.
+        let mut order: Vec<(usize, usize)> = chosen
             .iter()
             .enumerate()
-            .min_by_key(|(k, p)| (load.get(*p).copied().unwrap_or(0), *k))
-            .map(|(k, _)| k)
-            .unwrap_or(0);
-        let peer = holders[best].clone();
-        *load.entry(peer.clone()).or_default() += m.len;
-        let fallback = holders
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| *k != best)
-            .map(|(_, p)| p.clone())
+            .flat_map(|(c, (_, v))| (0..v.len()).map(move |i| (c, i)))
             .collect();
-        assigned[c][i] = Some(PlannedSegment {
-            source: m.clone(),
-            peer,
-            fallback,
-        });
-    }
+        order.sort_by_key(|&(c, i)| std::cmp::Reverse((chosen[c].1[i].0.start, c)));
+        let mut load: HashMap<String, u64> = HashMap::new();
+        let mut assigned: Vec<Vec<Option<PlannedSegment>>> =
+            chosen.iter().map(|(_, v)| vec![None; v.len()]).collect();
+        for (c, i) in order {
+            let (m, holders) = &chosen[c].1[i];
+            let best = holders
+                .iter()
+                .enumerate()
+                .min_by_key(|(k, p)| (load.get(*p).copied().unwrap_or(0), *k))
+                .map(|(k, _)| k)
+                .unwrap_or(0);
+            let peer = holders[best].clone();
+            *load.entry(peer.clone()).or_default() += m.len;
+            let fallback = holders
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != best)
+                .map(|(_, p)| p.clone())
+                .collect();
+            assigned[c][i] = Some(PlannedSegment {
+                source: m.clone(),
+                peer,
+                fallback,
+            });
+        }
 
-    for ((camera, _), segs) in chosen.iter().zip(assigned) {
-        let mut gap: Option<Gap> = None;
-        for p in segs.into_iter().flatten() {
-            match &mut gap {
-                Some(g) if p.source.start <= g.to => {
-                    g.to = g.to.max(p.source.end());
-                    g.segments.push(p);
-                }
-                _ => {
-                    out.gaps.extend(gap.take());
-                    gap = Some(Gap {
-                        camera: camera.clone(),
-                        from: p.source.start,
-                        to: p.source.end(),
-                        segments: vec![p],
-                    });
+        let mut out = Plan {
+            gaps: Vec::new(),
+            conflicts,
+        };
+        for ((camera, _), segs) in chosen.iter().zip(assigned) {
+            let mut gap: Option<Gap> = None;
+            for p in segs.into_iter().flatten() {
+                match &mut gap {
+                    Some(g) if p.source.start <= g.to => {
+                        g.to = g.to.max(p.source.end());
+                        g.segments.push(p);
+                    }
+                    _ => {
+                        out.gaps.extend(gap.take());
+                        gap = Some(Gap {
+                            camera: camera.clone(),
+                            from: p.source.start,
+                            to: p.source.end(),
+                            segments: vec![p],
+                        });
+                    }
                 }
             }
+            out.gaps.extend(gap);
         }
-        out.gaps.extend(gap);
+        out.gaps
+            .sort_by(|a, b| b.to.cmp(&a.to).then_with(|| a.camera.cmp(&b.camera)));
+        out
     }
-    out.gaps
-        .sort_by(|a, b| b.to.cmp(&a.to).then_with(|| a.camera.cmp(&b.camera)));
-    out
+}
+
+/// Plans every camera any peer holds, from coverage already in memory.
+pub fn plan(local: &Holdings, peers: &[(String, Holdings)], opts: &PlanOptions) -> Plan {
+    let mut cameras: Vec<&CameraId> = peers.iter().flat_map(|(_, h)| h.keys()).collect();
+    cameras.sort();
+    cameras.dedup();
+    let mut planner = Planner::new(opts.clone());
+    for camera in cameras {
+        let mine = local.get(camera).map(Vec::as_slice).unwrap_or_default();
+        let theirs: Vec<(&str, &[SegmentMeta])> = peers
+            .iter()
+            .filter_map(|(p, h)| h.get(camera).map(|v| (p.as_str(), v.as_slice())))
+            .collect();
+        planner.add_camera(camera, mine, &theirs);
+    }
+    planner.finish()
+}
+
+/// Plans from stores on this machine, reading one camera at a time.
+pub fn plan_stores(
+    local: &Store,
+    peers: &[(String, Store)],
+    cameras: Option<&[CameraId]>,
+    opts: &PlanOptions,
+) -> Result<Plan, StoreError> {
+    let (from, to) = opts.window();
+    let list = match cameras {
+        Some(c) => c.to_vec(),
+        None => {
+            let mut all = Vec::new();
+            for (_, s) in peers {
+                all.extend(s.cameras()?);
+            }
+            all.sort();
+            all.dedup();
+            all
+        }
+    };
+    let mut planner = Planner::new(opts.clone());
+    for camera in &list {
+        let mine = local.segments(camera, from, to)?;
+        let mut theirs = Vec::with_capacity(peers.len());
+        for (name, s) in peers {
+            theirs.push((name.as_str(), s.segments(camera, from, to)?));
+        }
+        let views: Vec<(&str, &[SegmentMeta])> =
+            theirs.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        planner.add_camera(camera, &mine, &views);
+    }
+    Ok(planner.finish())
 }
 
 fn same_bytes(a: &SegmentMeta, b: &SegmentMeta) -> bool {
     a.len == b.len && a.blake3 == b.blake3 && a.duration_us == b.duration_us
-}
-
-/// Reads what a store holds within the window the plan may cover.
-pub fn holdings_of(
-    store: &Store,
-    cameras: Option<&[CameraId]>,
-    opts: &PlanOptions,
-) -> Result<Holdings, StoreError> {
-    let (from, to) = opts.window();
-    let list = match cameras {
-        Some(c) => c.to_vec(),
-        None => store.cameras()?,
-    };
-    let mut out = Holdings::new();
-    for c in list {
-        let segs = store.segments(&c, from, to)?;
-        if !segs.is_empty() {
-            out.insert(c, segs);
-        }
-    }
-    Ok(out)
 }
 
 #[derive(Serialize)]

@@ -1,0 +1,609 @@
+//! Messages and their bodies. Every decoder checks every length against the
+//! bytes present and the protocol's limits; none can panic on any input.
+
+use crate::frame::{decode_frame, encode_frame, FrameError};
+use crate::{MAX_BLOCKS, MAX_BLOCK_SIZE, MAX_COVERAGE_RAW, MAX_RANGES, MIN_BLOCK_SIZE};
+
+/// Error codes of the `Error` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request did not decode or broke a limit.
+    BadRequest,
+    /// The peer speaks another protocol version.
+    Version,
+    /// The camera is not paired with the asking server.
+    NotPaired,
+    /// The source does not hold that segment (any more).
+    NotFound,
+    /// The source's file does not match its own index (damaged or altered).
+    SourceDamaged,
+    /// The source is at its limit of concurrent requests; retry later.
+    Busy,
+    /// Something failed on the source; the message says what.
+    Internal,
+    /// A code this build does not know.
+    Unknown(u16),
+}
+
+impl ErrorCode {
+    pub fn code(self) -> u16 {
+        match self {
+            Self::BadRequest => 1,
+            Self::Version => 2,
+            Self::NotPaired => 3,
+            Self::NotFound => 4,
+            Self::SourceDamaged => 5,
+            Self::Busy => 6,
+            Self::Internal => 7,
+            Self::Unknown(c) => c,
+        }
+    }
+    pub fn from_code(c: u16) -> Self {
+        match c {
+            1 => Self::BadRequest,
+            2 => Self::Version,
+            3 => Self::NotPaired,
+            4 => Self::NotFound,
+            5 => Self::SourceDamaged,
+            6 => Self::Busy,
+            7 => Self::Internal,
+            c => Self::Unknown(c),
+        }
+    }
+}
+
+/// Block compression asked for in a fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Off,
+    On,
+    Auto,
+}
+
+/// How one block's data is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Raw,
+    Zstd,
+}
+
+/// One complete segment a source holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoverageEntry {
+    pub camera: String,
+    pub start_us: i64,
+    pub duration_us: u64,
+    pub len: u64,
+    pub blake3: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello {
+        version: u16,
+        name: String,
+    },
+    HelloAck {
+        version: u16,
+        name: String,
+    },
+    CoverageRequest {
+        from_us: i64,
+        to_us: i64,
+        cameras: Vec<String>,
+    },
+    /// Raw length and the zstd frame; see [`encode_coverage_chunk`].
+    CoverageChunk {
+        raw_len: u32,
+        zstd: Vec<u8>,
+    },
+    CoverageEnd {
+        entries: u64,
+    },
+    FetchRequest {
+        camera: String,
+        start_us: i64,
+        block_size: u32,
+        compression: Compression,
+        /// (first block, count) ranges to send; empty means every block.
+        ranges: Vec<(u32, u32)>,
+    },
+    FetchHeader {
+        len: u64,
+        blake3: [u8; 32],
+        block_size: u32,
+        cvs: Vec<[u8; 32]>,
+    },
+    Block {
+        index: u32,
+        encoding: Encoding,
+        raw_len: u32,
+        data: Vec<u8>,
+    },
+    FetchEnd,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("unknown message type 0x{0:02x}")]
+    UnknownType(u8),
+    #[error("message 0x{ty:02x} is cut short")]
+    Short { ty: u8 },
+    #[error("message 0x{ty:02x} has {extra} bytes after its end")]
+    Trailing { ty: u8, extra: usize },
+    #[error("message 0x{ty:02x}: {what}")]
+    Invalid { ty: u8, what: &'static str },
+}
+
+pub mod types {
+    pub const HELLO: u8 = 0x01;
+    pub const HELLO_ACK: u8 = 0x02;
+    pub const COVERAGE_REQUEST: u8 = 0x10;
+    pub const COVERAGE_CHUNK: u8 = 0x11;
+    pub const COVERAGE_END: u8 = 0x12;
+    pub const FETCH_REQUEST: u8 = 0x20;
+    pub const FETCH_HEADER: u8 = 0x21;
+    pub const BLOCK: u8 = 0x22;
+    pub const FETCH_END: u8 = 0x23;
+    pub const ERROR: u8 = 0x7f;
+}
+use types::*;
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+    fn u16(&mut self, v: u16) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn i64(&mut self, v: i64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(v);
+        self
+    }
+    /// Strings longer than the field allows are cut at a char boundary:
+    /// encoders never produce undecodable frames.
+    fn str8(&mut self, s: &str) -> &mut Self {
+        let s = truncate(s, u8::MAX as usize);
+        self.u8(s.len() as u8).bytes(s.as_bytes())
+    }
+    fn str16(&mut self, s: &str) -> &mut Self {
+        let s = truncate(s, u16::MAX as usize);
+        self.u16(s.len() as u16).bytes(s.as_bytes())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+struct Reader<'a> {
+    ty: u8,
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(DecodeError::Short { ty: self.ty });
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    fn arr<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.arr()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.arr()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.arr()?))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.arr()?))
+    }
+    fn string(&mut self, n: usize) -> Result<String, DecodeError> {
+        let b = self.take(n)?;
+        std::str::from_utf8(b)
+            .map(str::to_string)
+            .map_err(|_| self.invalid("string is not UTF-8"))
+    }
+    fn str8(&mut self) -> Result<String, DecodeError> {
+        let n = self.u8()? as usize;
+        self.string(n)
+    }
+    fn str16(&mut self) -> Result<String, DecodeError> {
+        let n = self.u16()? as usize;
+        self.string(n)
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+    fn invalid(&self, what: &'static str) -> DecodeError {
+        DecodeError::Invalid { ty: self.ty, what }
+    }
+    fn end(self) -> Result<(), DecodeError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing {
+                ty: self.ty,
+                extra: self.buf.len(),
+            })
+        }
+    }
+}
+
+/// Whether `size` is a block size the protocol allows.
+pub fn valid_block_size(size: u32) -> bool {
+    size.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size)
+}
+
+/// Number of blocks of `block_size` in `len` bytes (at least one: an empty
+/// segment is one empty block).
+pub fn block_count(len: u64, block_size: u32) -> u64 {
+    len.div_ceil(block_size as u64).max(1)
+}
+
+impl Message {
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => HELLO,
+            Message::HelloAck { .. } => HELLO_ACK,
+            Message::CoverageRequest { .. } => COVERAGE_REQUEST,
+            Message::CoverageChunk { .. } => COVERAGE_CHUNK,
+            Message::CoverageEnd { .. } => COVERAGE_END,
+            Message::FetchRequest { .. } => FETCH_REQUEST,
+            Message::FetchHeader { .. } => FETCH_HEADER,
+            Message::Block { .. } => BLOCK,
+            Message::FetchEnd => FETCH_END,
+            Message::Error { .. } => ERROR,
+        }
+    }
+
+    /// Appends this message as one frame.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(Vec::new());
+        match self {
+            Message::Hello { version, name } | Message::HelloAck { version, name } => {
+                w.u16(*version).str8(name);
+            }
+            Message::CoverageRequest {
+                from_us,
+                to_us,
+                cameras,
+            } => {
+                w.i64(*from_us).i64(*to_us);
+                let n = cameras.len().min(u16::MAX as usize);
+                w.u16(n as u16);
+                for c in &cameras[..n] {
+                    w.str8(c);
+                }
+            }
+            Message::CoverageChunk { raw_len, zstd } => {
+                w.u32(*raw_len).bytes(zstd);
+            }
+            Message::CoverageEnd { entries } => {
+                w.u64(*entries);
+            }
+            Message::FetchRequest {
+                camera,
+                start_us,
+                block_size,
+                compression,
+                ranges,
+            } => {
+                w.str8(camera)
+                    .i64(*start_us)
+                    .u32(*block_size)
+                    .u8(match compression {
+                        Compression::Off => 0,
+                        Compression::On => 1,
+                        Compression::Auto => 2,
+                    });
+                let n = ranges.len().min(MAX_RANGES as usize);
+                w.u16(n as u16);
+                for (first, count) in &ranges[..n] {
+                    w.u32(*first).u32(*count);
+                }
+            }
+            Message::FetchHeader {
+                len,
+                blake3,
+                block_size,
+                cvs,
+            } => {
+                w.u64(*len)
+                    .bytes(blake3)
+                    .u32(*block_size)
+                    .u32(cvs.len() as u32);
+                for cv in cvs {
+                    w.bytes(cv);
+                }
+            }
+            Message::Block {
+                index,
+                encoding,
+                raw_len,
+                data,
+            } => {
+                w.u32(*index)
+                    .u8(match encoding {
+                        Encoding::Raw => 0,
+                        Encoding::Zstd => 1,
+                    })
+                    .u32(*raw_len)
+                    .bytes(data);
+            }
+            Message::FetchEnd => {}
+            Message::Error { code, message } => {
+                w.u16(code.code()).str16(message);
+            }
+        }
+        encode_frame(self.type_byte(), &w.0, out);
+    }
+
+    pub fn to_frame(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decodes the body of a frame of type `ty`.
+    pub fn decode(ty: u8, body: &[u8]) -> Result<Message, DecodeError> {
+        let mut r = Reader { ty, buf: body };
+        let m = match ty {
+            HELLO | HELLO_ACK => {
+                let version = r.u16()?;
+                let name = r.str8()?;
+                if ty == HELLO {
+                    Message::Hello { version, name }
+                } else {
+                    Message::HelloAck { version, name }
+                }
+            }
+            COVERAGE_REQUEST => {
+                let from_us = r.i64()?;
+                let to_us = r.i64()?;
+                let n = r.u16()?;
+                let mut cameras = Vec::with_capacity(n.min(1024) as usize);
+                for _ in 0..n {
+                    cameras.push(r.str8()?);
+                }
+                if from_us > to_us {
+                    return Err(r.invalid("coverage window ends before it starts"));
+                }
+                Message::CoverageRequest {
+                    from_us,
+                    to_us,
+                    cameras,
+                }
+            }
+            COVERAGE_CHUNK => {
+                let raw_len = r.u32()?;
+                if raw_len > MAX_COVERAGE_RAW {
+                    return Err(r.invalid("coverage chunk larger than the limit"));
+                }
+                Message::CoverageChunk {
+                    raw_len,
+                    zstd: r.rest().to_vec(),
+                }
+            }
+            COVERAGE_END => Message::CoverageEnd { entries: r.u64()? },
+            FETCH_REQUEST => {
+                let camera = r.str8()?;
+                let start_us = r.i64()?;
+                let block_size = r.u32()?;
+                if !valid_block_size(block_size) {
+                    return Err(r.invalid("block size is not a power of two from 1 KiB to 16 MiB"));
+                }
+                let compression = match r.u8()? {
+                    0 => Compression::Off,
+                    1 => Compression::On,
+                    2 => Compression::Auto,
+                    _ => return Err(r.invalid("unknown compression")),
+                };
+                let n = r.u16()?;
+                if n > MAX_RANGES {
+                    return Err(r.invalid("too many block ranges"));
+                }
+                let mut ranges = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    let first = r.u32()?;
+                    let count = r.u32()?;
+                    if count == 0 || first.checked_add(count).is_none_or(|e| e > MAX_BLOCKS) {
+                        return Err(r.invalid("block range is empty or past the limit"));
+                    }
+                    ranges.push((first, count));
+                }
+                Message::FetchRequest {
+                    camera,
+                    start_us,
+                    block_size,
+                    compression,
+                    ranges,
+                }
+            }
+            FETCH_HEADER => {
+                let len = r.u64()?;
+                let blake3 = r.arr()?;
+                let block_size = r.u32()?;
+                if !valid_block_size(block_size) {
+                    return Err(r.invalid("block size is not a power of two from 1 KiB to 16 MiB"));
+                }
+                let n = r.u32()?;
+                if n as u64 != block_count(len, block_size) || n > MAX_BLOCKS {
+                    return Err(r.invalid("block count does not match length and block size"));
+                }
+                let mut cvs = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    cvs.push(r.arr()?);
+                }
+                Message::FetchHeader {
+                    len,
+                    blake3,
+                    block_size,
+                    cvs,
+                }
+            }
+            BLOCK => {
+                let index = r.u32()?;
+                let encoding = match r.u8()? {
+                    0 => Encoding::Raw,
+                    1 => Encoding::Zstd,
+                    _ => return Err(r.invalid("unknown block encoding")),
+                };
+                let raw_len = r.u32()?;
+                if raw_len > MAX_BLOCK_SIZE {
+                    return Err(r.invalid("block larger than the largest block size"));
+                }
+                let data = r.rest().to_vec();
+                if encoding == Encoding::Raw && data.len() != raw_len as usize {
+                    return Err(r.invalid("raw block length differs from its data"));
+                }
+                Message::Block {
+                    index,
+                    encoding,
+                    raw_len,
+                    data,
+                }
+            }
+            FETCH_END => Message::FetchEnd,
+            ERROR => {
+                let code = ErrorCode::from_code(r.u16()?);
+                let message = r.str16()?;
+                Message::Error { code, message }
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        r.end()?;
+        Ok(m)
+    }
+
+    /// Decodes the first whole frame in `buf`: `Ok(None)` if more bytes are
+    /// needed, else the message and how many bytes it took.
+    pub fn decode_from(buf: &[u8]) -> Result<Option<(Message, usize)>, DecodeError> {
+        match decode_frame(buf)? {
+            None => Ok(None),
+            Some(f) => Ok(Some((Message::decode(f.ty, f.body)?, f.len))),
+        }
+    }
+}
+
+impl CoverageEntry {
+    fn encode(&self, w: &mut Writer) {
+        w.str8(&self.camera)
+            .i64(self.start_us)
+            .u64(self.duration_us)
+            .u64(self.len)
+            .bytes(&self.blake3);
+    }
+}
+
+/// Largest encoded coverage entry.
+const MAX_ENTRY_LEN: usize = 1 + 255 + 8 + 8 + 8 + 32;
+
+/// Packs entries into coverage chunks, each at most [`MAX_COVERAGE_RAW`]
+/// raw bytes, compressed with zstd.
+pub fn encode_coverage_chunks(entries: &[CoverageEntry], level: i32) -> Vec<Message> {
+    let mut out = Vec::new();
+    let mut w = Writer(Vec::new());
+    let flush = |w: &mut Writer, out: &mut Vec<Message>| {
+        if w.0.is_empty() {
+            return;
+        }
+        let raw = std::mem::take(&mut w.0);
+        let zstd = zstd::bulk::compress(&raw, level).unwrap_or_default();
+        out.push(Message::CoverageChunk {
+            raw_len: raw.len() as u32,
+            zstd,
+        });
+    };
+    for e in entries {
+        if w.0.len() + MAX_ENTRY_LEN > MAX_COVERAGE_RAW as usize {
+            flush(&mut w, &mut out);
+        }
+        e.encode(&mut w);
+    }
+    flush(&mut w, &mut out);
+    out
+}
+
+/// Unpacks a coverage chunk. The decompressed size is bounded by the
+/// declared raw length, itself bounded by [`MAX_COVERAGE_RAW`].
+pub fn decode_coverage_chunk(
+    raw_len: u32,
+    zstd_data: &[u8],
+) -> Result<Vec<CoverageEntry>, DecodeError> {
+    let invalid = |what| DecodeError::Invalid {
+        ty: COVERAGE_CHUNK,
+        what,
+    };
+    if raw_len > MAX_COVERAGE_RAW {
+        return Err(invalid("coverage chunk larger than the limit"));
+    }
+    let raw = zstd::bulk::decompress(zstd_data, raw_len as usize)
+        .map_err(|_| invalid("coverage chunk does not decompress within its declared length"))?;
+    if raw.len() != raw_len as usize {
+        return Err(invalid(
+            "coverage chunk decompresses to another length than declared",
+        ));
+    }
+    let mut r = Reader {
+        ty: COVERAGE_CHUNK,
+        buf: &raw,
+    };
+    let mut out = Vec::new();
+    while !r.buf.is_empty() {
+        out.push(CoverageEntry {
+            camera: r.str8()?,
+            start_us: r.i64()?,
+            duration_us: r.u64()?,
+            len: r.u64()?,
+            blake3: r.arr()?,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -88,3 +88,24 @@ pub fn peer_store(s: &str) -> Result<(String, PathBuf), String> {
         .ok_or("expected NAME=DIR, for example rs01=/srv/rs01/store")?;
     Ok((peer_name(name)?, existing_store(dir)?))
 }
+
+pub fn size(s: &str) -> Result<u64, String> {
+    units::parse_size(s).map_err(|e| format!("expected {}", e.expected))
+}
+
+pub fn block_size(s: &str) -> Result<u32, String> {
+    let n = size(s)?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| hafill_protocol::valid_block_size(*n))
+        .ok_or_else(|| "expected a power of two from 1KiB to 16MiB, such as 256KiB or 1MiB".into())
+}
+
+/// An existing config file.
+pub fn config_file(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if !p.is_file() {
+        return Err(format!("expected a config file (TOML); {s} is not a file"));
+    }
+    Ok(p)
+}

@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod args;
+mod net_cmd;
 mod plan_cmd;
 mod progress;
 mod sim_cmd;
@@ -34,6 +35,14 @@ enum Command {
     /// Plan a backfill between stores on this machine: what the peers hold
     /// that the local store does not.
     Plan(plan_cmd::PlanArgs),
+    /// Create this server's key pair and self-signed certificate; prints
+    /// the ID its peers pin.
+    Keygen(net_cmd::KeygenArgs),
+    /// Serve coverage and segments to the configured peers, for the cameras
+    /// paired with each.
+    Serve(net_cmd::ServeArgs),
+    /// Fetch every gap from the peers into the local store, verified.
+    Backfill(net_cmd::BackfillArgs),
 }
 
 /// How a command ended, for the exit status.
@@ -78,6 +87,9 @@ fn main() -> ExitCode {
         Command::Store(c) => store_cmd::run(c),
         Command::Sim(c) => sim_cmd::run(c),
         Command::Plan(a) => plan_cmd::run(a),
+        Command::Keygen(a) => net_cmd::keygen(a),
+        Command::Serve(a) => net_cmd::serve(a),
+        Command::Backfill(a) => net_cmd::backfill(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -8,12 +8,19 @@
 // Nothing from outside the process may panic us: errors are typed instead.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod backfill;
 pub mod camera;
+pub mod config;
+pub mod identity;
 pub mod interval;
+pub mod io;
+pub mod placeholder;
 pub mod plan;
 pub mod segment;
 pub mod sim;
 pub mod store;
+pub mod throttle;
+pub mod transfer;
 pub mod units;
 
 pub use camera::CameraId;

@@ -1,0 +1,270 @@
+//! The configuration file (TOML). Every error names the file, and where
+//! the TOML parser can, the line; relative paths resolve against the
+//! config file's folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+
+use crate::camera::CameraId;
+use crate::identity::valid_id;
+use crate::units;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    server: ServerSection,
+    #[serde(default)]
+    peer: Vec<PeerSection>,
+    #[serde(default)]
+    camera: Vec<CameraSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    name: String,
+    listen: SocketAddr,
+    store: PathBuf,
+    key: PathBuf,
+    cert: PathBuf,
+    #[serde(default = "default_retention")]
+    retention: String,
+    #[serde(default = "default_reserve")]
+    reserve: String,
+}
+
+fn default_retention() -> String {
+    "30d".into()
+}
+fn default_reserve() -> String {
+    "10GiB".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerSection {
+    name: String,
+    addr: SocketAddr,
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CameraSection {
+    id: String,
+    servers: Vec<String>,
+}
+
+/// A loaded, checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub name: String,
+    pub listen: SocketAddr,
+    pub store: PathBuf,
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub retention_us: u64,
+    pub reserve_bytes: u64,
+    pub peers: Vec<Peer>,
+    pub cameras: Vec<CameraRule>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub id: String,
+}
+
+/// Which servers record the cameras whose id matches `pattern`.
+#[derive(Debug, Clone)]
+pub struct CameraRule {
+    pub pattern: String,
+    matcher: GlobMatcher,
+    pub servers: Vec<String>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let s = file.server;
+        if !valid_name(&s.name) {
+            return Err(invalid(format!(
+                "[server] name {:?}: use 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+                s.name
+            )));
+        }
+        let retention_us = units::parse_duration_micros(&s.retention)
+            .map_err(|e| invalid(format!("[server] retention: {e}")))?;
+        let reserve_bytes =
+            units::parse_size(&s.reserve).map_err(|e| invalid(format!("[server] reserve: {e}")))?;
+        let mut names = vec![s.name.clone()];
+        let mut peers = Vec::new();
+        for p in file.peer {
+            if !valid_name(&p.name) {
+                return Err(invalid(format!(
+                    "[[peer]] name {:?}: use 1 to 64 ASCII letters, digits, '-', '_' or '.'",
+                    p.name
+                )));
+            }
+            if names.contains(&p.name) {
+                return Err(invalid(format!("[[peer]] name {:?} is used twice", p.name)));
+            }
+            if !valid_id(&p.id) {
+                return Err(invalid(format!(
+                    "[[peer]] {}: id must be the 64 lowercase hex characters `hafill keygen` printed for it",
+                    p.name
+                )));
+            }
+            names.push(p.name.clone());
+            peers.push(Peer {
+                name: p.name,
+                addr: p.addr,
+                id: p.id,
+            });
+        }
+        let mut cameras = Vec::new();
+        for c in file.camera {
+            let glob =
+                Glob::new(&c.id).map_err(|e| invalid(format!("[[camera]] id {:?}: {e}", c.id)))?;
+            for srv in &c.servers {
+                if !names.contains(srv) {
+                    return Err(invalid(format!(
+                        "[[camera]] {}: server {srv:?} is neither [server] nor a [[peer]]",
+                        c.id
+                    )));
+                }
+            }
+            cameras.push(CameraRule {
+                pattern: c.id,
+                matcher: glob.compile_matcher(),
+                servers: c.servers,
+            });
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            name: s.name,
+            listen: s.listen,
+            store: resolve(&s.store),
+            key: resolve(&s.key),
+            cert: resolve(&s.cert),
+            retention_us,
+            reserve_bytes,
+            peers,
+            cameras,
+        })
+    }
+
+    pub fn peer(&self, name: &str) -> Option<&Peer> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// The servers recording `camera`: the first `[[camera]]` rule that
+    /// matches decides.
+    pub fn servers_of(&self, camera: &CameraId) -> Option<&[String]> {
+        self.cameras
+            .iter()
+            .find(|r| r.matcher.is_match(camera.as_str()))
+            .map(|r| r.servers.as_slice())
+    }
+
+    /// Whether `camera` is paired between this server and `peer`.
+    pub fn paired_with(&self, camera: &CameraId, peer: &str) -> bool {
+        self.servers_of(camera)
+            .is_some_and(|s| s.iter().any(|x| *x == self.name) && s.iter().any(|x| x == peer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn cfg(extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[server]\nname = \"rs02\"\nlisten = \"127.0.0.1:7402\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\n\n\
+             [[peer]]\nname = \"rs01\"\naddr = \"127.0.0.1:7401\"\nid = \"{ID}\"\n{extra}"
+        );
+        Config::parse(&text, Path::new("/etc/hafill/rs02.toml"))
+    }
+
+    #[test]
+    fn loads_and_resolves_paths() {
+        let c = cfg("[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n").unwrap();
+        assert_eq!(c.store, Path::new("/etc/hafill/store"));
+        assert_eq!(c.retention_us, 30 * 86_400_000_000);
+        assert!(c.paired_with(&CameraId::new("cam-0001").unwrap(), "rs01"));
+        assert!(!c.paired_with(&CameraId::new("lobby").unwrap(), "rs01"));
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_fix() {
+        let e = cfg("[[camera]]\nid = \"cam-*\"\nservers = [\"rs09\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rs02.toml") && e.contains("rs09"), "{e}");
+        let e = Config::parse("[server]\nname = \"x\"\nlisten = 5\n", Path::new("a.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a.toml") && e.contains("line 3"), "{e}");
+        let e = cfg("[[peer]]\nname = \"rs03\"\naddr = \"127.0.0.1:1\"\nid = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hafill keygen"), "{e}");
+        let e = cfg("[[camera]]\nid = \"cam-*\"\nservers = []\nfoo = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("foo"), "{e}");
+    }
+}

@@ -1,0 +1,230 @@
+//! Positional writes into segment files: io_uring through tokio-uring, or
+//! plain `pwrite` where io_uring cannot be set up (old kernel, container
+//! seccomp). The choice is made once, at start, and reported.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    Uring,
+    Pwrite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoChoice {
+    Uring,
+    Pwrite,
+    Auto,
+}
+
+impl std::fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoBackend::Uring => "io_uring",
+            IoBackend::Pwrite => "pwrite",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IoSetupError {
+    #[error("io_uring is not available here ({0}); use --io pwrite or --io auto")]
+    UringUnavailable(io::Error),
+}
+
+/// Whether an io_uring instance can be created here (EPERM under seccomp,
+/// ENOSYS on old kernels).
+pub fn probe_uring() -> io::Result<()> {
+    tokio_uring::uring_builder().build(8).map(drop)
+}
+
+enum Op {
+    Write {
+        file: Arc<File>,
+        offset: u64,
+        data: Vec<u8>,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    Sync {
+        file: Arc<File>,
+        done: oneshot::Sender<io::Result<()>>,
+    },
+}
+
+/// Sends writes to the chosen backend. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DiskWriter {
+    backend: IoBackend,
+    tx: Option<mpsc::Sender<Op>>,
+}
+
+impl std::fmt::Debug for Op {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Op::Write { offset, data, .. } => write!(f, "Write({offset}, {})", data.len()),
+            Op::Sync { .. } => f.write_str("Sync"),
+        }
+    }
+}
+
+impl DiskWriter {
+    pub fn start(choice: IoChoice) -> Result<Self, IoSetupError> {
+        let backend = match choice {
+            IoChoice::Pwrite => IoBackend::Pwrite,
+            IoChoice::Uring => {
+                probe_uring().map_err(IoSetupError::UringUnavailable)?;
+                IoBackend::Uring
+            }
+            IoChoice::Auto => match probe_uring() {
+                Ok(()) => IoBackend::Uring,
+                Err(e) => {
+                    tracing::warn!("io_uring unavailable ({e}); writing with pwrite");
+                    IoBackend::Pwrite
+                }
+            },
+        };
+        let tx = match backend {
+            IoBackend::Pwrite => None,
+            IoBackend::Uring => {
+                let (tx, rx) = mpsc::channel::<Op>(256);
+                std::thread::Builder::new()
+                    .name("hafill-uring".into())
+                    .spawn(move || uring_thread(rx))
+                    .map_err(IoSetupError::UringUnavailable)?;
+                Some(tx)
+            }
+        };
+        Ok(DiskWriter { backend, tx })
+    }
+
+    pub fn backend(&self) -> IoBackend {
+        self.backend
+    }
+
+    /// Writes all of `data` at `offset`.
+    pub async fn write_at(&self, file: Arc<File>, offset: u64, data: Vec<u8>) -> io::Result<()> {
+        match &self.tx {
+            None => tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
+                .await
+                .map_err(io::Error::other)?,
+            Some(tx) => {
+                let (done, wait) = oneshot::channel();
+                tx.send(Op::Write {
+                    file,
+                    offset,
+                    data,
+                    done,
+                })
+                .await
+                .map_err(|_| io::Error::other("io_uring writer stopped"))?;
+                wait.await
+                    .map_err(|_| io::Error::other("io_uring writer stopped"))?
+            }
+        }
+    }
+
+    /// Makes the file's data durable.
+    pub async fn sync_data(&self, file: Arc<File>) -> io::Result<()> {
+        match &self.tx {
+            None => tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .map_err(io::Error::other)?,
+            Some(tx) => {
+                let (done, wait) = oneshot::channel();
+                tx.send(Op::Sync { file, done })
+                    .await
+                    .map_err(|_| io::Error::other("io_uring writer stopped"))?;
+                wait.await
+                    .map_err(|_| io::Error::other("io_uring writer stopped"))?
+            }
+        }
+    }
+}
+
+fn uring_thread(mut rx: mpsc::Receiver<Op>) {
+    // probe_uring succeeded just before, so setting up the runtime works.
+    tokio_uring::start(async move {
+        while let Some(op) = rx.recv().await {
+            tokio_uring::spawn(async move {
+                match op {
+                    Op::Write {
+                        file,
+                        offset,
+                        data,
+                        done,
+                    } => {
+                        let r = async {
+                            let f = tokio_uring::fs::File::from_std(file.try_clone()?);
+                            let (res, _) = f.write_all_at(data, offset).await;
+                            let closed = f.close().await;
+                            res.and(closed)
+                        }
+                        .await;
+                        let _ = done.send(r);
+                    }
+                    Op::Sync { file, done } => {
+                        let r = async {
+                            let f = tokio_uring::fs::File::from_std(file.try_clone()?);
+                            let res = f.sync_data().await;
+                            let closed = f.close().await;
+                            res.and(closed)
+                        }
+                        .await;
+                        let _ = done.send(r);
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn round_trip(choice: IoChoice) -> IoBackend {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&p)
+                .unwrap(),
+        );
+        let w = DiskWriter::start(choice).unwrap();
+        w.write_at(f.clone(), 4096, vec![7u8; 100]).await.unwrap();
+        w.write_at(f.clone(), 0, vec![1u8; 10]).await.unwrap();
+        w.sync_data(f).await.unwrap();
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(b.len(), 4196);
+        assert_eq!(&b[..10], &[1u8; 10]);
+        assert!(b[10..4096].iter().all(|x| *x == 0));
+        assert_eq!(&b[4096..], &[7u8; 100][..]);
+        w.backend()
+    }
+
+    #[tokio::test]
+    async fn pwrite_backend_writes_where_asked() {
+        assert_eq!(round_trip(IoChoice::Pwrite).await, IoBackend::Pwrite);
+    }
+
+    #[tokio::test]
+    async fn uring_backend_writes_where_asked_when_available() {
+        if probe_uring().is_err() {
+            eprintln!("skipped: io_uring unavailable here");
+            return;
+        }
+        assert_eq!(round_trip(IoChoice::Uring).await, IoBackend::Uring);
+        assert_eq!(round_trip(IoChoice::Auto).await, IoBackend::Uring);
+    }
+}

@@ -1,0 +1,277 @@
+//! Placeholders: files of the source's size at the segment's path, marked
+//! `placeholder` with the source's BLAKE3 and peer, so the timeline is whole
+//! before the bytes arrive. And the block progress of a segment being
+//! filled, which survives `kill -9`.
+//!
+//! Progress lives on the segment file as the extended attribute
+//! `user.hafill.progress`:
+//!
+//! ```text
+//! u32 LE block size | u32 LE block count n | durable bitmap | seen bitmap
+//! ```
+//!
+//! each bitmap `ceil(n / 8)` bytes, bit `i` of byte `i / 8` for block `i`.
+//! *Durable*: the block was verified and its bytes `fdatasync`ed before the
+//! bitmap was written and the file `fsync`ed. *Seen*: the block was verified
+//! and written, not yet synced; it only measures what a crash made us fetch
+//! again.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::segment::{Origin, Record, SegmentMeta, SegmentState};
+use crate::store::{read_xattr_record, sync_dir, write_xattr_record, Store, StoreError};
+
+pub const PROGRESS_XATTR: &str = "user.hafill.progress";
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates placeholders for `sources` (the peer's metadata) from `peer`,
+/// as one batch: files, then one durable index append. A file already there
+/// with the same source hash (an earlier run's placeholder or partial) is
+/// kept with its progress. Returns the placeholders' metadata.
+pub fn create(
+    store: &Store,
+    sources: &[(SegmentMeta, String)],
+) -> Result<Vec<SegmentMeta>, StoreError> {
+    let mut dirs = BTreeSet::new();
+    let mut metas = Vec::with_capacity(sources.len());
+    for (src, peer) in sources {
+        let path = store.segment_path(&src.camera, src.start);
+        let meta = SegmentMeta {
+            state: SegmentState::Placeholder,
+            origin: Origin::Peer(peer.clone()),
+            ..src.clone()
+        };
+        if let Some(existing) = read_xattr_record(&path)? {
+            if existing.blake3 == src.blake3
+                && existing.len == src.len
+                && existing.state != SegmentState::Complete
+            {
+                metas.push(SegmentMeta {
+                    state: SegmentState::Placeholder,
+                    ..existing.into_meta(src.camera.clone())
+                });
+                continue;
+            }
+            if existing.state == SegmentState::Complete {
+                // Never overwrite a complete segment.
+                continue;
+            }
+        }
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                fs::create_dir_all(dir).map_err(io_at(dir))?;
+                let mut d: &Path = dir;
+                while let Some(parent) = d.parent() {
+                    dirs.insert(parent.to_path_buf());
+                    if parent == store.root() {
+                        break;
+                    }
+                    d = parent;
+                }
+            }
+            dirs.insert(dir.to_path_buf());
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        f.set_len(src.len).map_err(io_at(&path))?;
+        write_xattr_record(&f, &path, &Record::put(&meta))?;
+        let _ = xattr::FileExt::remove_xattr(&f, PROGRESS_XATTR);
+        f.sync_all().map_err(io_at(&path))?;
+        metas.push(meta);
+    }
+    for d in &dirs {
+        sync_dir(d)?;
+    }
+    store.append_index(&metas)?;
+    Ok(metas)
+}
+
+/// Which blocks of a segment are verified and durable (and which were seen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    pub block_size: u32,
+    pub blocks: u32,
+    durable: Vec<u8>,
+    seen: Vec<u8>,
+}
+
+impl Progress {
+    pub fn new(block_size: u32, blocks: u32) -> Self {
+        let n = (blocks as usize).div_ceil(8);
+        Progress {
+            block_size,
+            blocks,
+            durable: vec![0; n],
+            seen: vec![0; n],
+        }
+    }
+
+    fn get(bits: &[u8], i: u32) -> bool {
+        bits.get(i as usize / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    fn set(bits: &mut [u8], i: u32) {
+        if let Some(b) = bits.get_mut(i as usize / 8) {
+            *b |= 1 << (i % 8);
+        }
+    }
+
+    pub fn is_durable(&self, i: u32) -> bool {
+        Self::get(&self.durable, i)
+    }
+
+    pub fn was_seen(&self, i: u32) -> bool {
+        Self::get(&self.seen, i)
+    }
+
+    pub fn mark_seen(&mut self, i: u32) {
+        Self::set(&mut self.seen, i);
+    }
+
+    pub fn mark_durable(&mut self, i: u32) {
+        Self::set(&mut self.durable, i);
+        Self::set(&mut self.seen, i);
+    }
+
+    pub fn durable_count(&self) -> u32 {
+        (0..self.blocks).filter(|i| self.is_durable(*i)).count() as u32
+    }
+
+    /// Ranges `(first, count)` of blocks not yet durable.
+    pub fn missing_ranges(&self) -> Vec<(u32, u32)> {
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        for i in 0..self.blocks {
+            if self.is_durable(i) {
+                continue;
+            }
+            match out.last_mut() {
+                Some((first, count)) if *first + *count == i => *count += 1,
+                _ => out.push((i, 1)),
+            }
+        }
+        out
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + self.durable.len() * 2);
+        v.extend_from_slice(&self.block_size.to_le_bytes());
+        v.extend_from_slice(&self.blocks.to_le_bytes());
+        v.extend_from_slice(&self.durable);
+        v.extend_from_slice(&self.seen);
+        v
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let block_size = u32::from_le_bytes(b.get(0..4)?.try_into().ok()?);
+        let blocks = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
+        let n = (blocks as usize).div_ceil(8);
+        if b.len() != 8 + 2 * n {
+            return None;
+        }
+        Some(Progress {
+            block_size,
+            blocks,
+            durable: b[8..8 + n].to_vec(),
+            seen: b[8 + n..].to_vec(),
+        })
+    }
+}
+
+pub fn read_progress(path: &Path) -> Result<Option<Progress>, StoreError> {
+    match xattr::get(path, PROGRESS_XATTR) {
+        Ok(v) => Ok(v.as_deref().and_then(Progress::decode)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_at(path)(e)),
+    }
+}
+
+/// Records blocks seen (verified and written, not synced). No fsync: this
+/// survives a process kill, which is all it is for.
+pub fn write_seen(file: &File, path: &Path, p: &Progress) -> Result<(), StoreError> {
+    xattr::FileExt::set_xattr(file, PROGRESS_XATTR, &p.encode()).map_err(io_at(path))
+}
+
+/// Records durable blocks. The caller has `fdatasync`ed their bytes first;
+/// the record says `partial` from the first durable block on.
+pub fn write_durable(
+    file: &File,
+    path: &Path,
+    meta: &SegmentMeta,
+    p: &Progress,
+) -> Result<(), StoreError> {
+    xattr::FileExt::set_xattr(file, PROGRESS_XATTR, &p.encode()).map_err(io_at(path))?;
+    let partial = SegmentMeta {
+        state: SegmentState::Partial,
+        ..meta.clone()
+    };
+    write_xattr_record(file, path, &Record::put(&partial))?;
+    file.sync_all().map_err(io_at(path))
+}
+
+/// Marks a filled segment complete on its file: the caller verified that
+/// the durable bytes hash to `meta.blake3`. The index append follows.
+pub fn mark_complete(file: &File, path: &Path, meta: &SegmentMeta) -> Result<(), StoreError> {
+    let complete = SegmentMeta {
+        state: SegmentState::Complete,
+        ..meta.clone()
+    };
+    write_xattr_record(file, path, &Record::put(&complete))?;
+    let _ = xattr::FileExt::remove_xattr(file, PROGRESS_XATTR);
+    file.sync_all().map_err(io_at(path))
+}
+
+/// The placeholder and partial segments of the store in a window: work an
+/// earlier run left, to resume.
+pub fn outstanding(
+    store: &Store,
+    from: crate::Timestamp,
+    to: crate::Timestamp,
+) -> Result<Vec<SegmentMeta>, StoreError> {
+    let mut out = Vec::new();
+    for c in store.cameras()? {
+        out.extend(
+            store
+                .segments(&c, from, to)?
+                .into_iter()
+                .filter(|s| s.state != SegmentState::Complete),
+        );
+    }
+    Ok(out)
+}
+
+pub fn segment_path(store: &Store, meta: &SegmentMeta) -> PathBuf {
+    store.segment_path(&meta.camera, meta.start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_round_trips_and_lists_missing_ranges() {
+        let mut p = Progress::new(1 << 20, 20);
+        for i in [0, 1, 2, 5, 19] {
+            p.mark_durable(i);
+        }
+        p.mark_seen(7);
+        assert_eq!(p.missing_ranges(), vec![(3, 2), (6, 13)]);
+        assert!(p.was_seen(7) && !p.is_durable(7));
+        assert_eq!(Progress::decode(&p.encode()), Some(p.clone()));
+        assert_eq!(Progress::decode(&p.encode()[1..]), None);
+        assert_eq!(p.durable_count(), 5);
+    }
+}

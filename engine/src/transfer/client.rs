@@ -1,0 +1,457 @@
+//! The fetching side: connect to a peer, ask its coverage, fetch a segment
+//! into its placeholder. Every block is verified against the segment's
+//! BLAKE3 (on the rayon pool) before it is written and counted.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use hafill_protocol::tree::{VerifiedBlock, VerifiedTree, VerifyError};
+use hafill_protocol::{
+    block_count, decode_coverage_chunk, Compression, CoverageEntry, Encoding, ErrorCode, Message,
+    MAX_BLOCK_SIZE, MAX_COVERAGE_ENTRIES, MAX_FRAME_LEN, VERSION,
+};
+
+use super::{client_config, read_message, write_message, TransferError};
+use crate::config::Peer;
+use crate::identity::Identity;
+use crate::io::DiskWriter;
+use crate::placeholder::{self, Progress};
+use crate::segment::SegmentMeta;
+use crate::store::StoreError;
+use crate::throttle::RateLimiter;
+
+/// Connects to `peer` and says hello; fails within `timeout`.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    me: &Identity,
+    my_name: &str,
+    peer: &Peer,
+    timeout: Duration,
+) -> Result<quinn::Connection, TransferError> {
+    let err = |reason: String| TransferError::Connect {
+        peer: peer.name.clone(),
+        addr: peer.addr,
+        reason,
+    };
+    let cfg = client_config(me, &peer.name, &peer.id)?;
+    let attempt = async {
+        let conn = endpoint
+            .connect_with(cfg, peer.addr, "hafill")
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(explain_connection_error(&e)))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+        write_message(
+            &mut send,
+            &Message::Hello {
+                version: VERSION,
+                name: my_name.to_string(),
+            },
+        )
+        .await?;
+        send.finish()?;
+        match read_message(&mut recv, 4096).await? {
+            Some(Message::HelloAck { version, .. }) if version == VERSION => Ok(conn),
+            Some(Message::Error { code, message }) => Err(TransferError::Remote { code, message }),
+            other => Err(TransferError::Protocol(format!(
+                "expected HelloAck, got {other:?}"
+            ))),
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(err(format!("no answer within {timeout:?}"))),
+    }
+}
+
+fn explain_connection_error(e: &quinn::ConnectionError) -> String {
+    let s = e.to_string();
+    if s.contains("certificate")
+        || s.contains("pins")
+        || s.contains("not a configured peer")
+        || s.contains("0x12")
+    {
+        format!("{s} (TLS refused: check that each side's config lists the other's ID from `hafill keygen`)")
+    } else {
+        s
+    }
+}
+
+/// Asks for the complete segments a peer holds in `[from, to)`.
+pub async fn coverage(
+    conn: &quinn::Connection,
+    from_us: i64,
+    to_us: i64,
+    cameras: Vec<String>,
+) -> Result<Vec<CoverageEntry>, TransferError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| TransferError::Connection(e, "peer".into()))?;
+    write_message(
+        &mut send,
+        &Message::CoverageRequest {
+            from_us,
+            to_us,
+            cameras,
+        },
+    )
+    .await?;
+    send.finish()?;
+    let mut out = Vec::new();
+    loop {
+        match read_message(&mut recv, MAX_FRAME_LEN).await? {
+            Some(Message::CoverageChunk { raw_len, zstd }) => {
+                out.extend(decode_coverage_chunk(raw_len, &zstd)?);
+                if out.len() as u64 > MAX_COVERAGE_ENTRIES {
+                    return Err(TransferError::Protocol(
+                        "coverage response exceeds the entry limit".into(),
+                    ));
+                }
+            }
+            Some(Message::CoverageEnd { entries }) => {
+                if entries != out.len() as u64 {
+                    return Err(TransferError::Protocol(format!(
+                        "coverage announced {entries} entries, sent {}",
+                        out.len()
+                    )));
+                }
+                return Ok(out);
+            }
+            Some(Message::Error { code, message }) => {
+                return Err(TransferError::Remote { code, message })
+            }
+            Some(other) => {
+                return Err(TransferError::Protocol(format!(
+                    "unexpected 0x{:02x} in coverage",
+                    other.type_byte()
+                )))
+            }
+            None => {
+                return Err(TransferError::Protocol(
+                    "coverage ended without CoverageEnd".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Why fetching one segment from one peer failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The peer's bytes or block list do not match the segment's BLAKE3.
+    #[error("integrity: {0}")]
+    Integrity(String),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("disk: {0}")]
+    Disk(#[from] std::io::Error),
+}
+
+impl FetchError {
+    /// Whether another attempt (another peer, or later) may succeed.
+    pub fn remote_code(&self) -> Option<ErrorCode> {
+        match self {
+            FetchError::Transfer(TransferError::Remote { code, .. }) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<VerifyError> for FetchError {
+    fn from(e: VerifyError) -> Self {
+        FetchError::Integrity(e.to_string())
+    }
+}
+
+/// What a transfer shares: counters, the writer, the rate cap.
+#[derive(Debug)]
+pub struct FetchContext {
+    pub writer: DiskWriter,
+    pub limiter: Option<RateLimiter>,
+    pub compression: Compression,
+    pub block_size: u32,
+    /// Bytes verified and written but not yet synced, per segment, before a
+    /// checkpoint makes them durable.
+    pub window: u64,
+    /// Verifications and writes in flight per segment.
+    pub pipeline: usize,
+    pub verified_bytes: AtomicU64,
+    pub wire_bytes: AtomicU64,
+    pub refetched_bytes: AtomicU64,
+}
+
+/// Fetches the missing blocks of the placeholder at `path` for `meta` (the
+/// source's length and BLAKE3) from `conn`, then re-hashes the file and
+/// marks it complete. Returns the segment, complete, for the index.
+pub async fn fetch_segment(
+    ctx: &FetchContext,
+    conn: &quinn::Connection,
+    path: PathBuf,
+    meta: &SegmentMeta,
+) -> Result<SegmentMeta, FetchError> {
+    let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
+    if file.metadata()?.len() != meta.len {
+        file.set_len(meta.len)?;
+    }
+    let mut progress = match placeholder::read_progress(&path)? {
+        Some(p) if p.blocks as u64 == block_count(meta.len, p.block_size) => p,
+        _ => Progress::new(ctx.block_size, block_count(meta.len, ctx.block_size) as u32),
+    };
+    let missing = progress.missing_ranges();
+    if !missing.is_empty() {
+        receive_blocks(ctx, conn, &file, &path, meta, &mut progress, missing).await?;
+    }
+    finish(ctx, file, path, meta, progress).await
+}
+
+async fn receive_blocks(
+    ctx: &FetchContext,
+    conn: &quinn::Connection,
+    file: &Arc<File>,
+    path: &PathBuf,
+    meta: &SegmentMeta,
+    progress: &mut Progress,
+    missing: Vec<(u32, u32)>,
+) -> Result<(), FetchError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| TransferError::Connection(e, "peer".into()))?;
+    let wanted: HashSet<u32> = missing.iter().flat_map(|&(f, c)| f..f + c).collect();
+    let request = Message::FetchRequest {
+        camera: meta.camera.as_str().to_string(),
+        start_us: meta.start.0,
+        block_size: progress.block_size,
+        compression: ctx.compression,
+        ranges: missing,
+    };
+    write_message(&mut send, &request)
+        .await
+        .map_err(FetchError::from)?;
+    send.finish().map_err(TransferError::from)?;
+
+    let tree = match read_message(&mut recv, MAX_FRAME_LEN).await? {
+        Some(Message::FetchHeader {
+            len,
+            blake3: _,
+            block_size,
+            cvs,
+        }) => {
+            if block_size != progress.block_size {
+                return Err(TransferError::Protocol(format!(
+                    "asked for {} byte blocks, got {block_size}",
+                    progress.block_size
+                ))
+                .into());
+            }
+            Arc::new(VerifiedTree::new(
+                &meta.blake3,
+                meta.len,
+                len,
+                block_size,
+                cvs,
+            )?)
+        }
+        Some(Message::Error { code, message }) => {
+            return Err(TransferError::Remote { code, message }.into())
+        }
+        other => {
+            return Err(TransferError::Protocol(format!(
+                "expected FetchHeader, got {:?}",
+                other.map(|m| m.type_byte())
+            ))
+            .into())
+        }
+    };
+
+    // Frames are read by a task of their own: a read cut off by `select!`
+    // would lose bytes mid-frame, and a channel receive is cancel-safe.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(ctx.pipeline.max(1));
+    let reader = tokio::spawn(async move {
+        loop {
+            let m = read_message(&mut recv, MAX_FRAME_LEN).await;
+            let more = matches!(m, Ok(Some(Message::Block { .. })));
+            if frames_tx.send(m).await.is_err() || !more {
+                break;
+            }
+        }
+    });
+    let _abort_reader = AbortOnDrop(reader);
+
+    let mut received: HashSet<u32> = HashSet::with_capacity(wanted.len());
+    let mut in_flight = FuturesUnordered::new();
+    let mut unsynced = 0u64;
+    let mut done = false;
+    while !done || !in_flight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                let (index, n): (u32, u64) = r?;
+                if progress.was_seen(index) {
+                    ctx.refetched_bytes.fetch_add(n, Ordering::Relaxed);
+                }
+                progress.mark_seen(index);
+                ctx.verified_bytes.fetch_add(n, Ordering::Relaxed);
+                unsynced += n;
+                placeholder::write_seen(file, path, progress)?;
+                if unsynced >= ctx.window {
+                    // Drain what is in flight so every seen block is written.
+                    while let Some(r) = in_flight.next().await {
+                        let (index, n) = r?;
+                        if progress.was_seen(index) {
+                            ctx.refetched_bytes.fetch_add(n, Ordering::Relaxed);
+                        }
+                        progress.mark_seen(index);
+                        ctx.verified_bytes.fetch_add(n, Ordering::Relaxed);
+                    }
+                    checkpoint(ctx, file, path, meta, progress, &received).await?;
+                    unsynced = 0;
+                }
+            }
+            msg = frames.recv(), if !done && in_flight.len() < ctx.pipeline => {
+                let msg = msg.unwrap_or_else(|| Err(TransferError::Protocol("the stream reader stopped".into())));
+                match msg? {
+                    Some(Message::Block { index, encoding, raw_len, data }) => {
+                        if !wanted.contains(&index) || !received.insert(index) {
+                            return Err(TransferError::Protocol(format!("block {index} was not asked for or came twice")).into());
+                        }
+                        ctx.wire_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if let Some(l) = &ctx.limiter {
+                            l.acquire(data.len() as u64).await;
+                        }
+                        in_flight.push(verify_and_write(ctx, tree.clone(), file.clone(), index, encoding, raw_len, data));
+                    }
+                    Some(Message::FetchEnd) => done = true,
+                    Some(Message::Error { code, message }) => return Err(TransferError::Remote { code, message }.into()),
+                    Some(other) => return Err(TransferError::Protocol(format!("unexpected 0x{:02x} in a fetch", other.type_byte())).into()),
+                    None => return Err(TransferError::Protocol("fetch ended without FetchEnd".into()).into()),
+                }
+            }
+        }
+    }
+    if received.len() != wanted.len() {
+        checkpoint(ctx, file, path, meta, progress, &received).await?;
+        return Err(TransferError::Protocol(format!(
+            "peer sent {} of {} blocks",
+            received.len(),
+            wanted.len()
+        ))
+        .into());
+    }
+    checkpoint(ctx, file, path, meta, progress, &received).await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Decompresses (bounded by the block size), verifies on the rayon pool,
+/// then writes. Only a verified block reaches the disk.
+async fn verify_and_write(
+    ctx: &FetchContext,
+    tree: Arc<VerifiedTree>,
+    file: Arc<File>,
+    index: u32,
+    encoding: Encoding,
+    raw_len: u32,
+    data: Vec<u8>,
+) -> Result<(u32, u64), FetchError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let r = (|| -> Result<VerifiedBlock, FetchError> {
+            let raw = match encoding {
+                Encoding::Raw => data,
+                Encoding::Zstd => {
+                    let cap = (tree.block_size() as usize).min(MAX_BLOCK_SIZE as usize);
+                    let raw = zstd::bulk::decompress(&data, cap).map_err(|e| {
+                        FetchError::Integrity(format!("block {index} does not decompress: {e}"))
+                    })?;
+                    if raw.len() != raw_len as usize {
+                        return Err(FetchError::Integrity(format!(
+                            "block {index} decompresses to {} bytes, not {raw_len}",
+                            raw.len()
+                        )));
+                    }
+                    raw
+                }
+            };
+            Ok(tree.verify_block(index, raw)?)
+        })();
+        let _ = tx.send(r);
+    });
+    let block = rx
+        .await
+        .map_err(|_| FetchError::Integrity("verification was cancelled".into()))??;
+    let n = block.data.len() as u64;
+    ctx.writer.write_at(file, block.offset, block.data).await?;
+    Ok((block.index, n))
+}
+
+/// Makes written blocks durable, then records them as such.
+async fn checkpoint(
+    ctx: &FetchContext,
+    file: &Arc<File>,
+    path: &PathBuf,
+    meta: &SegmentMeta,
+    progress: &mut Progress,
+    received: &HashSet<u32>,
+) -> Result<(), FetchError> {
+    ctx.writer.sync_data(file.clone()).await?;
+    for &i in received {
+        if progress.was_seen(i) {
+            progress.mark_durable(i);
+        }
+    }
+    let (f, p, m, pr) = (file.clone(), path.clone(), meta.clone(), progress.clone());
+    tokio::task::spawn_blocking(move || placeholder::write_durable(&f, &p, &m, &pr))
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(())
+}
+
+/// Every block is durable: re-hash the file from disk and mark it complete
+/// only if it is exactly the source's bytes.
+async fn finish(
+    _ctx: &FetchContext,
+    file: Arc<File>,
+    path: PathBuf,
+    meta: &SegmentMeta,
+    progress: Progress,
+) -> Result<SegmentMeta, FetchError> {
+    let m = meta.clone();
+    tokio::task::spawn_blocking(move || -> Result<SegmentMeta, FetchError> {
+        let mut h = blake3::Hasher::new();
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &*file);
+        h.update_reader(&mut reader)?;
+        let got = h.finalize();
+        if got != m.blake3 {
+            // Start this segment over: its bytes on disk are not the source's.
+            let fresh = Progress::new(progress.block_size, progress.blocks);
+            placeholder::write_durable(&file, &path, &m, &fresh)?;
+            return Err(FetchError::Integrity(format!(
+                "written file hashes to {got}, source says {}",
+                m.blake3
+            )));
+        }
+        placeholder::mark_complete(&file, &path, &m)?;
+        Ok(SegmentMeta {
+            state: crate::segment::SegmentState::Complete,
+            ..m
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}

@@ -1,0 +1,415 @@
+//! The serving side: answers coverage and fetch requests of configured
+//! peers, for the cameras paired with each, and nothing else.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use hafill_protocol::{
+    block_count, encode_coverage_chunks, tree, valid_block_size, Compression, CoverageEntry,
+    Encoding, ErrorCode, Message, VERSION,
+};
+use rayon::prelude::*;
+use tokio::sync::mpsc;
+
+use super::{read_message, write_message, TransferError, MAX_REQUEST_FRAME};
+use crate::camera::CameraId;
+use crate::config::Config;
+use crate::identity::id_of_cert;
+use crate::segment::SegmentState;
+use crate::store::Store;
+use crate::units::Timestamp;
+
+/// Shared by every connection of a server.
+#[derive(Debug)]
+pub struct ServerState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    /// Certificate ID to peer name.
+    pub peers: Arc<HashMap<String, String>>,
+}
+
+/// Accepts connections until the endpoint is closed.
+pub async fn run(endpoint: quinn::Endpoint, state: Arc<ServerState>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => handle_connection(conn, state).await,
+                Err(e) => tracing::warn!(%remote, "handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+fn peer_of(conn: &quinn::Connection, state: &ServerState) -> Option<String> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    let id = id_of_cert(certs.first()?).ok()?;
+    state.peers.get(&id).cloned()
+}
+
+async fn handle_connection(conn: quinn::Connection, state: Arc<ServerState>) {
+    let Some(peer) = peer_of(&conn, &state) else {
+        // The verifier already refused unknown IDs; this is belt and braces.
+        conn.close(1u32.into(), b"unknown peer");
+        return;
+    };
+    tracing::info!(%peer, remote = %conn.remote_address(), "peer connected");
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let state = state.clone();
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_stream(send, recv, &state, &peer).await {
+                        tracing::debug!(%peer, "stream ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::info!(%peer, "peer disconnected: {e}");
+                return;
+            }
+        }
+    }
+}
+
+async fn send_error(
+    send: &mut quinn::SendStream,
+    code: ErrorCode,
+    message: String,
+) -> Result<(), TransferError> {
+    write_message(send, &Message::Error { code, message }).await?;
+    send.finish()?;
+    Ok(())
+}
+
+async fn handle_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    state: &Arc<ServerState>,
+    peer: &str,
+) -> Result<(), TransferError> {
+    let req = match read_message(&mut recv, MAX_REQUEST_FRAME).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return Ok(()),
+        Err(e) => return send_error(&mut send, ErrorCode::BadRequest, e.to_string()).await,
+    };
+    match req {
+        Message::Hello { version, .. } => {
+            if version != VERSION {
+                return send_error(
+                    &mut send,
+                    ErrorCode::Version,
+                    format!("this server speaks version {VERSION}, not {version}"),
+                )
+                .await;
+            }
+            write_message(
+                &mut send,
+                &Message::HelloAck {
+                    version: VERSION,
+                    name: state.config.name.clone(),
+                },
+            )
+            .await?;
+            send.finish()?;
+        }
+        Message::CoverageRequest {
+            from_us,
+            to_us,
+            cameras,
+        } => coverage(&mut send, state, peer, from_us, to_us, cameras).await?,
+        Message::FetchRequest {
+            camera,
+            start_us,
+            block_size,
+            compression,
+            ranges,
+        } => {
+            fetch(
+                &mut send,
+                state,
+                peer,
+                camera,
+                start_us,
+                block_size,
+                compression,
+                ranges,
+            )
+            .await?
+        }
+        other => {
+            send_error(
+                &mut send,
+                ErrorCode::BadRequest,
+                format!("message 0x{:02x} is not a request", other.type_byte()),
+            )
+            .await?
+        }
+    }
+    Ok(())
+}
+
+/// Checks a camera id from the wire: a valid id, paired with the asker.
+fn paired_camera(
+    state: &ServerState,
+    peer: &str,
+    camera: &str,
+) -> Result<CameraId, (ErrorCode, String)> {
+    let id = CameraId::new(camera).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
+    if !state.config.paired_with(&id, peer) {
+        return Err((
+            ErrorCode::NotPaired,
+            format!(
+                "camera {id} is not paired between {} and {peer}",
+                state.config.name
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+async fn coverage(
+    send: &mut quinn::SendStream,
+    state: &Arc<ServerState>,
+    peer: &str,
+    from_us: i64,
+    to_us: i64,
+    cameras: Vec<String>,
+) -> Result<(), TransferError> {
+    let list: Vec<CameraId> = if cameras.is_empty() {
+        match state.store.cameras() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|c| state.config.paired_with(c, peer))
+                .collect(),
+            Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
+        }
+    } else {
+        let mut v = Vec::new();
+        for c in &cameras {
+            match paired_camera(state, peer, c) {
+                Ok(id) => v.push(id),
+                Err((code, msg)) => return send_error(send, code, msg).await,
+            }
+        }
+        v
+    };
+    let st = state.clone();
+    let entries = tokio::task::spawn_blocking(move || -> Result<Vec<CoverageEntry>, String> {
+        let mut out = Vec::new();
+        for c in &list {
+            for s in st
+                .store
+                .segments(c, Timestamp(from_us), Timestamp(to_us))
+                .map_err(|e| e.to_string())?
+            {
+                if s.state == SegmentState::Complete {
+                    out.push(CoverageEntry {
+                        camera: c.as_str().to_string(),
+                        start_us: s.start.0,
+                        duration_us: s.duration_us,
+                        len: s.len,
+                        blake3: *s.blake3.as_bytes(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| TransferError::Protocol(e.to_string()))?;
+    let entries = match entries {
+        Ok(e) => e,
+        Err(msg) => return send_error(send, ErrorCode::Internal, msg).await,
+    };
+    let n = entries.len() as u64;
+    for chunk in encode_coverage_chunks(&entries, 3) {
+        write_message(send, &chunk).await?;
+    }
+    write_message(send, &Message::CoverageEnd { entries: n }).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// Compresses a block when that pays: `Auto` first tries an 8 KiB sample.
+fn encode_block(index: u32, data: Vec<u8>, compression: Compression) -> Message {
+    let raw_len = data.len() as u32;
+    let try_zstd = match compression {
+        Compression::Off => false,
+        Compression::On => true,
+        Compression::Auto => {
+            let sample = &data[..data.len().min(8192)];
+            zstd::bulk::compress(sample, 1).is_ok_and(|z| z.len() * 100 < sample.len() * 92)
+        }
+    };
+    if try_zstd {
+        if let Ok(z) = zstd::bulk::compress(&data, 1) {
+            if compression == Compression::On || z.len() * 100 < data.len() * 95 {
+                return Message::Block {
+                    index,
+                    encoding: Encoding::Zstd,
+                    raw_len,
+                    data: z,
+                };
+            }
+        }
+    }
+    Message::Block {
+        index,
+        encoding: Encoding::Raw,
+        raw_len,
+        data,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch(
+    send: &mut quinn::SendStream,
+    state: &Arc<ServerState>,
+    peer: &str,
+    camera: String,
+    start_us: i64,
+    block_size: u32,
+    compression: Compression,
+    ranges: Vec<(u32, u32)>,
+) -> Result<(), TransferError> {
+    let camera = match paired_camera(state, peer, &camera) {
+        Ok(c) => c,
+        Err((code, msg)) => return send_error(send, code, msg).await,
+    };
+    if !valid_block_size(block_size) {
+        return send_error(
+            send,
+            ErrorCode::BadRequest,
+            format!("block size {block_size} not allowed"),
+        )
+        .await;
+    }
+    let start = Timestamp(start_us);
+    let meta = match state.store.segments(&camera, start, start.add_micros(1)) {
+        Ok(v) => v
+            .into_iter()
+            .find(|s| s.start == start && s.state == SegmentState::Complete),
+        Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
+    };
+    let Some(meta) = meta else {
+        return send_error(
+            send,
+            ErrorCode::NotFound,
+            format!("no complete segment {camera} {start}"),
+        )
+        .await;
+    };
+    let path = state.store.segment_path(&camera, start);
+    let n_blocks = block_count(meta.len, block_size);
+    // The block list: read the file once, hash its blocks in parallel, and
+    // refuse to serve a file that no longer matches its own index.
+    let header = {
+        let path = path.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(Arc<File>, Vec<[u8; 32]>), (ErrorCode, String)> {
+            let file = File::open(&path).map_err(|e| (ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if len != meta.len {
+                return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: {len} bytes on disk, index says {}", meta.len)));
+            }
+            let cvs = block_cvs_of_file(&file, meta.len, block_size).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            if tree::root_of(&cvs) != Some(meta.blake3) {
+                tracing::error!(%camera, %start, "source segment does not match its BLAKE3; not serving it");
+                return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: file on disk does not match its BLAKE3")));
+            }
+            Ok((Arc::new(file), cvs))
+        })
+        .await
+        .map_err(|e| TransferError::Protocol(e.to_string()))?
+    };
+    let (file, cvs) = match header {
+        Ok(h) => h,
+        Err((code, msg)) => return send_error(send, code, msg).await,
+    };
+    write_message(
+        send,
+        &Message::FetchHeader {
+            len: meta.len,
+            blake3: *meta.blake3.as_bytes(),
+            block_size,
+            cvs,
+        },
+    )
+    .await?;
+
+    let wanted: Vec<u32> = if ranges.is_empty() {
+        (0..n_blocks as u32).collect()
+    } else {
+        ranges
+            .iter()
+            .flat_map(|&(f, c)| f..f.saturating_add(c))
+            .filter(|i| (*i as u64) < n_blocks)
+            .collect()
+    };
+    // Disk reads and compression on a blocking thread, a few blocks ahead
+    // of the network.
+    let (tx, mut rx) = mpsc::channel::<Result<Message, String>>(4);
+    let len = meta.len;
+    tokio::task::spawn_blocking(move || {
+        for i in wanted {
+            let off = i as u64 * block_size as u64;
+            let n = (len - off.min(len)).min(block_size as u64) as usize;
+            let mut buf = vec![0u8; n];
+            let m = file
+                .read_exact_at(&mut buf, off)
+                .map(|_| encode_block(i, buf, compression))
+                .map_err(|e| e.to_string());
+            let failed = m.is_err();
+            if tx.blocking_send(m).is_err() || failed {
+                return;
+            }
+        }
+    });
+    while let Some(m) = rx.recv().await {
+        match m {
+            Ok(block) => write_message(send, &block).await?,
+            Err(e) => return send_error(send, ErrorCode::Internal, e).await,
+        }
+    }
+    write_message(send, &Message::FetchEnd).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// Chaining values of every block of a file, hashed in parallel.
+fn block_cvs_of_file(file: &File, len: u64, block_size: u32) -> std::io::Result<Vec<[u8; 32]>> {
+    let n = block_count(len, block_size);
+    if n == 1 {
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, 0)?;
+        return Ok(vec![*blake3::hash(&buf).as_bytes()]);
+    }
+    // Read in groups of blocks (about 16 MiB) and hash each group's blocks
+    // in parallel.
+    let per_group = ((16u64 << 20) / block_size as u64).max(1);
+    let mut cvs = Vec::with_capacity(n as usize);
+    let mut first = 0u64;
+    while first < n {
+        let count = per_group.min(n - first);
+        let off = first * block_size as u64;
+        let bytes = ((count * block_size as u64).min(len - off)) as usize;
+        let mut buf = vec![0u8; bytes];
+        file.read_exact_at(&mut buf, off)?;
+        let group: Vec<[u8; 32]> = buf
+            .par_chunks(block_size as usize)
+            .enumerate()
+            .map(|(k, b)| tree::block_cv((first + k as u64) as u32, block_size, b))
+            .collect();
+        cvs.extend(group);
+        first += count;
+    }
+    Ok(cvs)
+}

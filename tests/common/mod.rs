@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: run the real `hafill` binary.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

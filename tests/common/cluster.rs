@@ -1,0 +1,170 @@
+//! A cluster of real `hafill` servers on loopback: keys, configs, stores,
+//! `serve` processes (killed when dropped).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use super::{hafill, p, run_ok};
+
+pub struct Server {
+    pub name: String,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub id: String,
+}
+
+impl Server {
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("hafill.toml")
+    }
+}
+
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub servers: Vec<Server>,
+    children: Vec<Child>,
+}
+
+/// A free UDP port on loopback (bound and released: good enough for tests).
+pub fn free_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// `names` servers, each pairing every camera matching `cam-*` with all
+    /// of the others.
+    pub fn new(names: &[&str]) -> Cluster {
+        let root = tempfile::tempdir().unwrap();
+        let mut servers = Vec::new();
+        for n in names {
+            let dir = root.path().join(n);
+            let id = run_ok(&["keygen", "--out", p(&dir), "--name", n])
+                .trim()
+                .to_string();
+            servers.push(Server {
+                name: n.to_string(),
+                dir,
+                port: free_port(),
+                id,
+            });
+        }
+        let c = Cluster {
+            root,
+            servers,
+            children: Vec::new(),
+        };
+        let all: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+        for s in &c.servers {
+            c.write_config(
+                s,
+                &format!(
+                    "[[camera]]\nid = \"cam-*\"\nservers = [{}]\n",
+                    all.join(", ")
+                ),
+            );
+        }
+        c
+    }
+
+    /// Rewrites a server's config with `cameras` as its camera section.
+    pub fn write_config(&self, s: &Server, cameras: &str) {
+        let mut text = format!(
+            "[server]\nname = \"{}\"\nlisten = \"127.0.0.1:{}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nretention = \"30d\"\n\n",
+            s.name, s.port
+        );
+        for o in self.servers.iter().filter(|o| o.name != s.name) {
+            text += &format!(
+                "[[peer]]\nname = \"{}\"\naddr = \"127.0.0.1:{}\"\nid = \"{}\"\n\n",
+                o.name, o.port, o.id
+            );
+        }
+        text += cameras;
+        std::fs::write(s.config(), text).unwrap();
+    }
+
+    pub fn server(&self, name: &str) -> &Server {
+        self.servers.iter().find(|s| s.name == name).unwrap()
+    }
+
+    /// Starts `hafill serve` for `name`, its log in `serve.log`.
+    pub fn serve(&mut self, name: &str) {
+        let (dir, config) = (self.server(name).dir.clone(), self.server(name).config());
+        let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+        let child = hafill()
+            .env(
+                "HAFILL_LOG",
+                std::env::var("HAFILL_TEST_SERVE_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .args(["serve", "--config", p(&config)])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push(child);
+        // The listening socket is bound before the first log line.
+        let path = dir.join("serve.log");
+        for _ in 0..200 {
+            if std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .contains("serving")
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!(
+            "{name} did not start: {}",
+            std::fs::read_to_string(&path).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILLs every server this cluster started.
+    pub fn kill_servers(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+
+    pub fn serve_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.server(name).dir.join("serve.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Every segment file under a store, relative path to bytes' BLAKE3.
+pub fn file_hashes(store: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![store.join("segments")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "seg") {
+                let rel = e.path().strip_prefix(store).unwrap().display().to_string();
+                out.insert(
+                    rel,
+                    blake3::hash(&std::fs::read(e.path()).unwrap())
+                        .to_hex()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
+}

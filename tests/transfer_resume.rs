@@ -1,0 +1,207 @@
+//! Resume: either side killed with SIGKILL mid-transfer; the next run
+//! fetches no durable block again, only what was in flight, and the result
+//! is byte-identical.
+
+mod common;
+use common::cluster::{file_hashes, Cluster};
+use common::*;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+const STREAMS: u64 = 2;
+const WINDOW: u64 = 4 << 20;
+const BLOCK: u64 = 1 << 20;
+/// Per segment in flight: the window, the block that crossed it, and the
+/// verification pipeline (8 blocks).
+const BOUND: u64 = STREAMS * (WINDOW + 9 * BLOCK);
+
+fn setup() -> (Cluster, String) {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let (from, to) = (rfc3339(t0), rfc3339(t0 + 600));
+    let outage = format!("{}..{}", rfc3339(t0 + 60), rfc3339(t0 + 540));
+    let rec = [
+        "--cameras",
+        "4",
+        "--bitrate",
+        "8Mbit",
+        "--segment",
+        "60s",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--seed",
+        "5",
+    ];
+    run_ok(
+        &[
+            &["sim", "record", "--store", p(&c.server("rs01").store())][..],
+            &rec,
+        ]
+        .concat(),
+    );
+    run_ok(
+        &[
+            &[
+                "sim",
+                "record",
+                "--store",
+                p(&c.server("rs02").store()),
+                "--outage",
+                &outage,
+            ][..],
+            &rec,
+        ]
+        .concat(),
+    );
+    c.serve("rs01");
+    let cfg = p(&c.server("rs02").config()).to_string();
+    (c, cfg)
+}
+
+fn backfill_args(cfg: &str) -> Vec<String> {
+    [
+        "backfill",
+        "--config",
+        cfg,
+        "--json",
+        "--streams",
+        "2",
+        "--connections",
+        "1",
+        "--window",
+        "4MiB",
+        "--block-size",
+        "1MiB",
+        "--max-rate",
+        "240Mbit",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Bytes that are durable (complete segments, durable blocks), and bytes
+/// seen but not durable (what the next run fetches again).
+fn progress_of(store: &Path) -> (u64, u64) {
+    let mut durable = 0;
+    let mut at_risk = 0;
+    let mut stack = vec![store.join("segments")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if let Some(p) = xattr::get(&path, "user.hafill.progress").unwrap() {
+                let bs = u32::from_le_bytes(p[0..4].try_into().unwrap()) as u64;
+                let n = u32::from_le_bytes(p[4..8].try_into().unwrap()) as usize;
+                let bytes = n.div_ceil(8);
+                let (dur, seen) = (&p[8..8 + bytes], &p[8 + bytes..]);
+                for i in 0..n {
+                    let bit = |b: &[u8]| b[i / 8] & (1 << (i % 8)) != 0;
+                    if bit(dur) {
+                        durable += bs;
+                    } else if bit(seen) {
+                        at_risk += bs;
+                    }
+                }
+            } else if let Some(r) = xattr::get(&path, "user.hafill").unwrap() {
+                if r[58] == 1 {
+                    durable += std::fs::metadata(&path).unwrap().len();
+                }
+            }
+        }
+    }
+    (durable, at_risk)
+}
+
+#[test]
+fn the_receiver_killed_three_times_resumes_and_ends_identical() {
+    let (c, cfg) = setup();
+    let b = c.server("rs02").store();
+    let mut last_durable = progress_of(&b).0;
+    for round in 0..3 {
+        let mut child = hafill()
+            .args(backfill_args(&cfg))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill once this run has made something durable.
+        let mut waited = 0;
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            waited += 1;
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "round {round}: backfill finished before it could be killed"
+            );
+            assert!(waited < 600, "round {round}: no progress in 60 s");
+            if progress_of(&b).0 > last_durable + 8 * BLOCK {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (durable, at_risk) = progress_of(&b);
+        assert!(
+            durable > last_durable,
+            "round {round}: nothing became durable"
+        );
+        assert!(
+            at_risk <= BOUND,
+            "round {round}: {at_risk} bytes would be fetched again, bound {BOUND}"
+        );
+        last_durable = durable;
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&hafill().args(backfill_args(&cfg)).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
+    let refetched = report["refetched_bytes"].as_u64().unwrap();
+    assert!(refetched <= BOUND, "refetched {refetched} > {BOUND}");
+    assert_eq!(file_hashes(&c.server("rs01").store()), file_hashes(&b));
+    assert!(run(&["store", "verify", "--store", p(&b)]).status.success());
+}
+
+#[test]
+fn the_source_killed_mid_transfer_loses_nothing_verified() {
+    let (mut c, cfg) = setup();
+    let b = c.server("rs02").store();
+    let recorded = progress_of(&b).0;
+    let child = hafill()
+        .args(backfill_args(&cfg))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for i in 0..=600 {
+        assert!(i < 600, "no progress in 60 s");
+        if progress_of(&b).0 > recorded + 8 * BLOCK {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.kill_servers();
+    let out = child.wait_with_output().unwrap();
+    // The receiver reports what it could not make whole, and exits 1.
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!report["failed"].as_array().unwrap().is_empty());
+    let (durable, at_risk) = progress_of(&b);
+    assert!(durable > recorded && at_risk <= BOUND);
+    // Nothing incomplete is marked complete.
+    assert!(run(&["store", "verify", "--store", p(&b)]).status.success());
+
+    c.serve("rs01");
+    let report: serde_json::Value =
+        serde_json::from_slice(&hafill().args(backfill_args(&cfg)).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
+    assert!(report["refetched_bytes"].as_u64().unwrap() <= BOUND);
+    assert_eq!(file_hashes(&c.server("rs01").store()), file_hashes(&b));
+}

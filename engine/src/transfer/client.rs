@@ -45,22 +45,30 @@ pub async fn connect(
             .map_err(|e| err(e.to_string()))?
             .await
             .map_err(|e| err(explain_connection_error(&e)))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
-        write_message(
-            &mut send,
-            &Message::Hello {
+        // TLS 1.3 finishes the client's handshake before the server has
+        // judged our certificate: a refusal shows up on the first stream.
+        let hello = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| err(e.to_string()))?;
+            let hello = Message::Hello {
                 version: VERSION,
                 name: my_name.to_string(),
-            },
-        )
-        .await?;
-        send.finish()?;
-        match read_message(&mut recv, 4096).await? {
-            Some(Message::HelloAck { version, .. }) if version == VERSION => Ok(conn),
-            Some(Message::Error { code, message }) => Err(TransferError::Remote { code, message }),
-            other => Err(TransferError::Protocol(format!(
+            };
+            write_message(&mut send, &hello).await?;
+            send.finish()?;
+            read_message(&mut recv, 4096).await
+        };
+        match hello.await {
+            Ok(Some(Message::HelloAck { version, .. })) if version == VERSION => Ok(conn),
+            Ok(Some(Message::Error { code, message })) => {
+                Err(TransferError::Remote { code, message })
+            }
+            Ok(other) => Err(TransferError::Protocol(format!(
                 "expected HelloAck, got {other:?}"
             ))),
+            Err(e) => match lost_connection(&e).cloned().or_else(|| conn.close_reason()) {
+                Some(reason) => Err(err(explain_connection_error(&reason))),
+                None => Err(e),
+            },
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
@@ -70,15 +78,29 @@ pub async fn connect(
 }
 
 fn explain_connection_error(e: &quinn::ConnectionError) -> String {
-    let s = e.to_string();
-    if s.contains("certificate")
-        || s.contains("pins")
-        || s.contains("not a configured peer")
-        || s.contains("0x12")
-    {
-        format!("{s} (TLS refused: check that each side's config lists the other's ID from `hafill keygen`)")
+    // A TLS alert travels as a QUIC CRYPTO_ERROR (0x100 to 0x1ff).
+    let tls_alert = match e {
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            (0x100..0x200).contains(&u64::from(c.error_code))
+        }
+        quinn::ConnectionError::TransportError(t) => (0x100..0x200).contains(&u64::from(t.code)),
+        _ => false,
+    };
+    if tls_alert {
+        format!("{e} (TLS refused: check that each side's config lists the other's ID as printed by `hafill keygen`)")
     } else {
-        s
+        e.to_string()
+    }
+}
+
+/// The connection error behind a stream error, if the connection was lost.
+fn lost_connection(e: &TransferError) -> Option<&quinn::ConnectionError> {
+    match e {
+        TransferError::Read(quinn::ReadExactError::ReadError(
+            quinn::ReadError::ConnectionLost(c),
+        ))
+        | TransferError::Write(quinn::WriteError::ConnectionLost(c)) => Some(c),
+        _ => None,
     }
 }
 

@@ -4,6 +4,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod args;
+mod demo;
 mod net_cmd;
 mod plan_cmd;
 mod progress;
@@ -43,6 +44,9 @@ enum Command {
     Serve(net_cmd::ServeArgs),
     /// Fetch every gap from the peers into the local store, verified.
     Backfill(net_cmd::BackfillArgs),
+    /// Two servers on loopback, an outage, and the backfill that closes it,
+    /// in a temporary directory; no configuration.
+    Demo(demo::DemoArgs),
 }
 
 /// How a command ended, for the exit status.
@@ -82,7 +86,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    // The demo speaks through its summary; other commands log their progress.
+    init_logging(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let result = match cli.command {
         Command::Store(c) => store_cmd::run(c),
         Command::Sim(c) => sim_cmd::run(c),
@@ -90,6 +99,7 @@ fn main() -> ExitCode {
         Command::Keygen(a) => net_cmd::keygen(a),
         Command::Serve(a) => net_cmd::serve(a),
         Command::Backfill(a) => net_cmd::backfill(a),
+        Command::Demo(a) => demo::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
@@ -111,9 +121,9 @@ fn restore_sigpipe() {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HAFILL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("HAFILL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

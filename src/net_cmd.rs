@@ -95,7 +95,7 @@ pub struct BackfillArgs {
     #[arg(long, value_name = "TIME", value_parser = args::time, allow_hyphen_values = true)]
     until: Option<Timestamp>,
     /// Segments in flight per connection (one QUIC stream each).
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     streams: u16,
     /// QUIC connections per peer, each on its own socket.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
@@ -174,10 +174,9 @@ pub fn run_backfill(
             p.set(t.bytes_done, t.bytes_total);
         }
     }))?;
-    if let Ok(p) = Arc::try_unwrap(progress).map(|m| m.into_inner()) {
-        if let Ok(p) = p {
-            p.finish();
-        }
+    // The ticker may still hold its clone; finish through the lock.
+    if let Ok(mut p) = progress.lock() {
+        p.finish();
     }
     Ok(report)
 }

@@ -67,8 +67,8 @@ impl Progress {
         }
     }
 
-    pub fn finish(self) {
-        if let Some(b) = self.bar {
+    pub fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
     }

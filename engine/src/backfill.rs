@@ -50,7 +50,7 @@ impl Default for BackfillOptions {
             cameras: Vec::new(),
             since: None,
             until: None,
-            streams: 8,
+            streams: 4,
             connections: 2,
             block_size: 1 << 20,
             window: 16 << 20,
@@ -339,7 +339,7 @@ pub async fn backfill(
         }
         jobs.push(Job { meta: m, sources });
     }
-    jobs.sort_by(|a, b| b.meta.start.cmp(&a.meta.start));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.meta.start));
     let total_bytes: u64 = jobs.iter().map(|j| j.meta.len).sum();
     let total_segments = jobs.len() as u64;
     tracing::info!(

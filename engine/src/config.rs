@@ -221,7 +221,7 @@ impl Config {
     /// Whether `camera` is paired between this server and `peer`.
     pub fn paired_with(&self, camera: &CameraId, peer: &str) -> bool {
         self.servers_of(camera)
-            .is_some_and(|s| s.iter().any(|x| *x == self.name) && s.iter().any(|x| x == peer))
+            .is_some_and(|s| s.contains(&self.name) && s.iter().any(|x| x == peer))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +12,11 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use hafill_protocol::tree::{VerifiedBlock, VerifiedTree, VerifyError};
 use hafill_protocol::{
-    block_count, decode_coverage_chunk, Compression, CoverageEntry, Encoding, ErrorCode, Message,
-    MAX_BLOCK_SIZE, MAX_COVERAGE_ENTRIES, MAX_FRAME_LEN, VERSION,
+    block_count, decode_coverage_chunk, BlockHeader, Compression, CoverageEntry, Encoding,
+    ErrorCode, Message, MAX_BLOCK_SIZE, MAX_COVERAGE_ENTRIES, MAX_FRAME_LEN, VERSION,
 };
 
-use super::{client_config, read_message, write_message, TransferError};
+use super::{client_config, read_incoming, read_message, write_message, Incoming, TransferError};
 use crate::config::Peer;
 use crate::identity::Identity;
 use crate::io::DiskWriter;
@@ -239,7 +239,7 @@ async fn receive_blocks(
     ctx: &FetchContext,
     conn: &quinn::Connection,
     file: &Arc<File>,
-    path: &PathBuf,
+    path: &Path,
     meta: &SegmentMeta,
     progress: &mut Progress,
     missing: Vec<(u32, u32)>,
@@ -300,8 +300,8 @@ async fn receive_blocks(
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(ctx.pipeline.max(1));
     let reader = tokio::spawn(async move {
         loop {
-            let m = read_message(&mut recv, MAX_FRAME_LEN).await;
-            let more = matches!(m, Ok(Some(Message::Block { .. })));
+            let m = read_incoming(&mut recv, MAX_FRAME_LEN).await;
+            let more = matches!(m, Ok(Some(Incoming::Block(..))));
             if frames_tx.send(m).await.is_err() || !more {
                 break;
             }
@@ -342,7 +342,7 @@ async fn receive_blocks(
             msg = frames.recv(), if !done && in_flight.len() < ctx.pipeline => {
                 let msg = msg.unwrap_or_else(|| Err(TransferError::Protocol("the stream reader stopped".into())));
                 match msg? {
-                    Some(Message::Block { index, encoding, raw_len, data }) => {
+                    Some(Incoming::Block(BlockHeader { index, encoding, raw_len, .. }, data)) => {
                         if !wanted.contains(&index) || !received.insert(index) {
                             return Err(TransferError::Protocol(format!("block {index} was not asked for or came twice")).into());
                         }
@@ -352,9 +352,9 @@ async fn receive_blocks(
                         }
                         in_flight.push(verify_and_write(ctx, tree.clone(), file.clone(), index, encoding, raw_len, data));
                     }
-                    Some(Message::FetchEnd) => done = true,
-                    Some(Message::Error { code, message }) => return Err(TransferError::Remote { code, message }.into()),
-                    Some(other) => return Err(TransferError::Protocol(format!("unexpected 0x{:02x} in a fetch", other.type_byte())).into()),
+                    Some(Incoming::Message(Message::FetchEnd)) => done = true,
+                    Some(Incoming::Message(Message::Error { code, message })) => return Err(TransferError::Remote { code, message }.into()),
+                    Some(Incoming::Message(other)) => return Err(TransferError::Protocol(format!("unexpected 0x{:02x} in a fetch", other.type_byte())).into()),
                     None => return Err(TransferError::Protocol("fetch ended without FetchEnd".into()).into()),
                 }
             }
@@ -369,7 +369,14 @@ async fn receive_blocks(
         ))
         .into());
     }
-    checkpoint(ctx, file, path, meta, progress, &received).await
+    // Every block is in: make the bytes durable; `finish` re-hashes them and
+    // marks the segment complete with one fsync. (A crash before that leaves
+    // the last checkpoint, so at most the window is fetched again.)
+    ctx.writer.sync_data(file.clone()).await?;
+    for &i in &received {
+        progress.mark_durable(i);
+    }
+    Ok(())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -426,7 +433,7 @@ async fn verify_and_write(
 async fn checkpoint(
     ctx: &FetchContext,
     file: &Arc<File>,
-    path: &PathBuf,
+    path: &Path,
     meta: &SegmentMeta,
     progress: &mut Progress,
     received: &HashSet<u32>,
@@ -437,7 +444,12 @@ async fn checkpoint(
             progress.mark_durable(i);
         }
     }
-    let (f, p, m, pr) = (file.clone(), path.clone(), meta.clone(), progress.clone());
+    let (f, p, m, pr) = (
+        file.clone(),
+        path.to_path_buf(),
+        meta.clone(),
+        progress.clone(),
+    );
     tokio::task::spawn_blocking(move || placeholder::write_durable(&f, &p, &m, &pr))
         .await
         .map_err(std::io::Error::other)??;

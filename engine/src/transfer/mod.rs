@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hafill_protocol::{frame, DecodeError, ErrorCode, Message, ALPN};
+use hafill_protocol::{frame, types, BlockHeader, DecodeError, ErrorCode, Message, ALPN};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::config::Config;
@@ -63,8 +63,8 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.max_concurrent_bidi_streams(256u32.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window((16u32 << 20).into());
-    t.receive_window((256u32 << 20).into());
-    t.send_window(256 << 20);
+    t.receive_window((64u32 << 20).into());
+    t.send_window(64 << 20);
     t.keep_alive_interval(Some(Duration::from_secs(3)));
     if let Ok(idle) = Duration::from_secs(20).try_into() {
         t.max_idle_timeout(Some(idle));
@@ -185,6 +185,58 @@ pub async fn read_message(
     let mut body = vec![0u8; n];
     recv.read_exact(&mut body).await?;
     Ok(Some(Message::decode(body[0], &body[1..])?))
+}
+
+/// A frame as the receiver of blocks reads it: block data in a buffer of
+/// its own (no copy out of a frame), anything else as a message.
+#[derive(Debug)]
+pub enum Incoming {
+    Block(BlockHeader, Vec<u8>),
+    Message(Message),
+}
+
+/// Reads one frame like [`read_message`], but a `Block`'s data goes straight
+/// into its own buffer.
+pub async fn read_incoming(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<Option<Incoming>, TransferError> {
+    let mut prefix = [0u8; 5];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let n = frame::frame_len([prefix[0], prefix[1], prefix[2], prefix[3]])
+        .map_err(DecodeError::from)?;
+    if n > max {
+        return Err(TransferError::Protocol(format!(
+            "frame of {n} bytes exceeds the {max}-byte limit here"
+        )));
+    }
+    let ty = prefix[4];
+    if ty == types::BLOCK && n >= 10 {
+        let mut h = [0u8; 9];
+        recv.read_exact(&mut h).await?;
+        let header = BlockHeader::decode(n, &h)?;
+        let mut data = vec![0u8; header.data_len as usize];
+        recv.read_exact(&mut data).await?;
+        return Ok(Some(Incoming::Block(header, data)));
+    }
+    let mut body = vec![0u8; n - 1];
+    recv.read_exact(&mut body).await?;
+    Ok(Some(Incoming::Message(Message::decode(ty, &body)?)))
+}
+
+/// Sends a block without copying its data into a frame.
+pub async fn write_block(
+    send: &mut quinn::SendStream,
+    header: BlockHeader,
+    data: bytes::Bytes,
+) -> Result<(), TransferError> {
+    let mut chunks = [bytes::Bytes::copy_from_slice(&header.encode()), data];
+    send.write_all_chunks(&mut chunks).await?;
+    Ok(())
 }
 
 pub async fn write_message(send: &mut quinn::SendStream, m: &Message) -> Result<(), TransferError> {

@@ -2,24 +2,29 @@
 //! peers, for the cameras paired with each, and nothing else.
 
 use std::collections::HashMap;
+
+use bytes::Bytes;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use hafill_protocol::{
-    block_count, encode_coverage_chunks, tree, valid_block_size, Compression, CoverageEntry,
-    Encoding, ErrorCode, Message, VERSION,
+    block_count, encode_coverage_chunks, tree, valid_block_size, BlockHeader, Compression,
+    CoverageEntry, Encoding, ErrorCode, Message, VERSION,
 };
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
-use super::{read_message, write_message, TransferError, MAX_REQUEST_FRAME};
+use super::{read_message, write_block, write_message, TransferError, MAX_REQUEST_FRAME};
 use crate::camera::CameraId;
 use crate::config::Config;
 use crate::identity::id_of_cert;
 use crate::segment::SegmentState;
 use crate::store::Store;
 use crate::units::Timestamp;
+
+/// Why a request is refused: the code and message of the `Error` frame.
+type Refusal = (ErrorCode, String);
 
 /// Shared by every connection of a server.
 #[derive(Debug)]
@@ -239,7 +244,7 @@ async fn coverage(
 }
 
 /// Compresses a block when that pays: `Auto` first tries an 8 KiB sample.
-fn encode_block(index: u32, data: Vec<u8>, compression: Compression) -> Message {
+fn encode_block(index: u32, data: Bytes, compression: Compression) -> (BlockHeader, Bytes) {
     let raw_len = data.len() as u32;
     let try_zstd = match compression {
         Compression::Off => false,
@@ -252,21 +257,25 @@ fn encode_block(index: u32, data: Vec<u8>, compression: Compression) -> Message 
     if try_zstd {
         if let Ok(z) = zstd::bulk::compress(&data, 1) {
             if compression == Compression::On || z.len() * 100 < data.len() * 95 {
-                return Message::Block {
+                let header = BlockHeader {
                     index,
                     encoding: Encoding::Zstd,
                     raw_len,
-                    data: z,
+                    data_len: z.len() as u32,
                 };
+                return (header, Bytes::from(z));
             }
         }
     }
-    Message::Block {
-        index,
-        encoding: Encoding::Raw,
-        raw_len,
+    (
+        BlockHeader {
+            index,
+            encoding: Encoding::Raw,
+            raw_len,
+            data_len: raw_len,
+        },
         data,
-    }
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -309,41 +318,48 @@ async fn fetch(
     };
     let path = state.store.segment_path(&camera, start);
     let n_blocks = block_count(meta.len, block_size);
-    // The block list: read the file once, hash its blocks in parallel, and
-    // refuse to serve a file that no longer matches its own index.
+    // The block list: read the file (once, when it fits in memory), hash its
+    // blocks in parallel, and refuse to serve a file that no longer matches
+    // its own index.
     let header = {
         let path = path.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || -> Result<(Arc<File>, Vec<[u8; 32]>), (ErrorCode, String)> {
+        tokio::task::spawn_blocking(move || -> Result<(Source, Vec<[u8; 32]>), Refusal> {
             let file = File::open(&path).map_err(|e| (ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             if len != meta.len {
                 return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: {len} bytes on disk, index says {}", meta.len)));
             }
-            let cvs = block_cvs_of_file(&file, meta.len, block_size).map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+            let internal = |e: std::io::Error| (ErrorCode::Internal, e.to_string());
+            let (source, cvs) = if len <= IN_MEMORY_MAX {
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, 0).map_err(internal)?;
+                let cvs = block_cvs_parallel(&buf, block_size);
+                (Source::Memory(Bytes::from(buf)), cvs)
+            } else {
+                let cvs = block_cvs_of_file(&file, meta.len, block_size).map_err(internal)?;
+                (Source::File(file), cvs)
+            };
             if tree::root_of(&cvs) != Some(meta.blake3) {
                 tracing::error!(%camera, %start, "source segment does not match its BLAKE3; not serving it");
                 return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: file on disk does not match its BLAKE3")));
             }
-            Ok((Arc::new(file), cvs))
+            Ok((source, cvs))
         })
         .await
         .map_err(|e| TransferError::Protocol(e.to_string()))?
     };
-    let (file, cvs) = match header {
+    let (source, cvs) = match header {
         Ok(h) => h,
         Err((code, msg)) => return send_error(send, code, msg).await,
     };
-    write_message(
-        send,
-        &Message::FetchHeader {
-            len: meta.len,
-            blake3: *meta.blake3.as_bytes(),
-            block_size,
-            cvs,
-        },
-    )
-    .await?;
+    let header = Message::FetchHeader {
+        len: meta.len,
+        blake3: *meta.blake3.as_bytes(),
+        block_size,
+        cvs,
+    };
+    write_message(send, &header).await?;
 
     let wanted: Vec<u32> = if ranges.is_empty() {
         (0..n_blocks as u32).collect()
@@ -354,19 +370,24 @@ async fn fetch(
             .filter(|i| (*i as u64) < n_blocks)
             .collect()
     };
-    // Disk reads and compression on a blocking thread, a few blocks ahead
-    // of the network.
-    let (tx, mut rx) = mpsc::channel::<Result<Message, String>>(4);
+    // Slicing (or reading) and compression on a blocking thread, a few
+    // blocks ahead of the network; block data is sent without copying.
+    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes), String>>(4);
     let len = meta.len;
     tokio::task::spawn_blocking(move || {
         for i in wanted {
             let off = i as u64 * block_size as u64;
             let n = (len - off.min(len)).min(block_size as u64) as usize;
-            let mut buf = vec![0u8; n];
-            let m = file
-                .read_exact_at(&mut buf, off)
-                .map(|_| encode_block(i, buf, compression))
-                .map_err(|e| e.to_string());
+            let data = match &source {
+                Source::Memory(all) => Ok(all.slice(off as usize..off as usize + n)),
+                Source::File(file) => {
+                    let mut buf = vec![0u8; n];
+                    file.read_exact_at(&mut buf, off)
+                        .map(|_| Bytes::from(buf))
+                        .map_err(|e| e.to_string())
+                }
+            };
+            let m = data.map(|d| encode_block(i, d, compression));
             let failed = m.is_err();
             if tx.blocking_send(m).is_err() || failed {
                 return;
@@ -375,13 +396,33 @@ async fn fetch(
     });
     while let Some(m) = rx.recv().await {
         match m {
-            Ok(block) => write_message(send, &block).await?,
+            Ok((header, data)) => write_block(send, header, data).await?,
             Err(e) => return send_error(send, ErrorCode::Internal, e).await,
         }
     }
     write_message(send, &Message::FetchEnd).await?;
     send.finish()?;
     Ok(())
+}
+
+/// Segments up to this size are read once into memory and served from
+/// there; larger ones are hashed in a first pass and read block by block.
+const IN_MEMORY_MAX: u64 = 64 << 20;
+
+/// Where a fetch's blocks come from.
+enum Source {
+    Memory(Bytes),
+    File(File),
+}
+
+fn block_cvs_parallel(data: &[u8], block_size: u32) -> Vec<[u8; 32]> {
+    if block_count(data.len() as u64, block_size) == 1 {
+        return vec![*blake3::hash(data).as_bytes()];
+    }
+    data.par_chunks(block_size as usize)
+        .enumerate()
+        .map(|(k, b)| tree::block_cv(k as u32, block_size, b))
+        .collect()
 }
 
 /// Chaining values of every block of a file, hashed in parallel.

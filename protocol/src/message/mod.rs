@@ -273,6 +273,65 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Bytes of a `Block` frame before its data: length, type, index, encoding,
+/// raw length.
+pub const BLOCK_FRAME_HEADER_LEN: usize = 4 + 1 + 4 + 1 + 4;
+
+/// The fields of a `Block` frame before its data, so a sender can send the
+/// data without copying it into a frame and a receiver can read it straight
+/// into its own buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockHeader {
+    pub index: u32,
+    pub encoding: Encoding,
+    pub raw_len: u32,
+    pub data_len: u32,
+}
+
+impl BlockHeader {
+    /// The frame prefix of a block carrying `data_len` bytes.
+    pub fn encode(&self) -> [u8; BLOCK_FRAME_HEADER_LEN] {
+        let mut h = [0u8; BLOCK_FRAME_HEADER_LEN];
+        h[0..4].copy_from_slice(&(self.data_len + 10).to_le_bytes());
+        h[4] = BLOCK;
+        h[5..9].copy_from_slice(&self.index.to_le_bytes());
+        h[9] = match self.encoding {
+            Encoding::Raw => 0,
+            Encoding::Zstd => 1,
+        };
+        h[10..14].copy_from_slice(&self.raw_len.to_le_bytes());
+        h
+    }
+
+    /// Decodes the 9 body bytes after the type byte of a `Block` frame of
+    /// `frame_len` (type and body), checking them as [`Message::decode`] does.
+    pub fn decode(frame_len: usize, b: &[u8; 9]) -> Result<Self, DecodeError> {
+        let invalid = |what| DecodeError::Invalid { ty: BLOCK, what };
+        let data_len = frame_len
+            .checked_sub(10)
+            .ok_or(DecodeError::Short { ty: BLOCK })?;
+        let index = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let encoding = match b[4] {
+            0 => Encoding::Raw,
+            1 => Encoding::Zstd,
+            _ => return Err(invalid("unknown block encoding")),
+        };
+        let raw_len = u32::from_le_bytes([b[5], b[6], b[7], b[8]]);
+        if raw_len > MAX_BLOCK_SIZE {
+            return Err(invalid("block larger than the largest block size"));
+        }
+        if encoding == Encoding::Raw && data_len != raw_len as usize {
+            return Err(invalid("raw block length differs from its data"));
+        }
+        Ok(BlockHeader {
+            index,
+            encoding,
+            raw_len,
+            data_len: data_len as u32,
+        })
+    }
+}
+
 /// Whether `size` is a block size the protocol allows.
 pub fn valid_block_size(size: u32) -> bool {
     size.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&size)

@@ -88,6 +88,34 @@ fn golden_block_and_error() {
 }
 
 #[test]
+fn block_header_matches_the_block_frame() {
+    let m = Message::Block {
+        index: 9,
+        encoding: Encoding::Zstd,
+        raw_len: 4096,
+        data: vec![1, 2, 3],
+    };
+    let f = m.to_frame();
+    let h = BlockHeader {
+        index: 9,
+        encoding: Encoding::Zstd,
+        raw_len: 4096,
+        data_len: 3,
+    };
+    assert_eq!(&f[..BLOCK_FRAME_HEADER_LEN], &h.encode());
+    let n = u32::from_le_bytes(f[..4].try_into().unwrap()) as usize;
+    assert_eq!(BlockHeader::decode(n, f[5..14].try_into().unwrap()), Ok(h));
+    let bad = BlockHeader {
+        index: 1,
+        encoding: Encoding::Raw,
+        raw_len: 5,
+        data_len: 3,
+    }
+    .encode();
+    assert!(BlockHeader::decode(13, bad[5..14].try_into().unwrap()).is_err());
+}
+
+#[test]
 fn limits_are_enforced() {
     // A frame longer than the maximum is refused before it is read.
     let mut big = ((crate::MAX_FRAME_LEN + 1) as u32).to_le_bytes().to_vec();

@@ -480,6 +480,8 @@ pub async fn backfill(
     ticker.abort();
     for cs in conns.values() {
         for c in cs {
+            let s = c.stats();
+            tracing::debug!(mtu = s.path.current_mtu, rtt = ?s.path.rtt, lost = s.path.lost_packets, sent = s.path.sent_packets, "connection");
             c.close(0u32.into(), b"done");
         }
     }

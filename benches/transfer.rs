@@ -153,9 +153,14 @@ fn loopback(c: &mut Criterion) {
     let c2 = Config::load(&dir.path().join("rs02/hafill.toml")).expect("config");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(backfill::serve(c1, async {
-        let _ = stopped.await;
-    }));
+    let server = rt.spawn(backfill::serve(
+        c1.clone(),
+        None,
+        std::sync::Arc::new(std::sync::RwLock::new(c1.throttle.clone())),
+        async {
+            let _ = stopped.await;
+        },
+    ));
 
     let mut g = c.benchmark_group("loopback");
     g.sample_size(10);

@@ -134,9 +134,14 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let config2 = Config::load(&c2)?;
     let rt = tokio::runtime::Runtime::new()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(backfill::serve(config1, async {
-        let _ = stop_rx.await;
-    }));
+    let server = rt.spawn(backfill::serve(
+        config1.clone(),
+        None,
+        Arc::new(std::sync::RwLock::new(config1.throttle.clone())),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let started = Instant::now();
     println!("== rs02 backfills from rs01 over QUIC on 127.0.0.1:{p1}");
     let report = run_backfill(&config2, &BackfillOptions::default(), false);

@@ -5,6 +5,7 @@
 
 mod args;
 mod demo;
+mod gate_cmd;
 mod net_cmd;
 mod plan_cmd;
 mod progress;
@@ -44,6 +45,9 @@ enum Command {
     Serve(net_cmd::ServeArgs),
     /// Fetch every gap from the peers into the local store, verified.
     Backfill(net_cmd::BackfillArgs),
+    /// Boot-time gate: plan and create placeholders (each peer under a
+    /// deadline), start the recording service, backfill in the background.
+    Gate(gate_cmd::GateArgs),
     /// Two servers on loopback, an outage, and the backfill that closes it,
     /// in a temporary directory; no configuration.
     Demo(demo::DemoArgs),
@@ -92,6 +96,15 @@ fn main() -> ExitCode {
     } else {
         "info"
     });
+    if let Command::Gate(a) = cli.command {
+        return match gate_cmd::run(a) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let result = match cli.command {
         Command::Store(c) => store_cmd::run(c),
         Command::Sim(c) => sim_cmd::run(c),
@@ -100,6 +113,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => net_cmd::serve(a),
         Command::Backfill(a) => net_cmd::backfill(a),
         Command::Demo(a) => demo::run(a),
+        Command::Gate(_) => unreachable!("handled above"),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -7,6 +7,8 @@ use clap::{Args, ValueEnum};
 use hafill_engine::backfill::{self, BackfillOptions, BackfillReport};
 use hafill_engine::config::Config;
 use hafill_engine::io::IoChoice;
+use hafill_engine::throttle::governor::SharedThrottle;
+use hafill_engine::transfer::Congestion;
 use hafill_engine::units::{format_bytes, Timestamp};
 use hafill_engine::{identity, CameraId};
 use hafill_protocol::Compression;
@@ -40,11 +42,41 @@ pub struct ServeArgs {
     /// The server's config file.
     #[arg(long, value_name = "FILE", value_parser = args::config_file)]
     config: PathBuf,
+    /// Backfill by itself at start and then this often: plan against every
+    /// peer and fetch what is missing (equilibrium both ways).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = args::duration_us)]
+    scrub_every: u64,
+    /// Only serve; never backfill by itself.
+    #[arg(long)]
+    no_scrub: bool,
+    /// Congestion controller for what this server sends (overrides
+    /// `[server] congestion`): ledbat yields to live streams.
+    #[arg(long, value_enum)]
+    congestion: Option<CongestionArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CongestionArg {
+    Ledbat,
+    Cubic,
+    Bbr,
 }
 
 pub fn serve(a: ServeArgs) -> CmdResult {
-    let config = Arc::new(Config::load(&a.config)?);
+    let scrub_every =
+        (!a.no_scrub).then(|| std::time::Duration::from_micros(a.scrub_every.max(1_000_000)));
+    let mut config = Config::load(&a.config)?;
+    if let Some(c) = a.congestion {
+        config.congestion = match c {
+            CongestionArg::Ledbat => Congestion::Ledbat,
+            CongestionArg::Cubic => Congestion::Cubic,
+            CongestionArg::Bbr => Congestion::Bbr,
+        };
+    }
+    let config = Arc::new(config);
+    let throttle = Arc::new(std::sync::RwLock::new(config.throttle.clone()));
     let rt = tokio::runtime::Runtime::new()?;
+    rt.spawn(reload_on_sighup(a.config.clone(), throttle.clone()));
     rt.block_on(async move {
         let shutdown = async {
             let mut term =
@@ -58,9 +90,34 @@ pub fn serve(a: ServeArgs) -> CmdResult {
             }
             tracing::info!("shutting down");
         };
-        backfill::serve(config, shutdown).await
+        backfill::serve(config, scrub_every, throttle, shutdown).await
     })?;
     Ok(Outcome::Ok)
+}
+
+/// On SIGHUP, re-reads the config and applies its `[throttle]` section to
+/// the running daemon (transfers in flight keep going at the new rates); a
+/// config that does not load is reported and the old one kept.
+async fn reload_on_sighup(path: PathBuf, throttle: SharedThrottle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(c) => {
+                match throttle.write() {
+                    Ok(mut t) => *t = c.throttle,
+                    Err(p) => *p.into_inner() = c.throttle,
+                }
+                tracing::info!(
+                    "SIGHUP: reloaded [throttle] from {} (other sections apply at restart)",
+                    path.display()
+                );
+            }
+            Err(e) => tracing::error!("SIGHUP: {e}; keeping the running config"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -107,9 +164,16 @@ pub struct BackfillArgs {
     /// (what a crash may fetch again).
     #[arg(long, value_name = "SIZE", default_value = "16MiB", value_parser = args::size)]
     window: u64,
-    /// Cap on the receive rate.
+    /// Cap on the receive rate (on top of the config's `[throttle]`).
     #[arg(long, value_name = "RATE", value_parser = args::bitrate)]
     max_rate: Option<u64>,
+    /// Cap on the disk write rate, bytes per second (`80MiB`).
+    #[arg(long, value_name = "SIZE", value_parser = args::size)]
+    max_disk_rate: Option<u64>,
+    /// No adaptive disk control: write as fast as the caps allow, even
+    /// when the store device is busy with live recording.
+    #[arg(long)]
+    no_adaptive: bool,
     /// zstd per block: auto compresses a block only where that pays.
     #[arg(long, value_enum, default_value = "auto")]
     compress: CompressArg,
@@ -133,6 +197,8 @@ pub fn backfill(a: BackfillArgs) -> CmdResult {
         block_size: a.block_size,
         window: a.window,
         max_rate: a.max_rate.map(|bits| bits / 8),
+        max_disk_rate: a.max_disk_rate,
+        adaptive_disk: a.no_adaptive.then_some(false),
         compression: match a.compress {
             CompressArg::Auto => Compression::Auto,
             CompressArg::On => Compression::On,
@@ -151,11 +217,13 @@ pub fn backfill(a: BackfillArgs) -> CmdResult {
     } else {
         print_report(&report);
     }
-    Ok(if report.failed.is_empty() {
-        Outcome::Ok
-    } else {
-        Outcome::Problems
-    })
+    Ok(
+        if report.failed.is_empty() && report.no_room_segments == 0 {
+            Outcome::Ok
+        } else {
+            Outcome::Problems
+        },
+    )
 }
 
 /// Runs a backfill with a progress bar (or log lines) on its own runtime.
@@ -194,6 +262,13 @@ pub fn print_report(r: &BackfillReport) {
             f.start,
             f.peers.join(","),
             f.reason
+        );
+    }
+    if r.no_room_segments > 0 {
+        println!(
+            "NO ROOM for {} segments ({}): the free-space reserve for live recording would be crossed; the oldest gaps wait until space frees up",
+            r.no_room_segments,
+            format_bytes(r.no_room_bytes)
         );
     }
     println!(

@@ -4,7 +4,7 @@
 //! `coverage -> plan -> placeholders -> fetch (verify, write) -> commit`
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use crate::placeholder;
 use crate::plan::{PlanOptions, Planner};
 use crate::segment::{Origin, SegmentMeta, SegmentState};
 use crate::store::{Store, StoreError};
-use crate::throttle::RateLimiter;
+use crate::throttle::governor::{self, Rates, SharedThrottle};
+use crate::throttle::schedule::Limits;
 use crate::transfer::client::{self, FetchContext};
 use crate::transfer::{client_endpoint, TransferError};
 use crate::units::Timestamp;
@@ -36,11 +37,19 @@ pub struct BackfillOptions {
     pub connections: usize,
     pub block_size: u32,
     pub window: u64,
-    /// Cap on received bytes per second.
+    /// Cap on received bytes per second (on top of the config's).
     pub max_rate: Option<u64>,
+    /// Cap on written bytes per second (on top of the config's).
+    pub max_disk_rate: Option<u64>,
+    /// Overrides the config's `[throttle] adaptive_disk`.
+    pub adaptive_disk: Option<bool>,
+    /// The daemon's throttle config, swapped on SIGHUP; None: the config's.
+    pub live_throttle: Option<SharedThrottle>,
     pub compression: Compression,
     pub io: IoChoice,
     pub connect_timeout: Duration,
+    /// Placeholders as holes instead of allocated space.
+    pub sparse: bool,
 }
 
 impl Default for BackfillOptions {
@@ -55,9 +64,13 @@ impl Default for BackfillOptions {
             block_size: 1 << 20,
             window: 16 << 20,
             max_rate: None,
+            max_disk_rate: None,
+            adaptive_disk: None,
+            live_throttle: None,
             compression: Compression::Auto,
             io: IoChoice::Auto,
             connect_timeout: Duration::from_secs(10),
+            sparse: false,
         }
     }
 }
@@ -105,6 +118,9 @@ pub struct BackfillReport {
     pub planned_segments: u64,
     pub planned_bytes: u64,
     pub placeholders_created: u64,
+    /// Gaps left without a placeholder: they would have crossed the reserve.
+    pub no_room_segments: u64,
+    pub no_room_bytes: u64,
     /// Seconds from start until every planned gap had its placeholder.
     pub placeholders_seconds: f64,
     pub failed: Vec<Failure>,
@@ -127,207 +143,266 @@ struct Job {
     sources: Vec<String>,
 }
 
-pub async fn backfill(
-    config: &Config,
-    opts: &BackfillOptions,
-    on_tick: impl Fn(Tick) + Send + Sync + 'static,
-) -> Result<BackfillReport, BackfillError> {
-    let t0 = Instant::now();
-    let me = Arc::new(identity::load(&config.cert, &config.key)?);
-    let store = Arc::new(Store::open_writer(&config.store, true)?);
-    let writer = DiskWriter::start(opts.io)?;
-    tracing::info!(io = %writer.backend(), "writing with {}", writer.backend());
+/// Connections to the peers and what a backfill needs around them.
+#[derive(Debug)]
+pub struct Session {
+    config: Config,
+    opts: BackfillOptions,
+    store: Arc<Store>,
+    writer: DiskWriter,
+    endpoints: Vec<quinn::Endpoint>,
+    conns: HashMap<String, Vec<quinn::Connection>>,
+    statuses: Vec<PeerStatus>,
+}
 
-    for p in &opts.peers {
-        if config.peer(p).is_none() {
-            return Err(BackfillError::UnknownPeer(p.clone()));
-        }
-    }
-    let peers: Vec<_> = config
-        .peers
-        .iter()
-        .filter(|p| opts.peers.is_empty() || opts.peers.contains(&p.name))
-        .cloned()
-        .collect();
+/// The work a session found: placeholders made, segments to fetch.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    jobs: Vec<Job>,
+    holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+    pub planned_segments: u64,
+    pub planned_bytes: u64,
+    pub placeholders_created: u64,
+    pub no_room_segments: u64,
+    pub no_room_bytes: u64,
+    /// Seconds from the session's start until the placeholders were in.
+    pub placeholders_seconds: f64,
+}
 
-    // One endpoint per connection: each has its own socket and driver, so
-    // connections spread over cores.
-    let connections = opts.connections.max(1);
-    let mut endpoints = Vec::new();
-    for _ in 0..connections {
-        let near = peers.first().map(|p| p.addr).unwrap_or(config.listen);
-        endpoints.push(client_endpoint(near)?);
+impl Prepared {
+    pub fn jobs(&self) -> usize {
+        self.jobs.len()
     }
-    let mut conns: HashMap<String, Vec<quinn::Connection>> = HashMap::new();
-    let mut statuses = Vec::new();
-    let attempts = peers.iter().map(|p| {
-        let endpoints = endpoints.clone();
-        let me = me.clone();
-        let name = config.name.clone();
-        let p = p.clone();
-        let timeout = opts.connect_timeout;
-        async move {
-            let mut cs = Vec::new();
-            for ep in &endpoints {
-                cs.push(client::connect(ep, &me, &name, &p, timeout).await?);
-            }
-            Ok::<_, TransferError>((p, cs))
-        }
-    });
-    let results = futures::future::join_all(attempts).await;
-    for (r, p) in results.into_iter().zip(&peers) {
-        match r {
-            Ok((p, cs)) => {
-                conns.insert(p.name.clone(), cs);
-            }
-            Err(e) => {
-                tracing::warn!(peer = %p.name, "skipped: {e}");
-                statuses.push(PeerStatus {
-                    peer: p.name.clone(),
-                    connected: false,
-                    error: Some(e.to_string()),
-                    segments_offered: 0,
-                });
+}
+
+/// What fetching did.
+#[derive(Debug)]
+struct Fetched {
+    segments: u64,
+    bytes: u64,
+    failed: Vec<Failure>,
+}
+
+impl Session {
+    /// Opens the store, starts the disk writer, and connects to the peers
+    /// (in parallel, each under `opts.connect_timeout`); a peer that does
+    /// not answer is recorded and skipped.
+    pub async fn connect(
+        config: &Config,
+        opts: &BackfillOptions,
+    ) -> Result<Session, BackfillError> {
+        let me = Arc::new(identity::load(&config.cert, &config.key)?);
+        let store = Arc::new(Store::open_writer(&config.store, true)?);
+        let writer = DiskWriter::start(opts.io)?;
+        tracing::info!(io = %writer.backend(), "writing with {}", writer.backend());
+        for p in &opts.peers {
+            if config.peer(p).is_none() {
+                return Err(BackfillError::UnknownPeer(p.clone()));
             }
         }
-    }
-
-    // Coverage from every connected peer, for the cameras paired with it.
-    let now = Timestamp::now();
-    let plan_opts = PlanOptions {
-        now,
-        retention_us: config.retention_us,
-        from: opts.since,
-        to: opts.until,
-    };
-    let (from, to) = plan_opts.window();
-    let to = to.min(now.add_micros(86_400_000_000));
-    let mut holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> = BTreeMap::new();
-    for p in &peers {
-        let Some(cs) = conns.get(&p.name) else {
-            continue;
-        };
-        let cams: Vec<String> = opts
-            .cameras
+        let peers: Vec<_> = config
+            .peers
             .iter()
-            .map(|c| c.as_str().to_string())
+            .filter(|p| opts.peers.is_empty() || opts.peers.contains(&p.name))
+            .cloned()
             .collect();
-        match client::coverage(&cs[0], from.0, to.0, cams).await {
-            Ok(entries) => {
-                let mut n = 0;
-                let mut by_cam: BTreeMap<CameraId, Vec<SegmentMeta>> = BTreeMap::new();
-                for e in entries {
-                    // Names from the wire are checked before they go near a path,
-                    // and only cameras we pair with this peer are taken.
-                    let Ok(camera) = CameraId::new(e.camera.clone()) else {
-                        tracing::warn!(peer = %p.name, "ignored coverage of an invalid camera id {:?}", e.camera);
-                        continue;
-                    };
-                    if !config.paired_with(&camera, &p.name)
-                        || e.duration_us > crate::store::MAX_SEGMENT_DURATION_US
-                    {
-                        continue;
-                    }
-                    n += 1;
-                    by_cam.entry(camera.clone()).or_default().push(SegmentMeta {
-                        camera,
-                        start: Timestamp(e.start_us),
-                        duration_us: e.duration_us,
-                        len: e.len,
-                        blake3: blake3::Hash::from_bytes(e.blake3),
-                        state: SegmentState::Complete,
-                        origin: Origin::Peer(p.name.clone()),
+        // One endpoint per connection: each has its own socket and driver,
+        // so connections spread over cores.
+        let connections = opts.connections.max(1);
+        let mut endpoints = Vec::new();
+        for _ in 0..connections {
+            let near = peers.first().map(|p| p.addr).unwrap_or(config.listen);
+            endpoints.push(client_endpoint(near)?);
+        }
+        let attempts = peers.iter().map(|p| {
+            let (endpoints, me, name, p) = (
+                endpoints.clone(),
+                me.clone(),
+                config.name.clone(),
+                p.clone(),
+            );
+            let timeout = opts.connect_timeout;
+            async move {
+                let mut cs = Vec::new();
+                for ep in &endpoints {
+                    cs.push(client::connect(ep, &me, &name, &p, timeout).await?);
+                }
+                Ok::<_, TransferError>(cs)
+            }
+        });
+        let results = futures::future::join_all(attempts).await;
+        let mut conns = HashMap::new();
+        let mut statuses = Vec::new();
+        for (r, p) in results.into_iter().zip(&peers) {
+            match r {
+                Ok(cs) => {
+                    conns.insert(p.name.clone(), cs);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %p.name, "skipped: {e}");
+                    statuses.push(PeerStatus {
+                        peer: p.name.clone(),
+                        connected: false,
+                        error: Some(e.to_string()),
+                        segments_offered: 0,
                     });
                 }
-                for (c, mut segs) in by_cam {
-                    segs.sort_by_key(|s| s.start);
-                    holdings.entry(c).or_default().push((p.name.clone(), segs));
-                }
-                statuses.push(PeerStatus {
-                    peer: p.name.clone(),
-                    connected: true,
-                    error: None,
-                    segments_offered: n,
-                });
-            }
-            Err(e) => {
-                tracing::warn!(peer = %p.name, "coverage failed: {e}");
-                conns.remove(&p.name);
-                statuses.push(PeerStatus {
-                    peer: p.name.clone(),
-                    connected: false,
-                    error: Some(e.to_string()),
-                    segments_offered: 0,
-                });
             }
         }
-    }
-
-    // Plan, camera by camera.
-    let mut planner = Planner::new(plan_opts.clone());
-    for (camera, per_peer) in &holdings {
-        let local = store.segments(camera, from, to)?;
-        let views: Vec<(&str, &[SegmentMeta])> = per_peer
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_slice()))
-            .collect();
-        planner.add_camera(camera, &local, &views);
-    }
-    let plan = planner.finish();
-    for c in &plan.conflicts {
-        tracing::warn!(camera = %c.camera, start = %c.start, "{} and {} hold different bytes; using {}", c.chosen, c.other, c.chosen);
-    }
-
-    // Placeholders for the plan, in one batch: the timeline is whole now.
-    let sources: Vec<(SegmentMeta, String)> = plan
-        .iter()
-        .map(|p| (p.source.clone(), p.peer.clone()))
-        .collect();
-    let created = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || placeholder::create(&store, &sources))
-            .await
-            .map_err(|e| StoreError::Io {
-                path: config.store.clone(),
-                source: std::io::Error::other(e),
-            })??
-    };
-
-    let placeholders_seconds = t0.elapsed().as_secs_f64();
-
-    // Work: the plan, plus placeholders and partials an earlier run left.
-    let mut jobs: Vec<Job> = plan
-        .iter()
-        .map(|p| Job {
-            meta: SegmentMeta {
-                state: SegmentState::Placeholder,
-                origin: Origin::Peer(p.peer.clone()),
-                ..p.source.clone()
-            },
-            sources: std::iter::once(p.peer.clone())
-                .chain(p.fallback.iter().cloned())
-                .collect(),
+        Ok(Session {
+            config: config.clone(),
+            opts: opts.clone(),
+            store,
+            writer,
+            endpoints,
+            conns,
+            statuses,
         })
-        .collect();
-    let planned: std::collections::HashSet<(CameraId, i64)> = jobs
-        .iter()
-        .map(|j| (j.meta.camera.clone(), j.meta.start.0))
-        .collect();
-    for m in placeholder::outstanding(&store, from, to)? {
-        if planned.contains(&(m.camera.clone(), m.start.0)) {
-            continue;
+    }
+
+    /// Peers that could not be reached.
+    pub fn unreachable(&self) -> Vec<String> {
+        self.statuses
+            .iter()
+            .filter(|s| !s.connected)
+            .map(|s| s.peer.clone())
+            .collect()
+    }
+
+    /// Asks the connected peers for their coverage of the window, plans,
+    /// creates placeholders, and lists the work, plus placeholders and
+    /// partials an earlier run left.
+    pub async fn prepare(
+        &mut self,
+        plan_opts: &PlanOptions,
+        t0: Instant,
+    ) -> Result<Prepared, BackfillError> {
+        let (from, to) = plan_opts.window();
+        let to = to.min(plan_opts.now.add_micros(86_400_000_000));
+        let mut holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> = BTreeMap::new();
+        let names: Vec<String> = self.conns.keys().cloned().collect();
+        for name in names {
+            let Some(cs) = self.conns.get(&name) else {
+                continue;
+            };
+            let cams: Vec<String> = self
+                .opts
+                .cameras
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect();
+            match client::coverage(&cs[0], from.0, to.0, cams).await {
+                Ok(entries) => {
+                    let n = self.take_coverage(&name, entries, &mut holdings);
+                    self.statuses.push(PeerStatus {
+                        peer: name.clone(),
+                        connected: true,
+                        error: None,
+                        segments_offered: n,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %name, "coverage failed: {e}");
+                    self.conns.remove(&name);
+                    self.statuses.push(PeerStatus {
+                        peer: name.clone(),
+                        connected: false,
+                        error: Some(e.to_string()),
+                        segments_offered: 0,
+                    });
+                }
+            }
         }
-        if !opts.cameras.is_empty() && !opts.cameras.contains(&m.camera) {
-            continue;
+
+        // Plan, camera by camera, reading only the window of the index.
+        let mut planner = Planner::new(plan_opts.clone());
+        for (camera, per_peer) in &holdings {
+            let local = self.store.segments(camera, from, to)?;
+            let views: Vec<(&str, &[SegmentMeta])> = per_peer
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+                .collect();
+            planner.add_camera(camera, &local, &views);
         }
-        // Any connected peer holding exactly these bytes may serve it, the
-        // one it was planned from first.
-        let mut sources: Vec<String> = Vec::new();
-        if let Origin::Peer(p) = &m.origin {
-            sources.push(p.clone());
+        let plan = planner.finish();
+        for c in &plan.conflicts {
+            tracing::warn!(camera = %c.camera, start = %c.start, "{} and {} hold different bytes; using {}", c.chosen, c.other, c.chosen);
         }
-        if let Some(per_peer) = holdings.get(&m.camera) {
-            for (peer, segs) in per_peer {
+
+        // Placeholders for the plan, in one batch: the timeline is whole now.
+        let sources: Vec<(SegmentMeta, String)> = plan
+            .iter()
+            .map(|p| (p.source.clone(), p.peer.clone()))
+            .collect();
+        let fallbacks: HashMap<(CameraId, i64), Vec<String>> = plan
+            .iter()
+            .map(|p| {
+                (
+                    (p.source.camera.clone(), p.source.start.0),
+                    p.fallback.clone(),
+                )
+            })
+            .collect();
+        let place = placeholder::PlaceOptions {
+            sparse: self.opts.sparse,
+            reserve_bytes: self.config.reserve_bytes,
+        };
+        let placed = {
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || placeholder::create(&store, &sources, place))
+                .await
+                .map_err(|e| StoreError::Io {
+                    path: self.config.store.clone(),
+                    source: std::io::Error::other(e),
+                })??
+        };
+        if !placed.no_room.is_empty() {
+            tracing::warn!(
+                segments = placed.no_room.len(),
+                bytes = placed.no_room.iter().map(|(m, _)| m.len).sum::<u64>(),
+                "not placed: the free-space reserve for live recording would be crossed; planned again when space frees up"
+            );
+        }
+        let placeholders_seconds = t0.elapsed().as_secs_f64();
+
+        // Work: what was placed (newest first), plus what earlier runs left.
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut planned = std::collections::HashSet::new();
+        for m in &placed.placed {
+            let key = (m.camera.clone(), m.start.0);
+            let mut sources = match &m.origin {
+                Origin::Peer(p) => vec![p.clone()],
+                Origin::Local => vec![],
+            };
+            sources.extend(
+                fallbacks
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| !sources.contains(p))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            planned.insert(key);
+            jobs.push(Job {
+                meta: m.clone(),
+                sources,
+            });
+        }
+        for m in placeholder::outstanding(&self.store, from, to)? {
+            if planned.contains(&(m.camera.clone(), m.start.0)) {
+                continue;
+            }
+            if !self.opts.cameras.is_empty() && !self.opts.cameras.contains(&m.camera) {
+                continue;
+            }
+            // Any connected peer holding exactly these bytes may serve it,
+            // the one it was planned from first.
+            let mut sources: Vec<String> = Vec::new();
+            if let Origin::Peer(p) = &m.origin {
+                sources.push(p.clone());
+            }
+            for (peer, segs) in holdings.get(&m.camera).into_iter().flatten() {
                 if !sources.contains(peer)
                     && segs
                         .iter()
@@ -336,185 +411,378 @@ pub async fn backfill(
                     sources.push(peer.clone());
                 }
             }
+            jobs.push(Job { meta: m, sources });
         }
-        jobs.push(Job { meta: m, sources });
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.meta.start));
+        Ok(Prepared {
+            jobs,
+            holdings,
+            planned_segments: plan.segments(),
+            planned_bytes: plan.bytes(),
+            placeholders_created: placed.placed.len() as u64,
+            no_room_segments: placed.no_room.len() as u64,
+            no_room_bytes: placed.no_room.iter().map(|(m, _)| m.len).sum(),
+            placeholders_seconds,
+        })
     }
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.meta.start));
-    let total_bytes: u64 = jobs.iter().map(|j| j.meta.len).sum();
-    let total_segments = jobs.len() as u64;
-    tracing::info!(
-        segments = total_segments,
-        bytes = total_bytes,
-        "backfill planned"
-    );
 
-    let ctx = Arc::new(FetchContext {
-        writer,
-        limiter: opts.max_rate.map(RateLimiter::new),
-        compression: opts.compression,
-        block_size: opts.block_size,
-        window: opts.window,
-        pipeline: 8,
-        verified_bytes: AtomicU64::new(0),
-        wire_bytes: AtomicU64::new(0),
-        refetched_bytes: AtomicU64::new(0),
-    });
-    let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let done_segments = Arc::new(AtomicU64::new(0));
-    let done_bytes = Arc::new(AtomicU64::new(0));
-    let conns = Arc::new(conns);
-
-    // Completed segments go to the index in batches, from one task.
-    let (commit_tx, mut commit_rx) = tokio::sync::mpsc::channel::<SegmentMeta>(1024);
-    let committer = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut batch = Vec::new();
-            loop {
-                let first = commit_rx.recv().await;
-                let Some(first) = first else { break };
-                batch.push(first);
-                while let Ok(m) = commit_rx.try_recv() {
-                    batch.push(m);
-                }
-                let b = std::mem::take(&mut batch);
-                let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.append_index(&b)).await {
-                    Ok(Ok(())) => {}
-                    // The files are complete and carry their record; a rebuild
-                    // or the next run's recovery indexes them.
-                    Ok(Err(e)) => tracing::error!("index append failed: {e}"),
-                    Err(e) => tracing::error!("index append task failed: {e}"),
-                }
+    /// Validates and keeps a peer's coverage: camera ids from the wire are
+    /// checked before they go near a path, and only cameras we pair with
+    /// that peer are taken.
+    fn take_coverage(
+        &self,
+        peer: &str,
+        entries: Vec<hafill_protocol::CoverageEntry>,
+        holdings: &mut BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+    ) -> usize {
+        let mut n = 0;
+        let mut by_cam: BTreeMap<CameraId, Vec<SegmentMeta>> = BTreeMap::new();
+        for e in entries {
+            let Ok(camera) = CameraId::new(e.camera.clone()) else {
+                tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
+                continue;
+            };
+            if !self.config.paired_with(&camera, peer)
+                || e.duration_us > crate::store::MAX_SEGMENT_DURATION_US
+            {
+                continue;
             }
-        })
-    };
+            n += 1;
+            by_cam.entry(camera.clone()).or_default().push(SegmentMeta {
+                camera,
+                start: Timestamp(e.start_us),
+                duration_us: e.duration_us,
+                len: e.len,
+                blake3: blake3::Hash::from_bytes(e.blake3),
+                state: SegmentState::Complete,
+                origin: Origin::Peer(peer.to_string()),
+            });
+        }
+        for (c, mut segs) in by_cam {
+            segs.sort_by_key(|s| s.start);
+            holdings
+                .entry(c)
+                .or_default()
+                .push((peer.to_string(), segs));
+        }
+        n
+    }
 
-    let ticker = {
-        let (db, ds) = (done_bytes.clone(), done_segments.clone());
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            loop {
-                on_tick(Tick {
-                    bytes_done: db
-                        .load(Ordering::Relaxed)
-                        .max(ctx.verified_bytes.load(Ordering::Relaxed).min(total_bytes)),
-                    bytes_total: total_bytes,
-                    segments_done: ds.load(Ordering::Relaxed),
-                    segments_total: total_segments,
-                });
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
-
-    let mut workers = Vec::new();
-    for w in 0..connections * opts.streams.max(1) {
-        let (queue, failures, conns, ctx, store) = (
-            queue.clone(),
-            failures.clone(),
-            conns.clone(),
-            ctx.clone(),
-            store.clone(),
+    /// Fetches the prepared work, several segments at once; stops taking
+    /// new segments once `stop` is set (those in flight finish).
+    async fn fetch(
+        &self,
+        prepared: &Prepared,
+        stop: Arc<AtomicBool>,
+        ctx: Arc<FetchContext>,
+        on_tick: impl Fn(Tick) + Send + Sync + 'static,
+    ) -> Fetched {
+        let total_bytes: u64 = prepared.jobs.iter().map(|j| j.meta.len).sum();
+        let total_segments = prepared.jobs.len() as u64;
+        tracing::info!(
+            segments = total_segments,
+            bytes = total_bytes,
+            "backfill planned"
         );
-        let (done_segments, done_bytes, commit_tx) =
-            (done_segments.clone(), done_bytes.clone(), commit_tx.clone());
-        workers.push(tokio::spawn(async move {
-            loop {
-                let job = match queue.lock() {
-                    Ok(mut q) => q.pop_front(),
-                    Err(p) => p.into_inner().pop_front(),
-                };
-                let Some(job) = job else { break };
-                let path = store.segment_path(&job.meta.camera, job.meta.start);
-                let mut reasons = Vec::new();
-                let mut ok = None;
-                for peer in &job.sources {
-                    let Some(cs) = conns.get(peer) else {
-                        reasons.push(format!("{peer}: not connected"));
-                        continue;
+        let queue = Arc::new(Mutex::new(VecDeque::from(prepared.jobs.clone())));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let done_segments = Arc::new(AtomicU64::new(0));
+        let done_bytes = Arc::new(AtomicU64::new(0));
+        let conns = Arc::new(self.conns.clone());
+
+        // Completed segments go to the index in batches, from one task.
+        let (commit_tx, mut commit_rx) = tokio::sync::mpsc::channel::<SegmentMeta>(1024);
+        let committer = {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                while let Some(first) = commit_rx.recv().await {
+                    let mut batch = vec![first];
+                    while let Ok(m) = commit_rx.try_recv() {
+                        batch.push(m);
+                    }
+                    let s = store.clone();
+                    match tokio::task::spawn_blocking(move || s.append_index(&batch)).await {
+                        Ok(Ok(())) => {}
+                        // The files are complete and carry their record; a
+                        // rebuild or the next run indexes them.
+                        Ok(Err(e)) => tracing::error!("index append failed: {e}"),
+                        Err(e) => tracing::error!("index append task failed: {e}"),
+                    }
+                }
+            })
+        };
+        let ticker = {
+            let (db, ds, ctx) = (done_bytes.clone(), done_segments.clone(), ctx.clone());
+            tokio::spawn(async move {
+                loop {
+                    on_tick(Tick {
+                        bytes_done: db
+                            .load(Ordering::Relaxed)
+                            .max(ctx.verified_bytes.load(Ordering::Relaxed).min(total_bytes)),
+                        bytes_total: total_bytes,
+                        segments_done: ds.load(Ordering::Relaxed),
+                        segments_total: total_segments,
+                    });
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+
+        let mut workers = Vec::new();
+        for w in 0..self.opts.connections.max(1) * self.opts.streams.max(1) {
+            let (queue, failures, conns, ctx, store) = (
+                queue.clone(),
+                failures.clone(),
+                conns.clone(),
+                ctx.clone(),
+                self.store.clone(),
+            );
+            let (done_segments, done_bytes, commit_tx, stop) = (
+                done_segments.clone(),
+                done_bytes.clone(),
+                commit_tx.clone(),
+                stop.clone(),
+            );
+            workers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let job = match queue.lock() {
+                        Ok(mut q) => q.pop_front(),
+                        Err(p) => p.into_inner().pop_front(),
                     };
-                    let conn = &cs[w % cs.len()];
-                    let meta = SegmentMeta { origin: Origin::Peer(peer.clone()), ..job.meta.clone() };
-                    match client::fetch_segment(&ctx, conn, path.clone(), &meta).await {
-                        Ok(m) => {
-                            ok = Some(m);
-                            break;
-                        }
-                        Err(e) => {
-                            // Whatever went wrong (bad bytes, a dead peer), the
-                            // next holder is tried; nothing unverified counted.
-                            tracing::warn!(camera = %job.meta.camera, start = %job.meta.start, %peer, "fetch failed: {e}");
-                            reasons.push(format!("{peer}: {e}"));
-                        }
-                    }
-                }
-                match ok {
-                    Some(m) => {
-                        done_segments.fetch_add(1, Ordering::Relaxed);
-                        done_bytes.fetch_add(m.len, Ordering::Relaxed);
-                        let _ = commit_tx.send(m).await;
-                    }
-                    None => {
-                        let f = Failure {
-                            camera: job.meta.camera.clone(),
-                            start: job.meta.start.to_string(),
-                            peers: job.sources.clone(),
-                            reason: if reasons.is_empty() { "no peer holds it".into() } else { reasons.join("; ") },
+                    let Some(job) = job else { break };
+                    let path = store.segment_path(&job.meta.camera, job.meta.start);
+                    let mut reasons = Vec::new();
+                    let mut ok = None;
+                    for peer in &job.sources {
+                        let Some(cs) = conns.get(peer) else {
+                            reasons.push(format!("{peer}: not connected"));
+                            continue;
                         };
-                        match failures.lock() {
-                            Ok(mut v) => v.push(f),
-                            Err(p) => p.into_inner().push(f),
+                        let conn = &cs[w % cs.len()];
+                        let meta = SegmentMeta { origin: Origin::Peer(peer.clone()), ..job.meta.clone() };
+                        match client::fetch_segment(&ctx, conn, path.clone(), &meta).await {
+                            Ok(m) => {
+                                ok = Some(m);
+                                break;
+                            }
+                            Err(e) => {
+                                // Whatever went wrong (bad bytes, a dead peer),
+                                // the next holder is tried; nothing unverified
+                                // counted.
+                                tracing::warn!(camera = %job.meta.camera, start = %job.meta.start, %peer, "fetch failed: {e}");
+                                reasons.push(format!("{peer}: {e}"));
+                            }
+                        }
+                    }
+                    match ok {
+                        Some(m) => {
+                            done_segments.fetch_add(1, Ordering::Relaxed);
+                            done_bytes.fetch_add(m.len, Ordering::Relaxed);
+                            let _ = commit_tx.send(m).await;
+                        }
+                        None => {
+                            let f = Failure {
+                                camera: job.meta.camera.clone(),
+                                start: job.meta.start.to_string(),
+                                peers: job.sources.clone(),
+                                reason: if reasons.is_empty() { "no peer holds it".into() } else { reasons.join("; ") },
+                            };
+                            match failures.lock() {
+                                Ok(mut v) => v.push(f),
+                                Err(p) => p.into_inner().push(f),
+                            }
                         }
                     }
                 }
-            }
-        }));
+            }));
+        }
+        for w in workers {
+            let _ = w.await;
+        }
+        drop(commit_tx);
+        let _ = committer.await;
+        ticker.abort();
+        let mut failed = failures.lock().map(|v| v.clone()).unwrap_or_default();
+        failed.sort_by(|a, b| (&a.camera, &a.start).cmp(&(&b.camera, &b.start)));
+        Fetched {
+            segments: done_segments.load(Ordering::Relaxed),
+            bytes: done_bytes.load(Ordering::Relaxed),
+            failed,
+        }
     }
-    for w in workers {
-        let _ = w.await;
+
+    fn fetch_context(&self) -> Arc<FetchContext> {
+        Arc::new(FetchContext {
+            writer: self.writer.clone(),
+            rates: Arc::new(Rates {
+                net: crate::throttle::RateLimiter::new(self.opts.max_rate),
+                disk: crate::throttle::RateLimiter::new(self.opts.max_disk_rate),
+                ..Rates::unlimited()
+            }),
+            compression: self.opts.compression,
+            block_size: self.opts.block_size,
+            window: self.opts.window,
+            pipeline: 8,
+            verified_bytes: AtomicU64::new(0),
+            wire_bytes: AtomicU64::new(0),
+            refetched_bytes: AtomicU64::new(0),
+        })
     }
-    drop(commit_tx);
-    let _ = committer.await;
-    ticker.abort();
-    for cs in conns.values() {
-        for c in cs {
-            let s = c.stats();
-            tracing::debug!(mtu = s.path.current_mtu, rtt = ?s.path.rtt, lost = s.path.lost_packets, sent = s.path.sent_packets, "connection");
+
+    /// Closes the connections without fetching.
+    pub async fn close(self) {
+        for c in self.conns.values().flatten() {
             c.close(0u32.into(), b"done");
         }
+        for ep in &self.endpoints {
+            ep.wait_idle().await;
+        }
     }
-    for ep in &endpoints {
-        ep.wait_idle().await;
+
+    /// Fetches everything prepared and reports, then closes the connections.
+    pub async fn run(
+        mut self,
+        prepared: Prepared,
+        stop: Arc<AtomicBool>,
+        t0: Instant,
+        on_tick: impl Fn(Tick) + Send + Sync + 'static,
+    ) -> BackfillReport {
+        let ctx = self.fetch_context();
+        let throttle = self.opts.live_throttle.clone().unwrap_or_else(|| {
+            let mut t = self.config.throttle.clone();
+            if let Some(a) = self.opts.adaptive_disk {
+                t.adaptive_disk = a;
+            }
+            Arc::new(std::sync::RwLock::new(t))
+        });
+        let cli = Limits {
+            net: self.opts.max_rate,
+            disk: self.opts.max_disk_rate,
+        };
+        let governor_stop = Arc::new(AtomicBool::new(false));
+        let gov = tokio::spawn(governor::run(
+            ctx.rates.clone(),
+            throttle,
+            cli,
+            self.config.store.clone(),
+            governor_stop.clone(),
+        ));
+        let fetched = self.fetch(&prepared, stop, ctx.clone(), on_tick).await;
+        governor_stop.store(true, Ordering::Relaxed);
+        let _ = gov.await;
+        drop(prepared.holdings);
+        for cs in self.conns.values() {
+            for c in cs {
+                let s = c.stats();
+                tracing::debug!(mtu = s.path.current_mtu, rtt = ?s.path.rtt, lost = s.path.lost_packets, "connection");
+                c.close(0u32.into(), b"done");
+            }
+        }
+        for ep in &self.endpoints {
+            ep.wait_idle().await;
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        self.statuses.sort_by(|a, b| a.peer.cmp(&b.peer));
+        BackfillReport {
+            segments: fetched.segments,
+            bytes: fetched.bytes,
+            wire_bytes: ctx.wire_bytes.load(Ordering::Relaxed),
+            seconds,
+            rate_mib_s: fetched.bytes as f64 / seconds.max(1e-9) / 1048576.0,
+            refetched_bytes: ctx.refetched_bytes.load(Ordering::Relaxed),
+            planned_segments: prepared.planned_segments,
+            planned_bytes: prepared.planned_bytes,
+            placeholders_created: prepared.placeholders_created,
+            no_room_segments: prepared.no_room_segments,
+            no_room_bytes: prepared.no_room_bytes,
+            placeholders_seconds: prepared.placeholders_seconds,
+            failed: fetched.failed,
+            io: self.writer.backend(),
+            peers: self.statuses,
+        }
     }
-    let seconds = t0.elapsed().as_secs_f64();
-    let bytes = done_bytes.load(Ordering::Relaxed);
-    let mut failed = match Arc::try_unwrap(failures) {
-        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
-        Err(a) => a.lock().map(|v| v.clone()).unwrap_or_default(),
-    };
-    failed.sort_by(|a, b| (&a.camera, &a.start).cmp(&(&b.camera, &b.start)));
-    Ok(BackfillReport {
-        segments: done_segments.load(Ordering::Relaxed),
-        bytes,
-        wire_bytes: ctx.wire_bytes.load(Ordering::Relaxed),
-        seconds,
-        rate_mib_s: bytes as f64 / seconds.max(1e-9) / 1048576.0,
-        refetched_bytes: ctx.refetched_bytes.load(Ordering::Relaxed),
-        planned_segments: plan.segments(),
-        planned_bytes: plan.bytes(),
-        placeholders_created: created.len() as u64,
-        placeholders_seconds,
-        failed,
-        io: ctx.writer.backend(),
-        peers: statuses,
-    })
 }
 
-/// Runs the server side until `shutdown` resolves.
+/// The plan window of a backfill: the options' bounds within retention.
+pub fn plan_options(config: &Config, opts: &BackfillOptions) -> PlanOptions {
+    PlanOptions {
+        now: Timestamp::now(),
+        retention_us: config.retention_us,
+        from: opts.since,
+        to: opts.until,
+    }
+}
+
+/// Connects, plans, places, fetches: one whole backfill.
+pub async fn backfill(
+    config: &Config,
+    opts: &BackfillOptions,
+    on_tick: impl Fn(Tick) + Send + Sync + 'static,
+) -> Result<BackfillReport, BackfillError> {
+    let t0 = Instant::now();
+    let mut session = Session::connect(config, opts).await?;
+    let prepared = session.prepare(&plan_options(config, opts), t0).await?;
+    Ok(session
+        .run(prepared, Arc::new(AtomicBool::new(false)), t0, on_tick)
+        .await)
+}
+
+/// The daemon's own backfill: at start and then every `every`, plan against
+/// every peer and fetch what is missing, so a recorder started without the
+/// gate still gets a whole timeline and servers stay in equilibrium both
+/// ways. A round that finds the store locked (the gate or a manual
+/// `hafill backfill` is at work) or a peer down is logged and retried next
+/// round. Returns when `stop` is set.
+pub async fn scrub_loop(
+    config: Arc<Config>,
+    every: Duration,
+    throttle: SharedThrottle,
+    stop: Arc<AtomicBool>,
+) {
+    let opts = BackfillOptions {
+        live_throttle: Some(throttle),
+        ..BackfillOptions::default()
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let t0 = Instant::now();
+        let round = async {
+            let mut session = Session::connect(&config, &opts).await?;
+            let prepared = session.prepare(&plan_options(&config, &opts), t0).await?;
+            if prepared.jobs() == 0 {
+                session.close().await;
+                return Ok(None);
+            }
+            Ok::<_, BackfillError>(Some(session.run(prepared, stop.clone(), t0, |_| {}).await))
+        };
+        match round.await {
+            Ok(Some(r)) => tracing::info!(
+                segments = r.segments,
+                bytes = r.bytes,
+                failed = r.failed.len(),
+                seconds = format!("{:.1}", r.seconds),
+                "scrub: backfilled"
+            ),
+            Ok(None) => tracing::debug!("scrub: nothing missing"),
+            Err(BackfillError::Store(StoreError::Locked(_))) => {
+                tracing::info!(
+                    "scrub: the store is busy with another backfill; next round in {every:?}"
+                )
+            }
+            Err(e) => tracing::warn!("scrub: {e}; next round in {every:?}"),
+        }
+        let wake = tokio::time::Instant::now() + every;
+        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < wake {
+            tokio::time::sleep(Duration::from_millis(200).min(every)).await;
+        }
+    }
+}
+
+/// Runs the server side until `shutdown` resolves; with `scrub_every`, the
+/// daemon also backfills by itself ([`scrub_loop`]).
 pub async fn serve(
     config: Arc<Config>,
+    scrub_every: Option<Duration>,
+    throttle: SharedThrottle,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BackfillError> {
     let me: Identity = identity::load(&config.cert, &config.key)?;
@@ -524,18 +792,26 @@ pub async fn serve(
     }
     let store = Store::open(&config.store)?;
     let (endpoint, peers) = crate::transfer::server_endpoint(&config, &me)?;
-    tracing::info!(name = %config.name, listen = %config.listen, id = %me.id, "serving");
+    tracing::info!(name = %config.name, listen = %config.listen, id = %me.id, congestion = %config.congestion, "serving");
     let state = Arc::new(crate::transfer::server::ServerState {
         config: config.clone(),
         store,
         peers,
     });
     let ep = endpoint.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let scrub = scrub_every
+        .map(|every| tokio::spawn(scrub_loop(config.clone(), every, throttle, stop.clone())));
     tokio::select! {
         _ = crate::transfer::server::run(endpoint, state) => {}
         _ = shutdown => {
             ep.close(0u32.into(), b"shutting down");
         }
+    }
+    // A safe point for the scrub: segments in flight finish and checkpoint.
+    stop.store(true, Ordering::Relaxed);
+    if let Some(s) = scrub {
+        let _ = s.await;
     }
     ep.wait_idle().await;
     Ok(())

@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 use crate::camera::CameraId;
 use crate::identity::valid_id;
+use crate::throttle::schedule::{self, Limits, Schedule, Window};
+use crate::transfer::Congestion;
 use crate::units;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,27 @@ struct File {
     peer: Vec<PeerSection>,
     #[serde(default)]
     camera: Vec<CameraSection>,
+    #[serde(default)]
+    throttle: ThrottleSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ThrottleSection {
+    max_rate: Option<String>,
+    max_disk_rate: Option<String>,
+    adaptive_disk: Option<bool>,
+    utc_offset: Option<String>,
+    #[serde(default)]
+    window: Vec<WindowSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowSection {
+    hours: String,
+    max_rate: Option<String>,
+    max_disk_rate: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +72,8 @@ struct ServerSection {
     retention: String,
     #[serde(default = "default_reserve")]
     reserve: String,
+    #[serde(default)]
+    congestion: Congestion,
 }
 
 fn default_retention() -> String {
@@ -86,6 +111,28 @@ pub struct Config {
     pub reserve_bytes: u64,
     pub peers: Vec<Peer>,
     pub cameras: Vec<CameraRule>,
+    /// The congestion controller this server sends with.
+    pub congestion: Congestion,
+    pub throttle: Throttle,
+}
+
+/// How backfill yields to live recording (`[throttle]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Throttle {
+    /// Caps by time of day; outside every window, `max_rate` and
+    /// `max_disk_rate`.
+    pub schedule: Schedule,
+    /// AIMD on the store device's busy time and our write latency.
+    pub adaptive_disk: bool,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            schedule: Schedule::default(),
+            adaptive_disk: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +238,8 @@ impl Config {
                 servers: c.servers,
             });
         }
+        let throttle =
+            parse_throttle(file.throttle).map_err(|m| invalid(format!("[throttle] {m}")))?;
         Ok(Config {
             path: path.to_path_buf(),
             name: s.name,
@@ -202,6 +251,8 @@ impl Config {
             reserve_bytes,
             peers,
             cameras,
+            congestion: s.congestion,
+            throttle,
         })
     }
 
@@ -223,6 +274,57 @@ impl Config {
         self.servers_of(camera)
             .is_some_and(|s| s.contains(&self.name) && s.iter().any(|x| x == peer))
     }
+}
+
+fn parse_throttle(t: ThrottleSection) -> Result<Throttle, String> {
+    let net = |v: &Option<String>| {
+        v.as_deref()
+            .map(schedule::parse_net_cap)
+            .transpose()
+            .map(Option::flatten)
+    };
+    let disk = |v: &Option<String>| {
+        v.as_deref()
+            .map(schedule::parse_disk_cap)
+            .transpose()
+            .map(Option::flatten)
+    };
+    let default = Limits {
+        net: net(&t.max_rate).map_err(|e| format!("max_rate {e}"))?,
+        disk: disk(&t.max_disk_rate).map_err(|e| format!("max_disk_rate {e}"))?,
+    };
+    let mut windows = Vec::new();
+    for w in &t.window {
+        let (from_minute, to_minute) = schedule::parse_hours(&w.hours)
+            .map_err(|e| format!("[[throttle.window]] hours {e}"))?;
+        // A window caps only what it names; the rest is uncapped in it.
+        let limits = Limits {
+            net: net(&w.max_rate)
+                .map_err(|e| format!("[[throttle.window]] {}: max_rate {e}", w.hours))?,
+            disk: disk(&w.max_disk_rate)
+                .map_err(|e| format!("[[throttle.window]] {}: max_disk_rate {e}", w.hours))?,
+        };
+        windows.push(Window {
+            from_minute,
+            to_minute,
+            limits,
+        });
+    }
+    let utc_offset_minutes = t
+        .utc_offset
+        .as_deref()
+        .map(schedule::parse_utc_offset)
+        .transpose()
+        .map_err(|e| format!("utc_offset {e}"))?
+        .unwrap_or(0);
+    Ok(Throttle {
+        schedule: Schedule {
+            default,
+            windows,
+            utc_offset_minutes,
+        },
+        adaptive_disk: t.adaptive_disk.unwrap_or(true),
+    })
 }
 
 #[cfg(test)]
@@ -249,6 +351,22 @@ mod tests {
     }
 
     #[test]
+    fn throttle_windows_and_congestion_load() {
+        let c = cfg("[throttle]\nmax_rate = \"200Mbit\"\nutc_offset = \"+01:00\"\n\n[[throttle.window]]\nhours = \"22:00-06:00\"\nmax_rate = \"none\"\n").unwrap();
+        assert_eq!(c.congestion, Congestion::Ledbat);
+        assert!(c.throttle.adaptive_disk);
+        assert_eq!(c.throttle.schedule.default.net, Some(25_000_000));
+        assert_eq!(c.throttle.schedule.windows.len(), 1);
+        assert_eq!(c.throttle.schedule.windows[0].limits.net, None);
+        assert_eq!(c.throttle.schedule.utc_offset_minutes, 60);
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/hafill.example.toml"),
+        )
+        .unwrap();
+        Config::parse(&text, Path::new("/etc/hafill/hafill.toml")).unwrap();
+    }
+
+    #[test]
     fn errors_name_the_file_the_line_and_the_fix() {
         let e = cfg("[[camera]]\nid = \"cam-*\"\nservers = [\"rs09\"]\n")
             .unwrap_err()
@@ -262,6 +380,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hafill keygen"), "{e}");
+        let e = cfg("[throttle]\nmax_rate = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[throttle] max_rate") && e.contains("none"),
+            "{e}"
+        );
+        let e = cfg("[[throttle.window]]\nhours = \"22-6\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("HH:MM-HH:MM"), "{e}");
         let e = cfg("[[camera]]\nid = \"cam-*\"\nservers = []\nfoo = 1\n")
             .unwrap_err()
             .to_string();

@@ -111,9 +111,12 @@ impl DiskWriter {
     /// Writes all of `data` at `offset`.
     pub async fn write_at(&self, file: Arc<File>, offset: u64, data: Vec<u8>) -> io::Result<()> {
         match &self.tx {
-            None => tokio::task::spawn_blocking(move || file.write_all_at(&data, offset))
-                .await
-                .map_err(io::Error::other)?,
+            None => tokio::task::spawn_blocking(move || {
+                crate::throttle::disk::lower_io_priority();
+                file.write_all_at(&data, offset)
+            })
+            .await
+            .map_err(io::Error::other)?,
             Some(tx) => {
                 let (done, wait) = oneshot::channel();
                 tx.send(Op::Write {
@@ -149,6 +152,9 @@ impl DiskWriter {
 }
 
 fn uring_thread(mut rx: mpsc::Receiver<Op>) {
+    // Backfill writes go after live recording's where the I/O scheduler
+    // honours priorities; io_uring's workers inherit this thread's.
+    crate::throttle::disk::lower_io_priority();
     // probe_uring succeeded just before, so setting up the runtime works.
     tokio_uring::start(async move {
         while let Some(op) = rx.recv().await {

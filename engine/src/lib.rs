@@ -11,6 +11,7 @@
 pub mod backfill;
 pub mod camera;
 pub mod config;
+pub mod gate;
 pub mod identity;
 pub mod interval;
 pub mod io;

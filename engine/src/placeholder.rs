@@ -22,7 +22,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::segment::{Origin, Record, SegmentMeta, SegmentState};
-use crate::store::{read_xattr_record, sync_dir, write_xattr_record, Store, StoreError};
+use crate::store::{read_xattr_record, write_xattr_record, Store, StoreError};
 
 pub const PROGRESS_XATTR: &str = "user.hafill.progress";
 
@@ -33,70 +33,126 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
-/// Creates placeholders for `sources` (the peer's metadata) from `peer`,
-/// as one batch: files, then one durable index append. A file already there
-/// with the same source hash (an earlier run's placeholder or partial) is
-/// kept with its progress. Returns the placeholders' metadata.
+/// How placeholders take their space.
+#[derive(Debug, Clone, Copy)]
+pub struct PlaceOptions {
+    /// Holes only (no blocks allocated) instead of `fallocate`.
+    pub sparse: bool,
+    /// Free space that belongs to live recording: placeholders (counted at
+    /// their full size, sparse or not, since they will be filled) never eat
+    /// into it.
+    pub reserve_bytes: u64,
+}
+
+/// What [`create`] did.
+#[derive(Debug, Default)]
+pub struct Placed {
+    /// Placeholders now in the store (new, or kept from an earlier run).
+    pub placed: Vec<SegmentMeta>,
+    /// Sources left out because the reserve would have been crossed.
+    pub no_room: Vec<(SegmentMeta, String)>,
+}
+
+/// Creates placeholders for `sources` (the peer's metadata, and the peer),
+/// newest first, as far as the free space above the reserve allows, as one
+/// batch: files (in parallel), one `syncfs`, one index append. A file
+/// already there with the same source hash (an earlier run's placeholder or
+/// partial) is kept with its progress; a complete segment is never touched.
 pub fn create(
     store: &Store,
     sources: &[(SegmentMeta, String)],
-) -> Result<Vec<SegmentMeta>, StoreError> {
-    let mut dirs = BTreeSet::new();
-    let mut metas = Vec::with_capacity(sources.len());
-    for (src, peer) in sources {
+    opts: PlaceOptions,
+) -> Result<Placed, StoreError> {
+    let mut order: Vec<&(SegmentMeta, String)> = sources.iter().collect();
+    order.sort_by_key(|(m, _)| std::cmp::Reverse(m.start));
+    let mut budget = store.free_bytes()?.saturating_sub(opts.reserve_bytes);
+    let mut out = Placed::default();
+    let mut to_create = Vec::new();
+    for (src, peer) in order {
         let path = store.segment_path(&src.camera, src.start);
-        let meta = SegmentMeta {
-            state: SegmentState::Placeholder,
-            origin: Origin::Peer(peer.clone()),
-            ..src.clone()
-        };
         if let Some(existing) = read_xattr_record(&path)? {
-            if existing.blake3 == src.blake3
-                && existing.len == src.len
-                && existing.state != SegmentState::Complete
-            {
-                metas.push(SegmentMeta {
+            if existing.state == SegmentState::Complete {
+                continue;
+            }
+            if existing.blake3 == src.blake3 && existing.len == src.len {
+                out.placed.push(SegmentMeta {
                     state: SegmentState::Placeholder,
                     ..existing.into_meta(src.camera.clone())
                 });
                 continue;
             }
-            if existing.state == SegmentState::Complete {
-                // Never overwrite a complete segment.
-                continue;
-            }
         }
-        if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                fs::create_dir_all(dir).map_err(io_at(dir))?;
-                let mut d: &Path = dir;
-                while let Some(parent) = d.parent() {
-                    dirs.insert(parent.to_path_buf());
-                    if parent == store.root() {
-                        break;
-                    }
-                    d = parent;
-                }
-            }
-            dirs.insert(dir.to_path_buf());
+        let cost = space_cost(src.len);
+        if cost > budget {
+            out.no_room.push((src.clone(), peer.clone()));
+            continue;
         }
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_at(&path))?;
-        f.set_len(src.len).map_err(io_at(&path))?;
-        write_xattr_record(&f, &path, &Record::put(&meta))?;
-        let _ = xattr::FileExt::remove_xattr(&f, PROGRESS_XATTR);
-        f.sync_all().map_err(io_at(&path))?;
-        metas.push(meta);
+        budget -= cost;
+        let meta = SegmentMeta {
+            state: SegmentState::Placeholder,
+            origin: Origin::Peer(peer.clone()),
+            ..src.clone()
+        };
+        to_create.push((path, meta));
     }
+    let dirs: BTreeSet<PathBuf> = to_create
+        .iter()
+        .filter_map(|(p, _)| p.parent().map(Path::to_path_buf))
+        .collect();
     for d in &dirs {
-        sync_dir(d)?;
+        fs::create_dir_all(d).map_err(io_at(d))?;
     }
-    store.append_index(&metas)?;
-    Ok(metas)
+    use rayon::prelude::*;
+    to_create
+        .par_iter()
+        .try_for_each(|(path, meta)| -> Result<(), StoreError> {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(path)
+                .map_err(io_at(path))?;
+            reserve_space(&f, path, meta.len, opts.sparse)?;
+            write_xattr_record(&f, path, &Record::put(meta))?;
+            let _ = xattr::FileExt::remove_xattr(&f, PROGRESS_XATTR);
+            Ok(())
+        })?;
+    if !to_create.is_empty() {
+        // One flush for the whole batch, then the index says `placeholder`.
+        store.sync_fs()?;
+        let metas: Vec<SegmentMeta> = to_create.into_iter().map(|(_, m)| m).collect();
+        store.append_index(&metas)?;
+        out.placed.extend(metas);
+    }
+    Ok(out)
+}
+
+/// What a placeholder of `len` bytes takes from the free space once filled:
+/// its blocks (rounded up to 4 KiB, the common filesystem block), plus a
+/// block for its inode, attribute, directory entry and index record, so the
+/// reserve holds even on a small filesystem.
+fn space_cost(len: u64) -> u64 {
+    const BLOCK: u64 = 4096;
+    len.div_ceil(BLOCK)
+        .saturating_mul(BLOCK)
+        .saturating_add(BLOCK)
+}
+
+/// Gives a placeholder its size: allocated blocks (`fallocate`), or holes.
+fn reserve_space(f: &File, path: &Path, len: u64, sparse: bool) -> Result<(), StoreError> {
+    if !sparse && len > 0 {
+        match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
+                tracing::debug!(
+                    "fallocate not supported here; placeholder {} is sparse",
+                    path.display()
+                );
+            }
+            Err(e) => return Err(io_at(path)(io::Error::from(e))),
+        }
+    }
+    f.set_len(len).map_err(io_at(path))
 }
 
 /// Which blocks of a segment are verified and durable (and which were seen).

@@ -91,8 +91,15 @@ impl Cluster {
         self.servers.iter().find(|s| s.name == name).unwrap()
     }
 
-    /// Starts `hafill serve` for `name`, its log in `serve.log`.
+    /// Starts `hafill serve --no-scrub` for `name` (serving only, so a
+    /// test's own `hafill backfill` is the only writer), its log in
+    /// `serve.log`.
     pub fn serve(&mut self, name: &str) {
+        self.serve_with(name, &["--no-scrub"]);
+    }
+
+    /// Starts `hafill serve` for `name` with `extra` arguments.
+    pub fn serve_with(&mut self, name: &str, extra: &[&str]) {
         let (dir, config) = (self.server(name).dir.clone(), self.server(name).config());
         let log = std::fs::File::create(dir.join("serve.log")).unwrap();
         let child = hafill()
@@ -101,6 +108,7 @@ impl Cluster {
                 std::env::var("HAFILL_TEST_SERVE_LOG").unwrap_or_else(|_| "info".into()),
             )
             .args(["serve", "--config", p(&config)])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -285,6 +285,18 @@ impl Store {
         Ok(out)
     }
 
+    /// The end of the last segment of `camera`, reading only its last day.
+    pub fn last_segment_end(&self, camera: &CameraId) -> Result<Option<Timestamp>> {
+        let Some(&day) = self.days(camera)?.last() else {
+            return Ok(None);
+        };
+        Ok(self
+            .read_day(camera, day)?
+            .into_values()
+            .map(|r| r.start.add_micros(r.duration_us as i64))
+            .max())
+    }
+
     /// Every segment of `camera`, sorted by start.
     pub fn all_segments(&self, camera: &CameraId) -> Result<Vec<SegmentMeta>> {
         let mut out = Vec::new();
@@ -482,7 +494,9 @@ impl Store {
         // 1. Intents, so a crash below can be finished or undone.
         self.write_journal(specs)?;
         // 2. Bytes and record into temporary files, each made durable.
-        let hour_dirs: BTreeSet<PathBuf> = specs
+        // Directories first: creating them is cheap, and the syncfs below
+        // makes their entries durable with everything else.
+        let dirs: BTreeSet<PathBuf> = specs
             .iter()
             .filter_map(|m| {
                 self.segment_path(&m.camera, m.start)
@@ -490,22 +504,8 @@ impl Store {
                     .map(Path::to_path_buf)
             })
             .collect();
-        let mut new_dirs = BTreeSet::new();
-        for d in &hour_dirs {
-            let mut missing = Vec::new();
-            let mut p = d.as_path();
-            while !p.exists() {
-                missing.push(p.to_path_buf());
-                p = match p.parent() {
-                    Some(q) => q,
-                    None => break,
-                };
-            }
-            if !missing.is_empty() {
-                fs::create_dir_all(d).at(d)?;
-                new_dirs.insert(p.to_path_buf());
-                new_dirs.extend(missing);
-            }
+        for d in &dirs {
+            fs::create_dir_all(d).at(d)?;
         }
         let metas: Vec<SegmentMeta> = specs
             .par_iter()
@@ -527,23 +527,40 @@ impl Store {
                     origin: sp.origin.clone(),
                 };
                 write_xattr_record(&f, &tmp, &Record::put(&m))?;
-                f.sync_all().at(&tmp)?;
                 Ok(m)
             })
             .collect::<Result<_>>()?;
+        // One syncfs makes every file of the batch durable (data, size,
+        // attribute), where an fsync each would cost a flush each.
+        self.sync_fs()?;
         // 3. Final names, and the directories that hold them, durable.
         for m in &metas {
             let path = self.segment_path(&m.camera, m.start);
             fs::rename(tmp_path(&path), &path).at(&path)?;
         }
-        for d in hour_dirs.iter().chain(new_dirs.iter()) {
-            sync_dir(d)?;
-        }
+        self.sync_fs()?;
         // 4. The index.
         self.append_index(&metas)?;
         // 5. Done: nothing left to recover.
         self.clear_journal()?;
         Ok(metas)
+    }
+
+    /// Flushes everything written to the store's filesystem (Linux
+    /// `syncfs`): data, metadata, directory entries.
+    pub fn sync_fs(&self) -> Result<()> {
+        let f = File::open(&self.root).at(&self.root)?;
+        rustix::fs::syncfs(&f)
+            .map_err(io::Error::from)
+            .at(&self.root)
+    }
+
+    /// Bytes free for unprivileged writers on the store's filesystem.
+    pub fn free_bytes(&self) -> Result<u64> {
+        let v = rustix::fs::statvfs(&self.root)
+            .map_err(io::Error::from)
+            .at(&self.root)?;
+        Ok(v.f_bavail.saturating_mul(v.f_frsize))
     }
 
     /// Re-hashes every complete segment (of `camera`, or all), in parallel.

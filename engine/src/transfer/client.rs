@@ -23,7 +23,7 @@ use crate::io::DiskWriter;
 use crate::placeholder::{self, Progress};
 use crate::segment::SegmentMeta;
 use crate::store::StoreError;
-use crate::throttle::RateLimiter;
+use crate::throttle::governor::Rates;
 
 /// Connects to `peer` and says hello; fails within `timeout`.
 pub async fn connect(
@@ -198,7 +198,8 @@ impl From<VerifyError> for FetchError {
 #[derive(Debug)]
 pub struct FetchContext {
     pub writer: DiskWriter,
-    pub limiter: Option<RateLimiter>,
+    /// Network and disk rates, set by the governor.
+    pub rates: Arc<Rates>,
     pub compression: Compression,
     pub block_size: u32,
     /// Bytes verified and written but not yet synced, per segment, before a
@@ -347,9 +348,7 @@ async fn receive_blocks(
                             return Err(TransferError::Protocol(format!("block {index} was not asked for or came twice")).into());
                         }
                         ctx.wire_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        if let Some(l) = &ctx.limiter {
-                            l.acquire(data.len() as u64).await;
-                        }
+                        ctx.rates.net.acquire(data.len() as u64).await;
                         in_flight.push(verify_and_write(ctx, tree.clone(), file.clone(), index, encoding, raw_len, data));
                     }
                     Some(Incoming::Message(Message::FetchEnd)) => done = true,
@@ -425,7 +424,10 @@ async fn verify_and_write(
         .await
         .map_err(|_| FetchError::Integrity("verification was cancelled".into()))??;
     let n = block.data.len() as u64;
+    ctx.rates.disk.acquire(n).await;
+    let t = std::time::Instant::now();
     ctx.writer.write_at(file, block.offset, block.data).await?;
+    ctx.rates.note_write(t.elapsed());
     Ok((block.index, n))
 }
 

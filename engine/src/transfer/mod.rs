@@ -2,6 +2,7 @@
 //! serving side and the fetching side.
 
 pub mod client;
+pub mod ledbat;
 pub mod server;
 
 use std::collections::HashMap;
@@ -55,11 +56,51 @@ pub enum TransferError {
     Timeout(&'static str),
 }
 
+/// The congestion controller of the sending side (the serving peer sends
+/// the bulk of the bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Less than best effort: yields to live streams ([`ledbat`]).
+    #[default]
+    Ledbat,
+    /// quinn's CUBIC: competes as TCP does.
+    Cubic,
+    /// quinn's BBR (experimental in quinn).
+    Bbr,
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Congestion::Ledbat => "ledbat",
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+        })
+    }
+}
+
 /// Transport settings sized for bulk transfer: wide flow-control windows,
 /// keep-alives so an idle link is noticed, a bounded idle timeout so a dead
-/// peer is given up on.
-pub fn transport_config() -> quinn::TransportConfig {
+/// peer is given up on, and the chosen congestion controller.
+pub fn transport_config(congestion: Congestion) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
+    match congestion {
+        Congestion::Ledbat => {
+            t.congestion_controller_factory(Arc::new(ledbat::LedbatConfig::default()))
+        }
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+    };
+    // A LAN's RTT is a fraction of a millisecond; quinn's default time
+    // threshold (9/8 RTT) then declares a packet lost whenever the receiver
+    // is descheduled for a moment, and every controller halves its window
+    // for nothing. Real loss is still found by the packet threshold.
+    t.time_threshold(4.0);
     t.max_concurrent_bidi_streams(256u32.into());
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window((16u32 << 20).into());
@@ -73,6 +114,27 @@ pub fn transport_config() -> quinn::TransportConfig {
     mtu.upper_bound(16_384);
     t.mtu_discovery_config(Some(mtu));
     t
+}
+
+/// Socket buffers for bulk QUIC: the kernel's default (about 200 KiB) holds
+/// a dozen 16 KiB datagrams, so a receiver busy for a millisecond drops
+/// packets and every congestion controller halves its window. Capped by
+/// `net.core.rmem_max`/`wmem_max`; a refusal is logged, not fatal.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+fn widen_buffers(socket: &std::net::UdpSocket) {
+    use rustix::net::sockopt;
+    if let Err(e) = sockopt::set_socket_recv_buffer_size(socket, SOCKET_BUFFER) {
+        tracing::debug!("UDP receive buffer stays at the default: {e}");
+    }
+    if let Err(e) = sockopt::set_socket_send_buffer_size(socket, SOCKET_BUFFER) {
+        tracing::debug!("UDP send buffer stays at the default: {e}");
+    }
+    if let Ok(n) = sockopt::socket_recv_buffer_size(socket) {
+        if n < SOCKET_BUFFER {
+            tracing::debug!("UDP receive buffer is {n} bytes (raise net.core.rmem_max to {SOCKET_BUFFER} for full speed)");
+        }
+    }
 }
 
 fn endpoint_config() -> quinn::EndpointConfig {
@@ -105,12 +167,13 @@ pub fn server_endpoint(
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransferError::Setup(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    sc.transport_config(Arc::new(transport_config()));
+    sc.transport_config(Arc::new(transport_config(config.congestion)));
     let socket =
         std::net::UdpSocket::bind(config.listen).map_err(|source| TransferError::Listen {
             addr: config.listen,
             source,
         })?;
+    widen_buffers(&socket);
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransferError::Setup("no async runtime".into()))?;
     let ep =
@@ -134,6 +197,7 @@ pub fn client_endpoint(near: SocketAddr) -> Result<quinn::Endpoint, TransferErro
     .map_err(|_| TransferError::Setup("bind address".into()))?;
     let socket = std::net::UdpSocket::bind(bind)
         .map_err(|source| TransferError::Listen { addr: bind, source })?;
+    widen_buffers(&socket);
     let runtime =
         quinn::default_runtime().ok_or_else(|| TransferError::Setup("no async runtime".into()))?;
     quinn::Endpoint::new(endpoint_config(), None, socket, runtime)
@@ -161,7 +225,7 @@ pub fn client_config(
     let crypto =
         QuicClientConfig::try_from(tls).map_err(|e| TransferError::Setup(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-    cc.transport_config(Arc::new(transport_config()));
+    cc.transport_config(Arc::new(transport_config(Congestion::default())));
     Ok(cc)
 }
 

@@ -1,5 +1,12 @@
-//! Rate caps: a token bucket. The arithmetic takes time as an argument, so
-//! it is tested on a virtual clock; [`RateLimiter`] puts it on tokio's.
+//! Backfill yields to live recording: rate caps (a token bucket), schedule
+//! windows, and adaptive disk control (AIMD on the store device's busy time
+//! and our write latency). The arithmetic takes time as an argument, so it
+//! is tested on a virtual clock; [`RateLimiter`] puts the bucket on tokio's.
+
+pub mod aimd;
+pub mod disk;
+pub mod governor;
+pub mod schedule;
 
 use std::time::Duration;
 
@@ -42,34 +49,60 @@ impl TokenBucket {
     }
 }
 
-/// A token bucket shared by the tasks of one transfer, on tokio's clock.
+impl TokenBucket {
+    /// Changes the rate from `now` on (a quarter second of burst); what
+    /// was earned at the old rate is kept up to the new burst.
+    pub fn set_rate(&mut self, rate_per_sec: u64, now: Duration) {
+        self.refill(now);
+        self.rate = rate_per_sec.max(1) as f64;
+        self.burst = (rate_per_sec / 4).max(1) as f64;
+        self.tokens = self.tokens.min(self.burst);
+    }
+}
+
+/// A token bucket shared by the tasks of one transfer, on tokio's clock;
+/// its rate can change while they run (schedule windows, the adaptive
+/// controller, a reloaded config), and `None` is no cap.
 #[derive(Debug)]
 pub struct RateLimiter {
-    bucket: std::sync::Mutex<TokenBucket>,
+    bucket: std::sync::Mutex<Option<TokenBucket>>,
     epoch: tokio::time::Instant,
 }
 
 impl RateLimiter {
-    /// `bytes_per_sec` with a burst of a quarter second.
-    pub fn new(bytes_per_sec: u64) -> Self {
+    /// `bytes_per_sec` (None: no cap) with a burst of a quarter second.
+    pub fn new(bytes_per_sec: Option<u64>) -> Self {
         RateLimiter {
-            bucket: std::sync::Mutex::new(TokenBucket::new(
-                bytes_per_sec,
-                bytes_per_sec / 4,
-                Duration::ZERO,
-            )),
+            bucket: std::sync::Mutex::new(
+                bytes_per_sec.map(|r| TokenBucket::new(r, r / 4, Duration::ZERO)),
+            ),
             epoch: tokio::time::Instant::now(),
         }
     }
 
+    fn with<T>(&self, f: impl FnOnce(&mut Option<TokenBucket>) -> T) -> T {
+        match self.bucket.lock() {
+            Ok(mut b) => f(&mut b),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    pub fn set_rate(&self, bytes_per_sec: Option<u64>) {
+        let now = self.epoch.elapsed();
+        self.with(|b| match (b.as_mut(), bytes_per_sec) {
+            (Some(bucket), Some(r)) => bucket.set_rate(r, now),
+            (None, Some(r)) => *b = Some(TokenBucket::new(r, r / 4, now)),
+            (_, None) => *b = None,
+        });
+    }
+
+    pub fn rate(&self) -> Option<u64> {
+        self.with(|b| b.as_ref().map(|b| b.rate as u64))
+    }
+
     pub async fn acquire(&self, bytes: u64) {
-        let wait = {
-            let now = self.epoch.elapsed();
-            match self.bucket.lock() {
-                Ok(mut b) => b.take(bytes, now),
-                Err(p) => p.into_inner().take(bytes, now),
-            }
-        };
+        let now = self.epoch.elapsed();
+        let wait = self.with(|b| b.as_mut().map_or(Duration::ZERO, |b| b.take(bytes, now)));
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
@@ -103,6 +136,17 @@ mod tests {
         }
         let rate = sent as f64 / t.as_secs_f64();
         assert!((rate - 1_000_000.0).abs() / 1_000_000.0 < 0.05, "{rate}");
+    }
+
+    #[test]
+    fn a_new_rate_applies_from_now_on() {
+        let mut b = TokenBucket::new(1000, 250, S(0.0));
+        assert_eq!(b.take(250, S(0.0)), Duration::ZERO);
+        b.set_rate(100, S(0.0));
+        // Empty bucket at 100/s: 50 units wait half a second.
+        assert_eq!(b.take(50, S(0.0)), S(0.5));
+        b.set_rate(10_000, S(0.5));
+        assert_eq!(b.take(1000, S(0.6)), Duration::ZERO);
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! The boot-time gate at scale: time from `hafill gate` start to COMMAND
+//! start, for 500 cameras x a 2-hour outage of 60-second segments (60,000
+//! placeholders) and of 10-second segments (360,000), with a real peer
+//! (`hafill serve`) on loopback. Prints each run, the median, and the
+//! gate's peak resident memory (GNU time).
+//!
+//! Run: `cargo bench --bench gate` (add `-- --runs 3` for fewer runs).
+//!
+//! The peer's store is index-only (records, no segment files): the gate
+//! plans from coverage and never reads the peer's bytes. Each segment is
+//! 16 KiB, so the placeholders `fallocate` 1 GiB and 5.6 GiB: the count of
+//! files, not their size, is what the gate pays for.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hafill_engine::segment::{Origin, SegmentMeta, SegmentState};
+use hafill_engine::store::Store;
+use hafill_engine::{sim, Timestamp};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hafill");
+const CAMERAS: u32 = 500;
+const OUTAGE_US: i64 = 2 * 3_600_000_000;
+const SEGMENT_LEN: u64 = 16 << 10;
+
+fn keygen(dir: &Path, name: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["keygen", "--out", dir.to_str().unwrap(), "--name", name])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn config(dir: &Path, name: &str, port: u16, peer: &str, peer_port: u16, peer_id: &str) -> PathBuf {
+    let path = dir.join("hafill.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nreserve = \"1GiB\"\n\n\
+             [[peer]]\nname = \"{peer}\"\naddr = \"127.0.0.1:{peer_port}\"\nid = \"{peer_id}\"\n\n\
+             [[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Index records for every camera over `[from, to)` in `segment_us` steps.
+fn index_only(store: &Path, from: Timestamp, to: Timestamp, segment_us: i64) {
+    let store = Store::open_writer(store, true).unwrap();
+    for c in 0..CAMERAS {
+        let camera = sim::camera_id(c);
+        let metas: Vec<SegmentMeta> = (0..)
+            .map(|k| from.add_micros(k * segment_us))
+            .take_while(|t| *t < to)
+            .map(|start| SegmentMeta {
+                camera: camera.clone(),
+                start,
+                duration_us: segment_us as u64,
+                len: SEGMENT_LEN,
+                blake3: blake3::hash(&start.0.to_le_bytes()),
+                state: SegmentState::Complete,
+                origin: Origin::Local,
+            })
+            .collect();
+        store.append_index(&metas).unwrap();
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// One gate run on a fresh local store; returns (seconds to COMMAND start,
+/// placeholders, peak RSS in KiB).
+fn run_gate(dir: &Path, cfg: &Path, end: Timestamp, segment_us: i64) -> (f64, u64, u64) {
+    let store = dir.join("store");
+    let _ = std::fs::remove_dir_all(&store);
+    // The local server recorded up to the outage: one segment per camera.
+    index_only(
+        &store,
+        end.add_micros(-OUTAGE_US - segment_us),
+        end.add_micros(-OUTAGE_US),
+        segment_us,
+    );
+    let started = dir.join("started");
+    let _ = std::fs::remove_file(&started);
+    let rss = dir.join("rss");
+    let t0 = now_ns();
+    let out = Command::new("/usr/bin/time")
+        .args([
+            "-f",
+            "%M",
+            "-o",
+            rss.to_str().unwrap(),
+            BIN,
+            "gate",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--",
+        ])
+        .args(["sh", "-c", &format!("date +%s%N > {}", started.display())])
+        .env("HAFILL_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t1: u128 = std::fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let local = Store::open(&store).unwrap();
+    let placeholders = local
+        .cameras()
+        .unwrap()
+        .iter()
+        .map(|c| local.all_segments(c).unwrap().len() as u64 - 1)
+        .sum();
+    let rss: u64 = std::fs::read_to_string(&rss)
+        .unwrap()
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    ((t1 - t0) as f64 / 1e9, placeholders, rss)
+}
+
+fn main() {
+    let mut runs = 5;
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--runs") {
+        runs = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(5);
+    }
+    if !Path::new("/usr/bin/time").exists() {
+        eprintln!("SKIPPED: needs GNU time at /usr/bin/time (apt-get install time)");
+        return;
+    }
+    for (label, segment_us) in [("60-second", 60_000_000i64), ("10-second", 10_000_000)] {
+        let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let (d1, d2) = (root.path().join("rs01"), root.path().join("rs02"));
+        let (id1, id2) = (keygen(&d1, "rs01"), keygen(&d2, "rs02"));
+        let (p1, p2) = (free_port(), free_port());
+        let c1 = config(&d1, "rs01", p1, "rs02", p2, &id2);
+        let c2 = config(&d2, "rs02", p2, "rs01", p1, &id1);
+        let end = Timestamp(Timestamp::now().0 / segment_us * segment_us);
+        let t = Instant::now();
+        index_only(
+            &d1.join("store"),
+            end.add_micros(-OUTAGE_US - 3_600_000_000),
+            end,
+            segment_us,
+        );
+        eprintln!("{label}: peer index built in {:.1?}", t.elapsed());
+        let _peer = Killed(
+            Command::new(BIN)
+                .args(["serve", "--no-scrub", "--config", c1.to_str().unwrap()])
+                .env("HAFILL_LOG", "error")
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let mut times = Vec::new();
+        for k in 0..runs {
+            let (secs, placed, rss) = run_gate(&d2, &c2, end, segment_us);
+            eprintln!("{label} run {k}: {placed} placeholders, COMMAND started after {secs:.2} s, peak RSS {} MiB", rss / 1024);
+            times.push(secs);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "gate/{label}: median {:.2} s to COMMAND start over {runs} runs (min {:.2}, max {:.2})",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1]
+        );
+    }
+}

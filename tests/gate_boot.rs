@@ -1,0 +1,345 @@
+//! The boot-time gate: placeholders are in before the recording service
+//! starts, the bytes follow in the background; an unreachable peer never
+//! blocks the service, and the daemon fills the gap once the peer answers.
+
+mod common;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::cluster::{file_hashes, Cluster};
+use common::*;
+
+/// (camera, start_us) of every segment in a `store ls --json` listing, with
+/// its state and origin.
+fn listing(v: &serde_json::Value) -> Vec<(String, i64, String, String)> {
+    let mut out = Vec::new();
+    for c in v["cameras"].as_array().unwrap() {
+        for s in c["segments"].as_array().unwrap() {
+            out.push((
+                s["camera"].as_str().unwrap().to_string(),
+                s["start_us"].as_i64().unwrap(),
+                s["state"].as_str().unwrap().to_string(),
+                s["origin"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+fn keys(v: &serde_json::Value) -> BTreeSet<(String, i64)> {
+    listing(v).into_iter().map(|(c, s, _, _)| (c, s)).collect()
+}
+
+#[test]
+fn the_service_starts_with_a_placeholder_for_every_missing_segment_then_they_fill() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let rec = |store: &std::path::Path, to: i64| {
+        run_ok(&[
+            "sim",
+            "record",
+            "--store",
+            p(store),
+            "--cameras",
+            "50",
+            "--bitrate",
+            "4kbit",
+            "--segment",
+            "300s",
+            "--from",
+            &rfc3339(t0),
+            "--to",
+            &rfc3339(to),
+            "--seed",
+            "5",
+        ]);
+    };
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    // rs01 recorded three hours; rs02 stopped after the first: a two-hour
+    // outage on all 50 cameras, up to its boot.
+    rec(&a, t0 + 3 * 3600);
+    rec(&b, t0 + 3600);
+    c.serve("rs01");
+
+    let missing: BTreeSet<(String, i64)> =
+        keys(&json(&["store", "ls", "--store", p(&a), "--json"]))
+            .difference(&keys(&json(&["store", "ls", "--store", p(&b), "--json"])))
+            .cloned()
+            .collect();
+    assert_eq!(
+        missing.len(),
+        50 * 24,
+        "two hours of 5-minute segments on 50 cameras"
+    );
+
+    // The recording service: it lists the store the moment it starts, then
+    // runs until the backfill has made every placeholder complete.
+    let dir = c.server("rs02").dir.clone();
+    let seen = dir.join("seen.json");
+    let bin = env!("CARGO_BIN_EXE_hafill");
+    let script = format!(
+        "{bin} store ls --store {b} --json > {seen} || exit 9
+         i=0
+         while {bin} store ls --store {b} --json | grep -q -e '\"placeholder\"' -e '\"partial\"'; do
+           i=$((i+1)); [ $i -gt 1200 ] && exit 8; sleep 0.25
+         done
+         exit 7",
+        b = p(&b),
+        seen = p(&seen)
+    );
+    let cfg = c.server("rs02").config();
+    let out = hafill()
+        .args([
+            "gate",
+            "--config",
+            p(&cfg),
+            "--deadline",
+            "20s",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    // The gate exits with the service's status.
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let at_start = serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
+    let by_key: std::collections::BTreeMap<(String, i64), (String, String)> = listing(&at_start)
+        .into_iter()
+        .map(|(c, s, st, o)| ((c, s), (st, o)))
+        .collect();
+    for k in &missing {
+        let (state, origin) = by_key
+            .get(k)
+            .unwrap_or_else(|| panic!("no placeholder for {k:?} when the service started"));
+        assert_ne!(state, "local", "{k:?}");
+        assert_eq!(origin, "peer:rs01", "{k:?}");
+    }
+
+    // Afterwards: every placeholder complete, the bytes the source's.
+    let after = json(&["store", "ls", "--store", p(&b), "--json"]);
+    for (cam, start, state, origin) in listing(&after) {
+        assert_eq!(state, "complete", "{cam} {start}");
+        if missing.contains(&(cam.clone(), start)) {
+            assert_eq!(origin, "peer:rs01");
+        }
+    }
+    assert_eq!(file_hashes(&a), file_hashes(&b));
+    run_ok(&["store", "verify", "--store", p(&b)]);
+}
+
+#[test]
+fn an_unreachable_peer_never_holds_the_service_and_the_daemon_fills_the_gap_later() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    let rec = |store: &std::path::Path, to: i64| {
+        run_ok(&[
+            "sim",
+            "record",
+            "--store",
+            p(store),
+            "--cameras",
+            "4",
+            "--bitrate",
+            "64kbit",
+            "--segment",
+            "60s",
+            "--from",
+            &rfc3339(t0),
+            "--to",
+            &rfc3339(to),
+            "--seed",
+            "9",
+        ]);
+    };
+    rec(&a, t0 + 3600);
+    rec(&b, t0 + 1800);
+
+    // rs01 is down: the gate plans without it and starts the service.
+    let started = c.server("rs02").dir.join("started");
+    let cfg = c.server("rs02").config();
+    let out = hafill()
+        .args([
+            "gate",
+            "--config",
+            p(&cfg),
+            "--deadline",
+            "1s",
+            "--",
+            "touch",
+            p(&started),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.exists(), "the service was not started");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("rs01"),
+        "the unreachable peer is named in the log: {log}"
+    );
+    assert_ne!(file_hashes(&a), file_hashes(&b));
+
+    // The daemon on rs02 scrubs every second; rs01 comes up later.
+    c.serve_with("rs02", &["--scrub-every", "1s"]);
+    c.serve("rs01");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while file_hashes(&a) != file_hashes(&b) {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not fill the gap: {}",
+            c.serve_log("rs02")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Wait for the index to say complete too (files are complete first).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let states: BTreeSet<String> = listing(&json(&["store", "ls", "--store", p(&b), "--json"]))
+            .into_iter()
+            .map(|(_, _, s, _)| s)
+            .collect();
+        if states.iter().all(|s| s == "complete") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "states {states:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    run_ok(&["store", "verify", "--store", p(&b)]);
+}
+
+/// Placeholders for a gap of `segments` 60-second segments, made by
+/// `gate --then-exit` with `extra` flags; returns (apparent bytes, allocated
+/// bytes) over the placeholder files.
+fn placeholder_allocation(extra: &[&str]) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    let rec = |store: &std::path::Path, to: i64| {
+        run_ok(&[
+            "sim",
+            "record",
+            "--store",
+            p(store),
+            "--cameras",
+            "2",
+            "--bitrate",
+            "2Mbit",
+            "--segment",
+            "60s",
+            "--from",
+            &rfc3339(t0),
+            "--to",
+            &rfc3339(to),
+            "--seed",
+            "3",
+        ]);
+    };
+    rec(&a, t0 + 1200);
+    rec(&b, t0 + 600);
+    c.serve("rs01");
+    let before: BTreeSet<std::path::PathBuf> = walk(&b.join("segments")).into_iter().collect();
+    let cfg = c.server("rs02").config();
+    let mut args = vec!["gate", "--config", p(&cfg), "--then-exit"];
+    args.extend_from_slice(extra);
+    run_ok(&args);
+    let placed: Vec<_> = walk(&b.join("segments"))
+        .into_iter()
+        .filter(|f| !before.contains(f))
+        .collect();
+    assert_eq!(placed.len(), 2 * 10, "ten minutes of two cameras placed");
+    let states: BTreeSet<String> = listing(&json(&["store", "ls", "--store", p(&b), "--json"]))
+        .into_iter()
+        .map(|(_, _, s, _)| s)
+        .collect();
+    assert!(states.contains("placeholder"), "{states:?}");
+    let (mut apparent, mut allocated) = (0, 0);
+    for f in placed {
+        let md = std::fs::metadata(&f).unwrap();
+        apparent += md.len();
+        allocated += md.blocks() * 512;
+    }
+    (apparent, allocated)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "seg") {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn default_placeholders_allocate_their_size_and_sparse_ones_almost_nothing() {
+    let (apparent, allocated) = placeholder_allocation(&[]);
+    assert!(apparent > 0);
+    assert!(
+        allocated >= apparent,
+        "fallocated placeholders: {allocated} of {apparent} bytes allocated"
+    );
+    let (apparent, allocated) = placeholder_allocation(&["--sparse"]);
+    assert!(apparent > 0);
+    assert!(
+        allocated * 100 < apparent,
+        "sparse placeholders: {allocated} of {apparent} bytes allocated"
+    );
+}
+
+#[test]
+fn a_gate_that_cannot_plan_still_starts_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("broken.toml");
+    std::fs::write(&cfg, "[server]\nname = \"rs02\"\nlisten = 7\n").unwrap();
+    let started = dir.path().join("started");
+    let out = hafill()
+        .args([
+            "gate",
+            "--config",
+            p(&cfg),
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}; exit 3", p(&started)),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the gate exits with the service's status"
+    );
+    assert!(started.exists(), "the service was not started");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("broken.toml") && log.contains("line 3"),
+        "the error names file and line: {log}"
+    );
+    // With --then-exit the failure is the gate's own status.
+    let out = hafill()
+        .args(["gate", "--config", p(&cfg), "--then-exit"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

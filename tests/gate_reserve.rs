@@ -1,0 +1,161 @@
+//! The free-space reserve belongs to live recording: on a store too small
+//! for every gap, placeholders never cross it, the newest gaps are filled,
+//! and the rest are reported. Needs root (it mounts a small tmpfs); skips
+//! with the reason otherwise.
+
+mod common;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::cluster::Cluster;
+use common::*;
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mount_small_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let out = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            p(dir),
+        ])
+        .output()
+        .map_err(|e| format!("cannot run mount: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mount -t tmpfs failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(Mount(dir.to_path_buf()))
+}
+
+fn available_bytes(dir: &Path) -> u64 {
+    let out = Command::new("df")
+        .args(["-B1", "--output=avail", p(dir)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn starts(v: &serde_json::Value) -> BTreeSet<(String, i64)> {
+    let mut out = BTreeSet::new();
+    for c in v["cameras"].as_array().unwrap() {
+        for s in c["segments"].as_array().unwrap() {
+            out.insert((
+                s["camera"].as_str().unwrap().to_string(),
+                s["start_us"].as_i64().unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn placeholders_never_cross_the_reserve_and_the_newest_gaps_come_first() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let small = c.server("rs02").dir.join("small");
+    let _mount = match mount_small_tmpfs(&small, "32m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED placeholders_never_cross_the_reserve: needs root to mount a tmpfs ({why})"
+            );
+            return;
+        }
+    };
+    let reserve: u64 = 8 << 20;
+    let cfg = c.server("rs02").config();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "store = \"store\"",
+            &format!("store = \"{}\"", p(&small.join("store"))),
+        )
+        .replace(
+            "retention = \"30d\"",
+            "retention = \"30d\"\nreserve = \"8MiB\"",
+        );
+    std::fs::write(&cfg, text).unwrap();
+
+    // 4 cameras x 30 minutes of 2 MB segments: about 230 MB, where 24 MB
+    // are free above the reserve.
+    let t0 = base_time();
+    let a = c.server("rs01").store();
+    run_ok(&[
+        "sim",
+        "record",
+        "--store",
+        p(&a),
+        "--cameras",
+        "4",
+        "--bitrate",
+        "256kbit",
+        "--segment",
+        "60s",
+        "--from",
+        &rfc3339(t0),
+        "--to",
+        &rfc3339(t0 + 1800),
+        "--seed",
+        "2",
+    ]);
+    c.serve("rs01");
+
+    let out = hafill()
+        .args(["backfill", "--config", p(&cfg), "--json"])
+        .output()
+        .unwrap();
+    // Not everything was made whole: status 1, and the report says why.
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
+    let left_out = report["no_room_segments"].as_u64().unwrap();
+    assert!(
+        left_out > 0 && report["segments"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    assert!(
+        available_bytes(&small) >= reserve,
+        "the reserve was crossed: {} bytes free, {reserve} reserved",
+        available_bytes(&small)
+    );
+
+    // What was filled is the newest: no filled segment starts before one
+    // that was left out.
+    let store = small.join("store");
+    let filled = starts(&json(&["store", "ls", "--store", p(&store), "--json"]));
+    let all = starts(&json(&["store", "ls", "--store", p(&a), "--json"]));
+    let missing: Vec<_> = all.difference(&filled).collect();
+    assert_eq!(missing.len() as u64, left_out);
+    let oldest_filled = filled.iter().map(|(_, s)| *s).min().unwrap();
+    let newest_missing = missing.iter().map(|(_, s)| *s).max().unwrap();
+    assert!(
+        oldest_filled >= newest_missing,
+        "an older gap was filled before a newer one"
+    );
+    run_ok(&["store", "verify", "--store", p(&store)]);
+}

@@ -314,6 +314,7 @@ impl Session {
             }
         }
 
+        let t_coverage = t0.elapsed();
         // Plan, camera by camera, reading only the window of the index.
         let mut planner = Planner::new(plan_opts.clone());
         for (camera, per_peer) in &holdings {
@@ -329,6 +330,7 @@ impl Session {
             tracing::warn!(camera = %c.camera, start = %c.start, "{} and {} hold different bytes; using {}", c.chosen, c.other, c.chosen);
         }
 
+        let t_planned = t0.elapsed();
         // Placeholders for the plan, in one batch: the timeline is whole now.
         let sources: Vec<(SegmentMeta, String)> = plan
             .iter()
@@ -364,6 +366,7 @@ impl Session {
             );
         }
         let placeholders_seconds = t0.elapsed().as_secs_f64();
+        tracing::debug!(coverage = ?t_coverage, planned = ?t_planned, placed = ?t0.elapsed(), "prepare timings (since start)");
 
         // Work: what was placed (newest first), plus what earlier runs left.
         let mut jobs: Vec<Job> = Vec::new();

@@ -15,6 +15,70 @@ pub enum SimCommand {
     /// Write synthetic recordings as fast as the disk allows, durable and
     /// indexed as a recording would be; deterministic per seed.
     Record(RecordArgs),
+    /// Write like a recording server in real time (frames at their
+    /// interval, each segment durable when it closes) and report write
+    /// latency and deadline misses: the instrument of the live-protection
+    /// benchmark.
+    Live(LiveArgs),
+    /// A constant-rate UDP stream standing for live cameras on a link
+    /// (`--send`), or its receiver reporting loss and one-way delay
+    /// (`--listen`): the network instrument of the live-protection benchmark.
+    Stream(StreamArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// Send to this address.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "listen",
+        required_unless_present = "listen"
+    )]
+    send: Option<std::net::SocketAddr>,
+    /// Receive on this address and report.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// The stream's rate (sender).
+    #[arg(long, value_name = "RATE", default_value = "200Mbit", value_parser = args::bitrate)]
+    rate: u64,
+    /// How long to send, or to listen at most.
+    #[arg(long = "for", value_name = "DURATION", default_value = "20s", value_parser = args::duration_us)]
+    duration: u64,
+    /// Write the receiver's report (JSON) to this file as well.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// The store to record into (created if missing; cameras live-0001...).
+    #[arg(long, value_name = "DIR", value_parser = args::new_or_existing_store)]
+    store: PathBuf,
+    /// Number of cameras, one writer thread each.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=2000))]
+    cameras: u32,
+    /// Bit rate of each camera.
+    #[arg(long, value_name = "RATE", default_value = "8Mbit", value_parser = args::bitrate)]
+    bitrate: u64,
+    /// Segment length.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::duration_us)]
+    segment: u64,
+    /// How long to record.
+    #[arg(long = "for", value_name = "DURATION", default_value = "60s", value_parser = args::duration_us)]
+    duration: u64,
+    /// Frames per second (one write each).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=240))]
+    fps: u32,
+    /// Seed of the frame bytes.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// Write the report (JSON) to this file as well.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -54,7 +118,67 @@ pub struct RecordArgs {
 pub fn run(cmd: SimCommand) -> CmdResult {
     match cmd {
         SimCommand::Record(a) => record(a),
+        SimCommand::Live(a) => live(a),
+        SimCommand::Stream(a) => stream(a),
     }
+}
+
+fn stream(a: StreamArgs) -> CmdResult {
+    let duration = std::time::Duration::from_micros(a.duration);
+    if let Some(to) = a.send {
+        let n =
+            sim::stream::send(to, a.rate, duration).map_err(|e| format!("sending to {to}: {e}"))?;
+        println!("sent {n} packets of {} bytes to {to}", sim::stream::PACKET);
+        return Ok(Outcome::Ok);
+    }
+    let Some(listen) = a.listen else {
+        return Err("give --send ADDR or --listen ADDR".into());
+    };
+    let r = sim::stream::receive(listen, duration)
+        .map_err(|e| format!("listening on {listen}: {e}"))?;
+    if let Some(path) = &a.report {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .map_err(|e| format!("cannot write the report to {}: {e}", path.display()))?;
+    }
+    print_json(&r)?;
+    Ok(Outcome::Ok)
+}
+
+fn live(a: LiveArgs) -> CmdResult {
+    let spec = sim::live::LiveSpec {
+        cameras: a.cameras,
+        bitrate_bps: a.bitrate,
+        segment: std::time::Duration::from_micros(a.segment),
+        duration: std::time::Duration::from_micros(a.duration),
+        fps: a.fps,
+        seed: a.seed,
+    };
+    let store = Store::open_writer(&a.store, true)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let r = sim::live::live(&store, &spec, &stop)?;
+    if let Some(path) = &a.report {
+        std::fs::write(path, serde_json::to_string_pretty(&r)?)
+            .map_err(|e| format!("cannot write the report to {}: {e}", path.display()))?;
+    }
+    if a.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "live: {} cameras, {} frames, {} in {:.1}s; write latency p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} frames late; {} segments, durable p99 {:.0} ms, {} late",
+            r.cameras,
+            r.frames,
+            format_bytes(r.bytes),
+            r.seconds,
+            r.write_latency_ms.p50,
+            r.write_latency_ms.p99,
+            r.write_latency_ms.max,
+            r.frame_deadline_misses,
+            r.segments,
+            r.segment_durable_ms.p99,
+            r.segment_deadline_misses
+        );
+    }
+    Ok(Outcome::Ok)
 }
 
 fn record(a: RecordArgs) -> CmdResult {

@@ -767,7 +767,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|f| f.sync_all()).at(dir)
 }
 
-pub(crate) fn write_xattr_record(f: &File, path: &Path, rec: &Record) -> Result<()> {
+pub fn write_xattr_record(f: &File, path: &Path, rec: &Record) -> Result<()> {
     let mut buf = Vec::new();
     rec.encode(&mut buf);
     xattr::FileExt::set_xattr(f, XATTR_NAME, &buf).map_err(|e| match e.raw_os_error() {

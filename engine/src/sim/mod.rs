@@ -5,6 +5,9 @@
 //! so two stores recorded from one seed hold byte-identical segments wherever
 //! both recorded, and a test can leave a window out of one of them.
 
+pub mod live;
+pub mod stream;
+
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::time::Instant;

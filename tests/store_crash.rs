@@ -46,7 +46,28 @@ fn sigkill_during_sim_record_never_leaves_a_wrong_complete_segment() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.gen_range(50..1500)));
+        if round == 0 {
+            // The first round ends only once a batch has committed, so
+            // the later, random kills always land on a store with data,
+            // however slow this machine's disk is today.
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+                let has_data = std::path::Path::new(&store).join("HAFILL-STORE").exists()
+                    && run(&["store", "ls", "--store", &store, "--json"])
+                        .status
+                        .success()
+                    && json(&["store", "ls", "--store", &store, "--json"])["segments"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        > 0;
+                if has_data {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(rng.gen_range(50..1500)));
+        }
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
             kills += 1;

@@ -41,7 +41,12 @@ fn message_corpus_decodes_without_panic_and_round_trips() {
 
 #[test]
 fn coverage_chunk_corpus_decodes_without_panic() {
-    for (name, data) in corpus("coverage_chunk") {
+    let chunks = corpus("coverage_chunk");
+    assert!(
+        chunks.iter().any(|(n, _)| n.ends_with("two-entries")),
+        "the real-chunk seed is missing"
+    );
+    for (name, data) in chunks {
         if data.len() >= 4 {
             let raw_len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
             let decoded = hafill_protocol::decode_coverage_chunk(raw_len, &data[4..]);

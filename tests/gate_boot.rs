@@ -34,26 +34,7 @@ fn keys(v: &serde_json::Value) -> BTreeSet<(String, i64)> {
 fn the_service_starts_with_a_placeholder_for_every_missing_segment_then_they_fill() {
     let mut c = Cluster::new(&["rs01", "rs02"]);
     let t0 = base_time();
-    let rec = |store: &std::path::Path, to: i64| {
-        run_ok(&[
-            "sim",
-            "record",
-            "--store",
-            p(store),
-            "--cameras",
-            "50",
-            "--bitrate",
-            "4kbit",
-            "--segment",
-            "300s",
-            "--from",
-            &rfc3339(t0),
-            "--to",
-            &rfc3339(to),
-            "--seed",
-            "5",
-        ]);
-    };
+    let rec = |store: &std::path::Path, to: i64| sim_record(store, 50, "4kbit", "300s", t0, to, 5);
     let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
     // rs01 recorded three hours; rs02 stopped after the first: a two-hour
     // outage on all 50 cameras, up to its boot.
@@ -140,26 +121,7 @@ fn an_unreachable_peer_never_holds_the_service_and_the_daemon_fills_the_gap_late
     let mut c = Cluster::new(&["rs01", "rs02"]);
     let t0 = base_time();
     let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
-    let rec = |store: &std::path::Path, to: i64| {
-        run_ok(&[
-            "sim",
-            "record",
-            "--store",
-            p(store),
-            "--cameras",
-            "4",
-            "--bitrate",
-            "64kbit",
-            "--segment",
-            "60s",
-            "--from",
-            &rfc3339(t0),
-            "--to",
-            &rfc3339(to),
-            "--seed",
-            "9",
-        ]);
-    };
+    let rec = |store: &std::path::Path, to: i64| sim_record(store, 4, "64kbit", "60s", t0, to, 9);
     rec(&a, t0 + 3600);
     rec(&b, t0 + 1800);
 
@@ -228,26 +190,7 @@ fn placeholder_allocation(extra: &[&str]) -> (u64, u64) {
     let mut c = Cluster::new(&["rs01", "rs02"]);
     let t0 = base_time();
     let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
-    let rec = |store: &std::path::Path, to: i64| {
-        run_ok(&[
-            "sim",
-            "record",
-            "--store",
-            p(store),
-            "--cameras",
-            "2",
-            "--bitrate",
-            "2Mbit",
-            "--segment",
-            "60s",
-            "--from",
-            &rfc3339(t0),
-            "--to",
-            &rfc3339(to),
-            "--seed",
-            "3",
-        ]);
-    };
+    let rec = |store: &std::path::Path, to: i64| sim_record(store, 2, "2Mbit", "60s", t0, to, 3);
     rec(&a, t0 + 1200);
     rec(&b, t0 + 600);
     c.serve("rs01");

@@ -99,24 +99,7 @@ fn placeholders_never_cross_the_reserve_and_the_newest_gaps_come_first() {
     // are free above the reserve.
     let t0 = base_time();
     let a = c.server("rs01").store();
-    run_ok(&[
-        "sim",
-        "record",
-        "--store",
-        p(&a),
-        "--cameras",
-        "4",
-        "--bitrate",
-        "256kbit",
-        "--segment",
-        "60s",
-        "--from",
-        &rfc3339(t0),
-        "--to",
-        &rfc3339(t0 + 1800),
-        "--seed",
-        "2",
-    ]);
+    sim_record(&a, 4, "256kbit", "60s", t0, t0 + 1800, 2);
     c.serve("rs01");
 
     let out = hafill()

@@ -56,3 +56,34 @@ pub fn rfc3339(secs: i64) -> String {
         .trim()
         .to_string()
 }
+
+/// `hafill sim record` of `cameras` at `bitrate` in `segment` pieces over
+/// `[from, to)` (Unix seconds) with `seed`.
+pub fn sim_record(
+    store: &Path,
+    cameras: u32,
+    bitrate: &str,
+    segment: &str,
+    from: i64,
+    to: i64,
+    seed: u64,
+) {
+    run_ok(&[
+        "sim",
+        "record",
+        "--store",
+        p(store),
+        "--cameras",
+        &cameras.to_string(),
+        "--bitrate",
+        bitrate,
+        "--segment",
+        segment,
+        "--from",
+        &rfc3339(from),
+        "--to",
+        &rfc3339(to),
+        "--seed",
+        &seed.to_string(),
+    ]);
+}

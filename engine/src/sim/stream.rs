@@ -19,26 +19,32 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Sends `rate_bps` to `to` for `duration`, paced every millisecond.
-/// Returns the packets sent.
+/// The packets a stream of `rate_bps` sends in `duration`.
+pub fn packets_for(rate_bps: u64, duration: Duration) -> u64 {
+    (rate_bps as f64 * duration.as_secs_f64() / 8.0 / PACKET as f64).round() as u64
+}
+
+/// Sends exactly [`packets_for`]`(rate_bps, duration)` packets to `to`,
+/// paced every millisecond over `duration` (catching up when the sender
+/// was late, so the count never depends on scheduling). Returns the count.
 pub fn send(to: SocketAddr, rate_bps: u64, duration: Duration) -> std::io::Result<u64> {
     let bind: SocketAddr = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .map_err(std::io::Error::other)?;
     let socket = UdpSocket::bind(bind)?;
-    let per_ms = rate_bps as f64 / 8.0 / PACKET as f64 / 1000.0;
+    let total = packets_for(rate_bps, duration);
     let mut buf = [0u8; PACKET];
-    let (t0, mut seq, mut owed) = (Instant::now(), 0u64, 0.0f64);
+    let (t0, mut seq) = (Instant::now(), 0u64);
     let mut tick = t0;
-    while t0.elapsed() < duration {
-        owed += per_ms;
-        while owed >= 1.0 {
+    while seq < total {
+        let share = (t0.elapsed().as_secs_f64() / duration.as_secs_f64().max(1e-9)).min(1.0);
+        let due = ((total as f64 * share).ceil() as u64).min(total);
+        while seq < due {
             buf[..8].copy_from_slice(&seq.to_le_bytes());
             buf[8..16].copy_from_slice(&now_ns().to_le_bytes());
             // A full socket buffer is the link's loss, not ours to retry.
             let _ = socket.send_to(&buf, to);
             seq += 1;
-            owed -= 1.0;
         }
         tick += Duration::from_millis(1);
         if let Some(wait) = tick.checked_duration_since(Instant::now()) {
@@ -63,7 +69,11 @@ pub struct StreamReport {
 /// Receives on `listen` until `duration` has passed (or a second without
 /// packets after the first), then reports.
 pub fn receive(listen: SocketAddr, duration: Duration) -> std::io::Result<StreamReport> {
-    let socket = UdpSocket::bind(listen)?;
+    receive_on(UdpSocket::bind(listen)?, duration)
+}
+
+/// [`receive`] on a socket already bound.
+pub fn receive_on(socket: UdpSocket, duration: Duration) -> std::io::Result<StreamReport> {
     // A deep receive buffer: the instrument must not drop what the link
     // delivered while it waits for a core (the backfill it measures uses
     // them too). Capped by net.core.rmem_max.
@@ -128,15 +138,15 @@ mod tests {
 
     #[test]
     fn a_stream_on_loopback_arrives_whole_and_is_measured() {
-        let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
-        let rx = std::thread::spawn(move || receive(addr, Duration::from_secs(3)).unwrap());
-        std::thread::sleep(Duration::from_millis(100));
+        // Bound before anything is sent: no packet can miss the receiver.
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let rx = std::thread::spawn(move || receive_on(socket, Duration::from_secs(3)).unwrap());
         let sent = send(addr, 10_000_000, Duration::from_millis(500)).unwrap();
         let r = rx.join().unwrap();
-        // 10 Mbit/s for half a second: about 520 packets of 1200 bytes.
-        assert!((500..=540).contains(&sent), "sent {sent}");
+        // 10 Mbit/s for half a second: 521 packets of 1200 bytes.
+        assert_eq!(sent, packets_for(10_000_000, Duration::from_millis(500)));
+        assert_eq!(sent, 521);
         assert_eq!(r.received + r.lost, sent);
         assert!(r.delay_ms.max >= r.delay_ms.p50);
     }

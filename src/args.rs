@@ -69,12 +69,7 @@ pub fn new_or_existing_store(s: &str) -> Result<PathBuf, String> {
 
 /// A peer's name: what `origin` records and logs show.
 pub fn peer_name(s: &str) -> Result<String, String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if hafill_engine::config::valid_name(s) {
         Ok(s.to_string())
     } else {
         Err("expected a peer name of 1 to 64 ASCII letters, digits, '-', '_' or '.'".into())
@@ -108,4 +103,18 @@ pub fn config_file(s: &str) -> Result<PathBuf, String> {
         return Err(format!("expected a config file (TOML); {s} is not a file"));
     }
     Ok(p)
+}
+
+/// `SERVER=FILE`: a server's camera inventory (CSV or JSON).
+pub fn inventory(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = s
+        .split_once('=')
+        .ok_or("expected SERVER=FILE, for example rs01=rs01-cameras.csv")?;
+    let p = PathBuf::from(file);
+    if !p.is_file() {
+        return Err(format!(
+            "expected an inventory file (CSV or JSON); {file} is not a file"
+        ));
+    }
+    Ok((peer_name(name)?, p))
 }

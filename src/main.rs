@@ -7,9 +7,11 @@ mod args;
 mod demo;
 mod gate_cmd;
 mod net_cmd;
+mod pair_cmd;
 mod plan_cmd;
 mod progress;
 mod sim_cmd;
+mod status_cmd;
 mod store_cmd;
 
 use std::process::ExitCode;
@@ -48,6 +50,16 @@ enum Command {
     /// Boot-time gate: plan and create placeholders (each peer under a
     /// deadline), start the recording service, backfill in the background.
     Gate(gate_cmd::GateArgs),
+    /// Match the servers' camera inventories by IP address into the
+    /// config's `[[camera]]` section; reports mismatches and conflicts.
+    Pair(pair_cmd::PairArgs),
+    /// Per-camera HA health: which servers record each camera, gaps
+    /// pending, backfill progress; mismatched, disconnected and overflowing
+    /// cameras and HA alerts.
+    Status(status_cmd::StatusArgs),
+    /// The server to view a camera's moment from: its primary when that
+    /// holds it, else another that does.
+    Locate(status_cmd::LocateArgs),
     /// Two servers on loopback, an outage, and the backfill that closes it,
     /// in a temporary directory; no configuration.
     Demo(demo::DemoArgs),
@@ -112,6 +124,9 @@ fn main() -> ExitCode {
         Command::Keygen(a) => net_cmd::keygen(a),
         Command::Serve(a) => net_cmd::serve(a),
         Command::Backfill(a) => net_cmd::backfill(a),
+        Command::Pair(a) => pair_cmd::run(a),
+        Command::Status(a) => status_cmd::status(a),
+        Command::Locate(a) => status_cmd::locate(a),
         Command::Demo(a) => demo::run(a),
         Command::Gate(_) => unreachable!("handled above"),
     };

@@ -429,9 +429,7 @@ impl Session {
         })
     }
 
-    /// Validates and keeps a peer's coverage: camera ids from the wire are
-    /// checked before they go near a path, and only cameras we pair with
-    /// that peer are taken.
+    /// Keeps a peer's coverage (see [`peer_segments`]).
     fn take_coverage(
         &self,
         peer: &str,
@@ -439,30 +437,8 @@ impl Session {
         holdings: &mut BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
     ) -> usize {
         let mut n = 0;
-        let mut by_cam: BTreeMap<CameraId, Vec<SegmentMeta>> = BTreeMap::new();
-        for e in entries {
-            let Ok(camera) = CameraId::new(e.camera.clone()) else {
-                tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
-                continue;
-            };
-            if !self.config.paired_with(&camera, peer)
-                || e.duration_us > crate::store::MAX_SEGMENT_DURATION_US
-            {
-                continue;
-            }
-            n += 1;
-            by_cam.entry(camera.clone()).or_default().push(SegmentMeta {
-                camera,
-                start: Timestamp(e.start_us),
-                duration_us: e.duration_us,
-                len: e.len,
-                blake3: blake3::Hash::from_bytes(e.blake3),
-                state: SegmentState::Complete,
-                origin: Origin::Peer(peer.to_string()),
-            });
-        }
-        for (c, mut segs) in by_cam {
-            segs.sort_by_key(|s| s.start);
+        for (c, segs) in peer_segments(&self.config, peer, entries) {
+            n += segs.len();
             holdings
                 .entry(c)
                 .or_default()
@@ -704,6 +680,41 @@ impl Session {
             peers: self.statuses,
         }
     }
+}
+
+/// A peer's coverage as segments per camera, sorted by start. Camera ids
+/// from the wire are checked before they go near a path, and only cameras
+/// this server pairs with that peer are kept.
+pub fn peer_segments(
+    config: &Config,
+    peer: &str,
+    entries: Vec<hafill_protocol::CoverageEntry>,
+) -> BTreeMap<CameraId, Vec<SegmentMeta>> {
+    let mut by_cam: BTreeMap<CameraId, Vec<SegmentMeta>> = BTreeMap::new();
+    for e in entries {
+        let Ok(camera) = CameraId::new(e.camera.clone()) else {
+            tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
+            continue;
+        };
+        if !config.paired_with(&camera, peer)
+            || e.duration_us > crate::store::MAX_SEGMENT_DURATION_US
+        {
+            continue;
+        }
+        by_cam.entry(camera.clone()).or_default().push(SegmentMeta {
+            camera,
+            start: Timestamp(e.start_us),
+            duration_us: e.duration_us,
+            len: e.len,
+            blake3: blake3::Hash::from_bytes(e.blake3),
+            state: SegmentState::Complete,
+            origin: Origin::Peer(peer.to_string()),
+        });
+    }
+    for segs in by_cam.values_mut() {
+        segs.sort_by_key(|s| s.start);
+    }
+    by_cam
 }
 
 /// The plan window of a backfill: the options' bounds within retention.

@@ -2,7 +2,7 @@
 //! the TOML parser can, the line; relative paths resolve against the
 //! config file's folder.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobMatcher};
@@ -74,7 +74,17 @@ struct ServerSection {
     reserve: String,
     #[serde(default)]
     congestion: Congestion,
+    #[serde(default = "default_status")]
+    status: String,
 }
+
+fn default_status() -> String {
+    DEFAULT_STATUS_ADDR.into()
+}
+
+/// Where the daemon serves `/metrics` and `/status` unless `[server]
+/// status` says otherwise: this machine only.
+pub const DEFAULT_STATUS_ADDR: &str = "127.0.0.1:9402";
 
 fn default_retention() -> String {
     "30d".into()
@@ -96,6 +106,49 @@ struct PeerSection {
 struct CameraSection {
     id: String,
     servers: Vec<String>,
+    #[serde(default)]
+    ha: HaMode,
+    name: Option<String>,
+    ip: Option<IpAddr>,
+}
+
+/// How a camera's recording is shared among its servers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HaMode {
+    /// One server records it; a second recording is an unintended extra
+    /// stream (a warning).
+    #[default]
+    None,
+    /// Every listed server records it; any that does not is an alert.
+    ActiveActive,
+    /// The first records it, the others take over; an alert only when no
+    /// server records it.
+    ActivePassive,
+}
+
+impl std::fmt::Display for HaMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HaMode::None => "none",
+            HaMode::ActiveActive => "active-active",
+            HaMode::ActivePassive => "active-passive",
+        })
+    }
+}
+
+impl std::str::FromStr for HaMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "" | "none" => Ok(HaMode::None),
+            "active-active" => Ok(HaMode::ActiveActive),
+            "active-passive" => Ok(HaMode::ActivePassive),
+            other => Err(format!(
+                "HA mode {other:?}: expected none, active-active or active-passive"
+            )),
+        }
+    }
 }
 
 /// A loaded, checked configuration.
@@ -114,6 +167,8 @@ pub struct Config {
     /// The congestion controller this server sends with.
     pub congestion: Congestion,
     pub throttle: Throttle,
+    /// The HTTP side (`/metrics`, `/status`); None: off.
+    pub status: Option<SocketAddr>,
 }
 
 /// How backfill yields to live recording (`[throttle]`).
@@ -142,15 +197,21 @@ pub struct Peer {
     pub id: String,
 }
 
-/// Which servers record the cameras whose id matches `pattern`.
+/// Which servers record the cameras whose id matches `pattern`, and how.
 #[derive(Debug, Clone)]
 pub struct CameraRule {
     pub pattern: String,
     matcher: GlobMatcher,
+    /// The first is the camera's primary server (where viewers look first).
     pub servers: Vec<String>,
+    pub ha: HaMode,
+    pub name: Option<String>,
+    pub ip: Option<IpAddr>,
 }
 
-fn valid_name(s: &str) -> bool {
+/// A server name: 1 to 64 ASCII letters, digits, `-`, `_` or `.`, not
+/// starting with `.`.
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && !s.starts_with('.')
@@ -232,14 +293,35 @@ impl Config {
                     )));
                 }
             }
+            let mut seen = Vec::new();
+            for srv in &c.servers {
+                if seen.contains(&srv) {
+                    return Err(invalid(format!(
+                        "[[camera]] {}: server {srv:?} is listed twice",
+                        c.id
+                    )));
+                }
+                seen.push(srv);
+            }
             cameras.push(CameraRule {
                 pattern: c.id,
                 matcher: glob.compile_matcher(),
                 servers: c.servers,
+                ha: c.ha,
+                name: c.name,
+                ip: c.ip,
             });
         }
         let throttle =
             parse_throttle(file.throttle).map_err(|m| invalid(format!("[throttle] {m}")))?;
+        let status = match s.status.trim() {
+            "off" | "none" | "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(format!(
+                    "[server] status {a:?}: expected an address such as \"{DEFAULT_STATUS_ADDR}\", or \"off\""
+                ))
+            })?),
+        };
         Ok(Config {
             path: path.to_path_buf(),
             name: s.name,
@@ -253,6 +335,7 @@ impl Config {
             cameras,
             congestion: s.congestion,
             throttle,
+            status,
         })
     }
 
@@ -263,10 +346,21 @@ impl Config {
     /// The servers recording `camera`: the first `[[camera]]` rule that
     /// matches decides.
     pub fn servers_of(&self, camera: &CameraId) -> Option<&[String]> {
+        self.rule_of(camera).map(|r| r.servers.as_slice())
+    }
+
+    /// The `[[camera]]` rule that decides for `camera`.
+    pub fn rule_of(&self, camera: &CameraId) -> Option<&CameraRule> {
         self.cameras
             .iter()
             .find(|r| r.matcher.is_match(camera.as_str()))
-            .map(|r| r.servers.as_slice())
+    }
+
+    /// Every server name this config knows: this one, then the peers.
+    pub fn server_names(&self) -> Vec<String> {
+        std::iter::once(self.name.clone())
+            .chain(self.peers.iter().map(|p| p.name.clone()))
+            .collect()
     }
 
     /// Whether `camera` is paired between this server and `peer`.

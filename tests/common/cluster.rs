@@ -11,6 +11,8 @@ pub struct Server {
     pub name: String,
     pub dir: PathBuf,
     pub port: u16,
+    /// The daemon's HTTP side (`/metrics`, `/status`).
+    pub status_port: u16,
     pub id: String,
 }
 
@@ -35,6 +37,12 @@ pub fn free_port() -> u16 {
     s.local_addr().unwrap().port()
 }
 
+/// A free TCP port on loopback.
+pub fn free_tcp_port() -> u16 {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap().port()
+}
+
 impl Cluster {
     /// `names` servers, each pairing every camera matching `cam-*` with all
     /// of the others.
@@ -50,6 +58,7 @@ impl Cluster {
                 name: n.to_string(),
                 dir,
                 port: free_port(),
+                status_port: free_tcp_port(),
                 id,
             });
         }
@@ -74,8 +83,8 @@ impl Cluster {
     /// Rewrites a server's config with `cameras` as its camera section.
     pub fn write_config(&self, s: &Server, cameras: &str) {
         let mut text = format!(
-            "[server]\nname = \"{}\"\nlisten = \"127.0.0.1:{}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nretention = \"30d\"\n\n",
-            s.name, s.port
+            "[server]\nname = \"{}\"\nlisten = \"127.0.0.1:{}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nretention = \"30d\"\nstatus = \"127.0.0.1:{}\"\n\n",
+            s.name, s.port, s.status_port
         );
         for o in self.servers.iter().filter(|o| o.name != s.name) {
             text += &format!(

@@ -38,7 +38,7 @@ fn config(dir: &Path, name: &str, port: u16, peer: &str, peer_port: u16, peer_id
     std::fs::write(
         &path,
         format!(
-            "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nreserve = \"1GiB\"\n\n\
+            "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nstatus = \"off\"\nreserve = \"1GiB\"\n\n\
              [[peer]]\nname = \"{peer}\"\naddr = \"127.0.0.1:{peer_port}\"\nid = \"{peer_id}\"\n\n\
              [[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n"
         ),

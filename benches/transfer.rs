@@ -127,7 +127,7 @@ fn loopback(c: &mut Criterion) {
         ("rs02", p2, "rs01", p1, &id1),
     ] {
         let text = format!(
-            "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\n\
+            "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nstatus = \"off\"\n\
              [[peer]]\nname = \"{peer}\"\naddr = \"127.0.0.1:{peer_port}\"\nid = \"{peer_id}\"\n\
              [[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n"
         );
@@ -155,7 +155,7 @@ fn loopback(c: &mut Criterion) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(backfill::serve(
         c1.clone(),
-        None,
+        backfill::ServeOptions::default(),
         std::sync::Arc::new(std::sync::RwLock::new(c1.throttle.clone())),
         async {
             let _ = stopped.await;

@@ -49,7 +49,7 @@ fn write_config(
     peer_id: &str,
 ) -> std::io::Result<PathBuf> {
     let text = format!(
-        "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nretention = \"30d\"\nreserve = \"1GiB\"\n\n\
+        "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nstatus = \"off\"\nretention = \"30d\"\nreserve = \"1GiB\"\n\n\
          [[peer]]\nname = \"{peer}\"\naddr = \"127.0.0.1:{peer_port}\"\nid = \"{peer_id}\"\n\n\
          [[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n"
     );
@@ -136,7 +136,7 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = rt.spawn(backfill::serve(
         config1.clone(),
-        None,
+        backfill::ServeOptions::default(),
         Arc::new(std::sync::RwLock::new(config1.throttle.clone())),
         async {
             let _ = stop_rx.await;

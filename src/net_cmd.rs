@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Only serve; never backfill by itself.
     #[arg(long)]
     no_scrub: bool,
+    /// How often the HTTP side (`[server] status`) takes the site status
+    /// behind `/status` and the alert gauges (it asks every peer).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = args::duration_us)]
+    status_every: u64,
     /// Congestion controller for what this server sends (overrides
     /// `[server] congestion`): ledbat yields to live streams.
     #[arg(long, value_enum)]
@@ -90,7 +94,11 @@ pub fn serve(a: ServeArgs) -> CmdResult {
             }
             tracing::info!("shutting down");
         };
-        backfill::serve(config, scrub_every, throttle, shutdown).await
+        let opts = backfill::ServeOptions {
+            scrub_every,
+            status_every: std::time::Duration::from_micros(a.status_every.max(1_000_000)),
+        };
+        backfill::serve(config, opts, throttle, shutdown).await
     })?;
     Ok(Outcome::Ok)
 }

@@ -15,13 +15,14 @@ use crate::camera::CameraId;
 use crate::config::Config;
 use crate::identity::{self, Identity, IdentityError};
 use crate::io::{DiskWriter, IoBackend, IoChoice, IoSetupError};
+use crate::metrics::Metrics;
 use crate::placeholder;
 use crate::plan::{PlanOptions, Planner};
 use crate::segment::{Origin, SegmentMeta, SegmentState};
 use crate::store::{Store, StoreError};
 use crate::throttle::governor::{self, Rates, SharedThrottle};
 use crate::throttle::schedule::Limits;
-use crate::transfer::client::{self, FetchContext};
+use crate::transfer::client::{self, FetchContext, FetchError};
 use crate::transfer::{client_endpoint, TransferError};
 use crate::units::Timestamp;
 
@@ -50,6 +51,8 @@ pub struct BackfillOptions {
     pub connect_timeout: Duration,
     /// Placeholders as holes instead of allocated space.
     pub sparse: bool,
+    /// The daemon's counters, updated as the backfill goes.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for BackfillOptions {
@@ -71,6 +74,7 @@ impl Default for BackfillOptions {
             io: IoChoice::Auto,
             connect_timeout: Duration::from_secs(10),
             sparse: false,
+            metrics: None,
         }
     }
 }
@@ -417,6 +421,12 @@ impl Session {
             jobs.push(Job { meta: m, sources });
         }
         jobs.sort_by_key(|j| std::cmp::Reverse(j.meta.start));
+        if let Some(m) = &self.opts.metrics {
+            m.planned(jobs.len() as u64, jobs.iter().map(|j| j.meta.len).sum());
+            for s in &self.statuses {
+                m.peer(&s.peer, s.connected);
+            }
+        }
         Ok(Prepared {
             jobs,
             holdings,
@@ -522,6 +532,7 @@ impl Session {
                 commit_tx.clone(),
                 stop.clone(),
             );
+            let metrics = self.opts.metrics.clone();
             workers.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let job = match queue.lock() {
@@ -549,6 +560,9 @@ impl Session {
                                 // the next holder is tried; nothing unverified
                                 // counted.
                                 tracing::warn!(camera = %job.meta.camera, start = %job.meta.start, %peer, "fetch failed: {e}");
+                                if let (Some(m), FetchError::Integrity(_)) = (&metrics, &e) {
+                                    m.verify_failed();
+                                }
                                 reasons.push(format!("{peer}: {e}"));
                             }
                         }
@@ -557,9 +571,16 @@ impl Session {
                         Some(m) => {
                             done_segments.fetch_add(1, Ordering::Relaxed);
                             done_bytes.fetch_add(m.len, Ordering::Relaxed);
+                            let len = m.len;
                             let _ = commit_tx.send(m).await;
+                            if let Some(metrics) = &metrics {
+                                metrics.segment_done(len);
+                            }
                         }
                         None => {
+                            if let Some(m) = &metrics {
+                                m.segment_failed(job.meta.len);
+                            }
                             let f = Failure {
                                 camera: job.meta.camera.clone(),
                                 start: job.meta.start.to_string(),
@@ -751,10 +772,12 @@ pub async fn scrub_loop(
     config: Arc<Config>,
     every: Duration,
     throttle: SharedThrottle,
+    metrics: Option<Arc<Metrics>>,
     stop: Arc<AtomicBool>,
 ) {
     let opts = BackfillOptions {
         live_throttle: Some(throttle),
+        metrics,
         ..BackfillOptions::default()
     };
     while !stop.load(Ordering::Relaxed) {
@@ -791,11 +814,30 @@ pub async fn scrub_loop(
     }
 }
 
+/// How the daemon runs besides serving.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Backfill by itself this often ([`scrub_loop`]); None: only serve.
+    pub scrub_every: Option<Duration>,
+    /// How often the HTTP side's status (and alert gauges) is taken.
+    pub status_every: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            scrub_every: None,
+            status_every: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Runs the server side until `shutdown` resolves; with `scrub_every`, the
-/// daemon also backfills by itself ([`scrub_loop`]).
+/// daemon also backfills by itself ([`scrub_loop`]); with `[server]
+/// status`, it answers `/metrics` and `/status` over HTTP.
 pub async fn serve(
     config: Arc<Config>,
-    scrub_every: Option<Duration>,
+    opts: ServeOptions,
     throttle: SharedThrottle,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BackfillError> {
@@ -814,8 +856,39 @@ pub async fn serve(
     });
     let ep = endpoint.clone();
     let stop = Arc::new(AtomicBool::new(false));
-    let scrub = scrub_every
-        .map(|every| tokio::spawn(scrub_loop(config.clone(), every, throttle, stop.clone())));
+    let metrics = Arc::new(Metrics::new());
+    let meter = tokio::spawn(metrics.clone().meter_rate());
+    let board = Arc::new(crate::http::Board::new(metrics.clone()));
+    // Metrics are for operators; a port already taken must not stop backfill.
+    let listener = config
+        .status
+        .and_then(|addr| match crate::http::listen(addr, board.clone()) {
+            Ok(l) => {
+                tracing::info!(addr = %l.addr, "metrics and status on http://{}/", l.addr);
+                Some(l)
+            }
+            Err(e) => {
+                tracing::error!("{e}; serving without /metrics and /status");
+                None
+            }
+        });
+    let status = listener.as_ref().map(|_| {
+        tokio::spawn(crate::http::status_loop(
+            config.clone(),
+            board.clone(),
+            opts.status_every,
+            stop.clone(),
+        ))
+    });
+    let scrub = opts.scrub_every.map(|every| {
+        tokio::spawn(scrub_loop(
+            config.clone(),
+            every,
+            throttle,
+            Some(metrics.clone()),
+            stop.clone(),
+        ))
+    });
     tokio::select! {
         _ = crate::transfer::server::run(endpoint, state) => {}
         _ = shutdown => {
@@ -827,6 +900,11 @@ pub async fn serve(
     if let Some(s) = scrub {
         let _ = s.await;
     }
+    if let Some(s) = status {
+        let _ = s.await;
+    }
+    meter.abort();
+    drop(listener);
     ep.wait_idle().await;
     Ok(())
 }

@@ -1,0 +1,136 @@
+//! The daemon's HTTP side: `/metrics` scraped during a real backfill shows
+//! the byte counter rising and the pending gaps falling; `/status` serves
+//! the JSON of `hafill status`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::{base_time, sim_record};
+
+/// GET `path` from 127.0.0.1:`port`: status code and body.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+fn value(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    // rs02 takes at most 40 Mbit/s: the 2 x 60 segments (about 57 MB) take
+    // at least ten seconds, however fast the machine.
+    let cams = "[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n\n[throttle]\nmax_rate = \"40Mbit\"\n";
+    for s in &c.servers {
+        c.write_config(s, cams);
+    }
+    let t0 = base_time();
+    sim_record(
+        &c.server("rs01").store(),
+        2,
+        "64kbit",
+        "60s",
+        t0,
+        t0 + 3600,
+        7,
+    );
+    let total_bytes: f64 = walk_bytes(&c.server("rs01").store().join("segments"));
+    c.serve("rs01");
+    c.serve_with("rs02", &["--scrub-every", "1h", "--status-every", "1s"]);
+    let port = c.server("rs02").status_port;
+
+    let mut samples: Vec<(f64, f64)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "backfill did not finish: {}",
+            c.serve_log("rs02")
+        );
+        if let Some((200, m)) = get(port, "/metrics") {
+            if let (Some(b), Some(p)) = (
+                value(&m, "hafill_backfilled_bytes_total"),
+                value(&m, "hafill_gaps_pending_segments"),
+            ) {
+                let rounds = value(&m, "hafill_backfill_rounds_total").unwrap_or(0.0);
+                if rounds >= 1.0 {
+                    samples.push((b, p));
+                    if p == 0.0 && b > 0.0 {
+                        break;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (last_bytes, _) = *samples.last().unwrap();
+    assert_eq!(last_bytes, total_bytes, "every byte counted once");
+    for w in samples.windows(2) {
+        assert!(w[1].0 >= w[0].0, "bytes went down: {samples:?}");
+        assert!(w[1].1 <= w[0].1, "pending gaps went up: {samples:?}");
+    }
+    let midway: Vec<_> = samples
+        .iter()
+        .filter(|(b, p)| *b > 0.0 && *b < total_bytes && *p > 0.0 && *p < 120.0)
+        .collect();
+    let distinct: std::collections::BTreeSet<u64> = midway.iter().map(|(b, _)| *b as u64).collect();
+    assert!(
+        distinct.len() >= 3,
+        "too few scrapes during the backfill: {samples:?}"
+    );
+
+    let m = get(port, "/metrics").unwrap().1;
+    assert_eq!(value(&m, "hafill_peer_up{peer=\"rs01\"}"), Some(1.0), "{m}");
+    assert_eq!(value(&m, "hafill_verify_failures_total"), Some(0.0), "{m}");
+    assert!(
+        m.contains("hafill_alerts{kind=\"stream-not-recording\",severity=\"critical\"}"),
+        "{m}"
+    );
+
+    // /status: the JSON of `hafill status`, as the daemon last took it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        match get(port, "/status") {
+            Some((200, body)) => break body,
+            Some((503, _)) | None if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            other => panic!("/status: {other:?}"),
+        }
+    };
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(s["server"], "rs02");
+    assert_eq!(s["overview"]["cameras"], 2, "{s:#}");
+    assert_eq!(get(port, "/nope").unwrap().0, 404);
+}
+
+fn walk_bytes(dir: &std::path::Path) -> f64 {
+    let mut n = 0u64;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            n += walk_bytes(&e.path()) as u64;
+        } else {
+            n += e.metadata().unwrap().len();
+        }
+    }
+    n as f64
+}

@@ -136,6 +136,7 @@ fn loopback(c: &mut Criterion) {
     let to = Timestamp((Timestamp::now().0 / 60_000_000 - 2) * 60_000_000);
     let spec = RecordSpec {
         cameras: 4,
+        first_camera: 1,
         bitrate_bps: 4_000_000,
         segment_us: 60_000_000,
         from: to.add_micros(-4 * 60_000_000),

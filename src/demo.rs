@@ -93,6 +93,7 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let outage = (from.add_micros(third / 2), to.add_micros(-third / 2));
     let spec = RecordSpec {
         cameras: a.cameras,
+        first_camera: 1,
         bitrate_bps: a.bitrate,
         segment_us: seg as u64,
         from,

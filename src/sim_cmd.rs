@@ -89,6 +89,10 @@ pub struct RecordArgs {
     /// Number of cameras: cam-0001, cam-0002, ...
     #[arg(long, value_name = "N", default_value_t = 4)]
     cameras: u32,
+    /// Number of the first camera (`--first-camera 11 --cameras 2`:
+    /// cam-0011 and cam-0012).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    first_camera: u32,
     /// Bit rate of each camera.
     #[arg(long, value_name = "RATE", default_value = "4Mbit", value_parser = args::bitrate)]
     bitrate: u64,
@@ -184,6 +188,7 @@ fn live(a: LiveArgs) -> CmdResult {
 fn record(a: RecordArgs) -> CmdResult {
     let spec = RecordSpec {
         cameras: a.cameras,
+        first_camera: a.first_camera,
         bitrate_bps: a.bitrate,
         segment_us: a.segment,
         from: a.from,

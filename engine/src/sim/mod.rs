@@ -24,6 +24,8 @@ use crate::units::Timestamp;
 #[derive(Debug, Clone)]
 pub struct RecordSpec {
     pub cameras: u32,
+    /// Number of the first camera: 1 gives cam-0001, cam-0002, ...
+    pub first_camera: u32,
     pub bitrate_bps: u64,
     pub segment_us: u64,
     pub from: Timestamp,
@@ -40,7 +42,7 @@ pub struct RecordSpec {
 pub enum SimError {
     #[error("--segment must be between 1ms and {}h", MAX_SEGMENT_DURATION_US / 3_600_000_000)]
     SegmentLength,
-    #[error("--cameras must be between 1 and 99999")]
+    #[error("--cameras and --first-camera must keep camera numbers between 1 and 99999")]
     Cameras,
     #[error("--from must come before --to, with room for at least one segment")]
     Window,
@@ -139,7 +141,10 @@ pub fn record(
     if spec.segment_us < 1_000 || spec.segment_us > MAX_SEGMENT_DURATION_US {
         return Err(SimError::SegmentLength);
     }
-    if spec.cameras == 0 || spec.cameras > 99_999 {
+    if spec.cameras == 0
+        || spec.first_camera == 0
+        || spec.first_camera as u64 + spec.cameras as u64 - 1 > 99_999
+    {
         return Err(SimError::Cameras);
     }
     let starts: Vec<Timestamp> = grid(spec.from, spec.to, spec.segment_us).collect();
@@ -147,7 +152,8 @@ pub fn record(
         return Err(SimError::Window);
     }
     let t0 = Instant::now();
-    let cameras: Vec<CameraId> = (0..spec.cameras).map(camera_id).collect();
+    let first = spec.first_camera - 1;
+    let cameras: Vec<CameraId> = (first..first + spec.cameras).map(camera_id).collect();
     let mut existing: Vec<HashSet<i64>> = Vec::with_capacity(cameras.len());
     for c in &cameras {
         existing.push(

@@ -182,6 +182,10 @@ pub struct BackfillArgs {
     /// when the store device is busy with live recording.
     #[arg(long)]
     no_adaptive: bool,
+    /// Longest wait for one whole frame from a peer; a peer that stalls or
+    /// drips bytes longer is cut off for the run.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = args::duration_us)]
+    stall_timeout: u64,
     /// zstd per block: auto compresses a block only where that pays.
     #[arg(long, value_enum, default_value = "auto")]
     compress: CompressArg,
@@ -207,6 +211,7 @@ pub fn backfill(a: BackfillArgs) -> CmdResult {
         max_rate: a.max_rate.map(|bits| bits / 8),
         max_disk_rate: a.max_disk_rate,
         adaptive_disk: a.no_adaptive.then_some(false),
+        stall: std::time::Duration::from_micros(a.stall_timeout.max(1_000)),
         compression: match a.compress {
             CompressArg::Auto => Compression::Auto,
             CompressArg::On => Compression::On,

@@ -24,6 +24,39 @@ pub enum SimCommand {
     /// (`--send`), or its receiver reporting loss and one-way delay
     /// (`--listen`): the network instrument of the live-protection benchmark.
     Stream(StreamArgs),
+    /// A peer that speaks the protocol and lies about every segment it
+    /// serves (its coverage is honest): for testing that receivers refuse
+    /// its bytes and cut it off. Never run it on a production site.
+    Hostile(HostileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostileArgs {
+    /// The hostile peer's config file (as for `hafill serve`).
+    #[arg(long, value_name = "FILE", value_parser = args::config_file)]
+    config: PathBuf,
+    /// How it lies: wrong-hash, wrong-size, bad-block, oversized, extra,
+    /// stall or drip.
+    #[arg(long, value_name = "LIE")]
+    lie: hafill_engine::transfer::server::Lie,
+}
+
+fn hostile(a: HostileArgs) -> CmdResult {
+    let config = std::sync::Arc::new(hafill_engine::config::Config::load(&a.config)?);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(sim::hostile::serve(config, a.lie, async {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }))?;
+    Ok(Outcome::Ok)
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +157,7 @@ pub fn run(cmd: SimCommand) -> CmdResult {
         SimCommand::Record(a) => record(a),
         SimCommand::Live(a) => live(a),
         SimCommand::Stream(a) => stream(a),
+        SimCommand::Hostile(a) => hostile(a),
     }
 }
 

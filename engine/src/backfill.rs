@@ -53,6 +53,9 @@ pub struct BackfillOptions {
     pub sparse: bool,
     /// The daemon's counters, updated as the backfill goes.
     pub metrics: Option<Arc<Metrics>>,
+    /// Longest wait for one whole frame from a peer before it counts as
+    /// stalled (and is cut off).
+    pub stall: Duration,
 }
 
 impl Default for BackfillOptions {
@@ -75,6 +78,7 @@ impl Default for BackfillOptions {
             connect_timeout: Duration::from_secs(10),
             sparse: false,
             metrics: None,
+            stall: client::DEFAULT_STALL,
         }
     }
 }
@@ -185,6 +189,13 @@ struct Fetched {
     segments: u64,
     bytes: u64,
     failed: Vec<Failure>,
+    /// Peers cut off for misbehaving, with why.
+    cut_off: BTreeMap<String, String>,
+}
+
+/// A lock that a panicked holder does not poison for the others.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Session {
@@ -478,6 +489,8 @@ impl Session {
         let done_segments = Arc::new(AtomicU64::new(0));
         let done_bytes = Arc::new(AtomicU64::new(0));
         let conns = Arc::new(self.conns.clone());
+        // Peers that misbehaved, with why: cut off for the rest of the run.
+        let cut_off: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
 
         // Completed segments go to the index in batches, from one task.
         let (commit_tx, mut commit_rx) = tokio::sync::mpsc::channel::<SegmentMeta>(1024);
@@ -533,6 +546,7 @@ impl Session {
                 stop.clone(),
             );
             let metrics = self.opts.metrics.clone();
+            let cut_off = cut_off.clone();
             workers.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     let job = match queue.lock() {
@@ -544,6 +558,10 @@ impl Session {
                     let mut reasons = Vec::new();
                     let mut ok = None;
                     for peer in &job.sources {
+                        if let Some(why) = lock(&cut_off).get(peer) {
+                            reasons.push(format!("{peer}: cut off ({why})"));
+                            continue;
+                        }
                         let Some(cs) = conns.get(peer) else {
                             reasons.push(format!("{peer}: not connected"));
                             continue;
@@ -562,6 +580,18 @@ impl Session {
                                 tracing::warn!(camera = %job.meta.camera, start = %job.meta.start, %peer, "fetch failed: {e}");
                                 if let (Some(m), FetchError::Integrity(_)) = (&metrics, &e) {
                                     m.verify_failed();
+                                }
+                                if e.peer_misbehaved() {
+                                    let first = lock(&cut_off).insert(peer.clone(), e.to_string()).is_none();
+                                    if first {
+                                        tracing::error!(%peer, "cut off for the rest of this run: {e}; nothing it sent was kept");
+                                        for c in cs {
+                                            c.close(3u32.into(), b"cut off: protocol violation");
+                                        }
+                                        if let Some(m) = &metrics {
+                                            m.peer(peer, false);
+                                        }
+                                    }
                                 }
                                 reasons.push(format!("{peer}: {e}"));
                             }
@@ -602,12 +632,14 @@ impl Session {
         drop(commit_tx);
         let _ = committer.await;
         ticker.abort();
+        let cut_off = lock(&cut_off).clone();
         let mut failed = failures.lock().map(|v| v.clone()).unwrap_or_default();
         failed.sort_by(|a, b| (&a.camera, &a.start).cmp(&(&b.camera, &b.start)));
         Fetched {
             segments: done_segments.load(Ordering::Relaxed),
             bytes: done_bytes.load(Ordering::Relaxed),
             failed,
+            cut_off,
         }
     }
 
@@ -626,6 +658,7 @@ impl Session {
             verified_bytes: AtomicU64::new(0),
             wire_bytes: AtomicU64::new(0),
             refetched_bytes: AtomicU64::new(0),
+            stall: self.opts.stall,
         })
     }
 
@@ -682,6 +715,12 @@ impl Session {
             ep.wait_idle().await;
         }
         let seconds = t0.elapsed().as_secs_f64();
+        for s in &mut self.statuses {
+            if let Some(why) = fetched.cut_off.get(&s.peer) {
+                s.connected = false;
+                s.error = Some(format!("cut off: {why}"));
+            }
+        }
         self.statuses.sort_by(|a, b| a.peer.cmp(&b.peer));
         BackfillReport {
             segments: fetched.segments,
@@ -849,11 +888,11 @@ pub async fn serve(
     let store = Store::open(&config.store)?;
     let (endpoint, peers) = crate::transfer::server_endpoint(&config, &me)?;
     tracing::info!(name = %config.name, listen = %config.listen, id = %me.id, congestion = %config.congestion, "serving");
-    let state = Arc::new(crate::transfer::server::ServerState {
-        config: config.clone(),
+    let state = Arc::new(crate::transfer::server::ServerState::new(
+        config.clone(),
         store,
         peers,
-    });
+    ));
     let ep = endpoint.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());

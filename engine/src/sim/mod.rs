@@ -5,6 +5,7 @@
 //! so two stores recorded from one seed hold byte-identical segments wherever
 //! both recorded, and a test can leave a window out of one of them.
 
+pub mod hostile;
 pub mod live;
 pub mod stream;
 

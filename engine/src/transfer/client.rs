@@ -127,7 +127,7 @@ pub async fn coverage(
     send.finish()?;
     let mut out = Vec::new();
     loop {
-        match read_message(&mut recv, MAX_FRAME_LEN).await? {
+        match read_within(DEFAULT_STALL, read_message(&mut recv, MAX_FRAME_LEN)).await? {
             Some(Message::CoverageChunk { raw_len, zstd }) => {
                 out.extend(decode_coverage_chunk(raw_len, &zstd)?);
                 if out.len() as u64 > MAX_COVERAGE_ENTRIES {
@@ -176,9 +176,23 @@ pub enum FetchError {
     Store(#[from] StoreError),
     #[error("disk: {0}")]
     Disk(#[from] std::io::Error),
+    /// Every block verified, yet the file re-read from disk does not hash
+    /// to the segment's BLAKE3: the local disk, not the peer.
+    #[error("re-hash after writing: {0}")]
+    Rehash(String),
 }
 
 impl FetchError {
+    /// Whether the peer misbehaved (bytes that do not verify, a broken
+    /// protocol, a stall): it is then cut off for the rest of the run.
+    pub fn peer_misbehaved(&self) -> bool {
+        match self {
+            FetchError::Integrity(_) => true,
+            FetchError::Transfer(t) => t.is_misbehaviour(),
+            _ => false,
+        }
+    }
+
     /// Whether another attempt (another peer, or later) may succeed.
     pub fn remote_code(&self) -> Option<ErrorCode> {
         match self {
@@ -210,6 +224,22 @@ pub struct FetchContext {
     pub verified_bytes: AtomicU64,
     pub wire_bytes: AtomicU64,
     pub refetched_bytes: AtomicU64,
+    /// Longest wait for one whole frame of a fetch: a peer slower than
+    /// that (stalled, or dripping bytes) is given up on.
+    pub stall: Duration,
+}
+
+/// The default of [`FetchContext::stall`].
+pub const DEFAULT_STALL: Duration = Duration::from_secs(60);
+
+/// Reads one frame of a fetch within `stall`.
+async fn read_within<T>(
+    stall: Duration,
+    read: impl std::future::Future<Output = Result<T, TransferError>>,
+) -> Result<T, TransferError> {
+    tokio::time::timeout(stall, read)
+        .await
+        .unwrap_or(Err(TransferError::Stalled(stall)))
 }
 
 /// Fetches the missing blocks of the placeholder at `path` for `meta` (the
@@ -262,7 +292,7 @@ async fn receive_blocks(
         .map_err(FetchError::from)?;
     send.finish().map_err(TransferError::from)?;
 
-    let tree = match read_message(&mut recv, MAX_FRAME_LEN).await? {
+    let tree = match read_within(ctx.stall, read_message(&mut recv, MAX_FRAME_LEN)).await? {
         Some(Message::FetchHeader {
             len,
             blake3: _,
@@ -299,9 +329,10 @@ async fn receive_blocks(
     // Frames are read by a task of their own: a read cut off by `select!`
     // would lose bytes mid-frame, and a channel receive is cancel-safe.
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(ctx.pipeline.max(1));
+    let stall = ctx.stall;
     let reader = tokio::spawn(async move {
         loop {
-            let m = read_incoming(&mut recv, MAX_FRAME_LEN).await;
+            let m = read_within(stall, read_incoming(&mut recv, MAX_FRAME_LEN)).await;
             let more = matches!(m, Ok(Some(Incoming::Block(..))));
             if frames_tx.send(m).await.is_err() || !more {
                 break;
@@ -477,7 +508,7 @@ async fn finish(
             // Start this segment over: its bytes on disk are not the source's.
             let fresh = Progress::new(progress.block_size, progress.blocks);
             placeholder::write_durable(&file, &path, &m, &fresh)?;
-            return Err(FetchError::Integrity(format!(
+            return Err(FetchError::Rehash(format!(
                 "written file hashes to {got}, source says {}",
                 m.blake3
             )));

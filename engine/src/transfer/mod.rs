@@ -54,6 +54,19 @@ pub enum TransferError {
     Protocol(String),
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    #[error("the peer stalled: no whole frame within {0:?}")]
+    Stalled(Duration),
+}
+
+impl TransferError {
+    /// Whether the peer broke the protocol (as opposed to being down or
+    /// saying it cannot serve): a peer doing so is cut off.
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(
+            self,
+            TransferError::Decode(_) | TransferError::Protocol(_) | TransferError::Stalled(_)
+        )
+    }
 }
 
 /// The congestion controller of the sending side (the serving peer sends

@@ -33,6 +33,88 @@ pub struct ServerState {
     pub store: Store,
     /// Certificate ID to peer name.
     pub peers: Arc<HashMap<String, String>>,
+    /// Connections open per peer, against [`MAX_CONNECTIONS_PER_PEER`].
+    pub open: std::sync::Mutex<HashMap<String, usize>>,
+    /// Only `hafill sim hostile`: how this server lies when asked for a
+    /// segment. None for every real server.
+    pub lie: Option<Lie>,
+}
+
+impl ServerState {
+    pub fn new(config: Arc<Config>, store: Store, peers: Arc<HashMap<String, String>>) -> Self {
+        ServerState {
+            config,
+            store,
+            peers,
+            open: std::sync::Mutex::new(HashMap::new()),
+            lie: None,
+        }
+    }
+}
+
+/// Most connections one peer may hold open at once; more are refused.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
+/// How long a peer may take to send its request once it opened a stream.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How a hostile peer (`hafill sim hostile`) answers a fetch: the
+/// coverage is honest, the segment is not. The receiver must refuse every
+/// one of these, keep nothing of it, and cut the peer off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// A block list whose tree does not hash to the segment's BLAKE3.
+    WrongHash,
+    /// A header claiming another length.
+    WrongSize,
+    /// An honest header, then a block with one bit flipped.
+    BadBlock,
+    /// A frame announcing more than the largest frame allowed.
+    Oversized,
+    /// Every block, then one more that was not asked for.
+    Extra,
+    /// The header, then nothing, with the connection kept alive.
+    Stall,
+    /// The header, then a block one byte at a time.
+    Drip,
+}
+
+impl std::str::FromStr for Lie {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "wrong-hash" => Lie::WrongHash,
+            "wrong-size" => Lie::WrongSize,
+            "bad-block" => Lie::BadBlock,
+            "oversized" => Lie::Oversized,
+            "extra" => Lie::Extra,
+            "stall" => Lie::Stall,
+            "drip" => Lie::Drip,
+            _ => {
+                return Err(
+                    "expected wrong-hash, wrong-size, bad-block, oversized, extra, stall or drip"
+                        .into(),
+                )
+            }
+        })
+    }
+}
+
+/// Counts a peer's connection while it lives.
+struct OpenSlot<'a> {
+    state: &'a ServerState,
+    peer: String,
+}
+
+impl Drop for OpenSlot<'_> {
+    fn drop(&mut self) {
+        let mut open = match self.state.open.lock() {
+            Ok(o) => o,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(n) = open.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// Accepts connections until the endpoint is closed.
@@ -62,6 +144,27 @@ async fn handle_connection(conn: quinn::Connection, state: Arc<ServerState>) {
     let Some(peer) = peer_of(&conn, &state) else {
         // The verifier already refused unknown IDs; this is belt and braces.
         conn.close(1u32.into(), b"unknown peer");
+        return;
+    };
+    let slot = {
+        let mut open = match state.open.lock() {
+            Ok(o) => o,
+            Err(p) => p.into_inner(),
+        };
+        let n = open.entry(peer.clone()).or_default();
+        if *n >= MAX_CONNECTIONS_PER_PEER {
+            None
+        } else {
+            *n += 1;
+            Some(OpenSlot {
+                state: &state,
+                peer: peer.clone(),
+            })
+        }
+    };
+    let Some(_slot) = slot else {
+        tracing::warn!(%peer, remote = %conn.remote_address(), "refused: {MAX_CONNECTIONS_PER_PEER} connections already open");
+        conn.close(2u32.into(), b"too many connections from this peer");
         return;
     };
     tracing::info!(%peer, remote = %conn.remote_address(), "peer connected");
@@ -100,11 +203,22 @@ async fn handle_stream(
     state: &Arc<ServerState>,
     peer: &str,
 ) -> Result<(), TransferError> {
-    let req = match read_message(&mut recv, MAX_REQUEST_FRAME).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Ok(()),
-        Err(e) => return send_error(&mut send, ErrorCode::BadRequest, e.to_string()).await,
-    };
+    let req =
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_message(&mut recv, MAX_REQUEST_FRAME))
+            .await
+        {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return send_error(&mut send, ErrorCode::BadRequest, e.to_string()).await,
+            Err(_) => {
+                return send_error(
+                    &mut send,
+                    ErrorCode::BadRequest,
+                    format!("no request within {REQUEST_TIMEOUT:?}"),
+                )
+                .await
+            }
+        };
     match req {
         Message::Hello { version, .. } => {
             if version != VERSION {
@@ -349,17 +463,36 @@ async fn fetch(
         .await
         .map_err(|e| TransferError::Protocol(e.to_string()))?
     };
-    let (source, cvs) = match header {
+    let (source, mut cvs) = match header {
         Ok(h) => h,
         Err((code, msg)) => return send_error(send, code, msg).await,
     };
+    let lie = state.lie;
+    if lie == Some(Lie::Oversized) {
+        let mut prefix = ((hafill_protocol::MAX_FRAME_LEN + 1) as u32)
+            .to_le_bytes()
+            .to_vec();
+        prefix.push(hafill_protocol::types::BLOCK);
+        send.write_all(&prefix).await?;
+        std::future::pending::<()>().await;
+    }
+    if lie == Some(Lie::WrongHash) {
+        cvs[0][0] ^= 1;
+    }
     let header = Message::FetchHeader {
-        len: meta.len,
+        len: if lie == Some(Lie::WrongSize) {
+            meta.len + 1
+        } else {
+            meta.len
+        },
         blake3: *meta.blake3.as_bytes(),
         block_size,
         cvs,
     };
     write_message(send, &header).await?;
+    if lie == Some(Lie::Stall) {
+        std::future::pending::<()>().await;
+    }
 
     let wanted: Vec<u32> = if ranges.is_empty() {
         (0..n_blocks as u32).collect()
@@ -394,11 +527,38 @@ async fn fetch(
             }
         }
     });
+    let mut first = None;
     while let Some(m) = rx.recv().await {
         match m {
-            Ok((header, data)) => write_block(send, header, data).await?,
+            Ok((header, data)) => {
+                if first.is_none() {
+                    first = Some((header, data.clone()));
+                    match lie {
+                        Some(Lie::BadBlock) => {
+                            let mut bad = data.to_vec();
+                            bad[0] ^= 1;
+                            write_block(send, header, Bytes::from(bad)).await?;
+                            continue;
+                        }
+                        Some(Lie::Drip) => {
+                            let mut bytes = header.encode().to_vec();
+                            bytes.extend_from_slice(&data);
+                            for b in bytes {
+                                send.write_all(&[b]).await?;
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
+                }
+                write_block(send, header, data).await?
+            }
             Err(e) => return send_error(send, ErrorCode::Internal, e).await,
         }
+    }
+    if let (Some(Lie::Extra), Some((header, data))) = (lie, first) {
+        write_block(send, header, data).await?;
     }
     write_message(send, &Message::FetchEnd).await?;
     send.finish()?;

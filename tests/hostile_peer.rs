@@ -1,0 +1,180 @@
+//! Hostile peers: a scripted peer that speaks the protocol and lies
+//! (`hafill sim hostile`) beside an honest one. The receiver refuses every
+//! lie, cuts the liar off, completes from the honest peer with the source's
+//! bytes, and marks nothing complete that came from the liar. A peer that
+//! floods connections is refused past the per-peer limit.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{file_hashes, Cluster};
+use common::*;
+
+const LIES: [&str; 7] = [
+    "wrong-hash",
+    "wrong-size",
+    "bad-block",
+    "oversized",
+    "extra",
+    "stall",
+    "drip",
+];
+
+struct Hostile(Child);
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_hostile(c: &Cluster, lie: &str) -> Hostile {
+    let s = c.server("rs03");
+    let log = s.dir.join(format!("hostile-{lie}.log"));
+    let child = hafill()
+        .env("HAFILL_LOG", "info")
+        .args(["sim", "hostile", "--config", p(&s.config()), "--lie", lie])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let h = Hostile(child);
+    for _ in 0..400 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("HOSTILE")
+        {
+            return h;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!(
+        "hostile peer did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+/// Runs `hafill backfill` for rs02, killed (and the test failed) if it has
+/// not finished in two minutes: a receiver that waits forever on a
+/// stalling peer fails here.
+fn backfill_rs02(c: &Cluster) -> serde_json::Value {
+    let mut child = hafill()
+        .args([
+            "backfill",
+            "--config",
+            p(&c.server("rs02").config()),
+            "--json",
+            "--block-size",
+            "64KiB",
+            "--stall-timeout",
+            "2s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("backfill hung on the hostile peer");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
+    })
+}
+
+#[test]
+fn every_lie_is_refused_the_liar_cut_off_and_the_honest_peer_completes() {
+    let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
+    let t0 = base_time();
+    // rs01 and rs03 hold the same recordings (same seed); rs02 none.
+    for n in ["rs01", "rs03"] {
+        sim_record(&c.server(n).store(), 2, "200kbit", "60s", t0, t0 + 900, 5);
+    }
+    let source = file_hashes(&c.server("rs01").store());
+    c.serve("rs01");
+    for lie in LIES {
+        let _ = std::fs::remove_dir_all(c.server("rs02").store());
+        let hostile = start_hostile(&c, lie);
+        let r = backfill_rs02(&c);
+        drop(hostile);
+        assert_eq!(r["failed"], serde_json::json!([]), "{lie}: {r:#}");
+        assert_eq!(r["segments"], 30, "{lie}: {r:#}");
+        let rs03 = r["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["peer"] == "rs03")
+            .unwrap_or_else(|| panic!("{lie}: {r:#}"));
+        assert!(
+            rs03["error"].as_str().unwrap_or("").starts_with("cut off"),
+            "{lie}: the liar should be cut off: {r:#}"
+        );
+        // Every segment complete, fetched from rs01, with rs01's bytes.
+        let ls = json(&[
+            "store",
+            "ls",
+            "--store",
+            p(&c.server("rs02").store()),
+            "--json",
+        ]);
+        let mut n = 0;
+        for cam in ls["cameras"].as_array().unwrap() {
+            for s in cam["segments"].as_array().unwrap() {
+                n += 1;
+                assert_eq!(s["state"], "complete", "{lie}: {s}");
+                assert_eq!(s["origin"], "peer:rs01", "{lie}: {s}");
+            }
+        }
+        assert_eq!(n, 30, "{lie}");
+        assert_eq!(file_hashes(&c.server("rs02").store()), source, "{lie}");
+    }
+}
+
+#[test]
+fn a_peer_flooding_connections_is_refused_past_the_limit() {
+    use hafill_engine::config::Config;
+    use hafill_engine::transfer::{client, client_endpoint};
+
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    c.serve("rs01");
+    let cfg = Config::load(&c.server("rs02").config()).unwrap();
+    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
+    let peer = cfg.peer("rs01").unwrap().clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = client_endpoint(peer.addr).unwrap();
+        let mut open = Vec::new();
+        let limit = hafill_engine::transfer::server::MAX_CONNECTIONS_PER_PEER;
+        for i in 0..limit {
+            let conn = client::connect(&ep, &me, "rs02", &peer, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|e| panic!("connection {i} of {limit}: {e}"));
+            open.push(conn);
+        }
+        let refused = client::connect(&ep, &me, "rs02", &peer, Duration::from_secs(10)).await;
+        let e = refused.expect_err("one connection past the limit must be refused");
+        assert!(e.to_string().contains("too many connections"), "{e}");
+        // Closing one makes room again.
+        open.pop().unwrap().close(0u32.into(), b"bye");
+        let mut again = None;
+        for _ in 0..100 {
+            match client::connect(&ep, &me, "rs02", &peer, Duration::from_secs(10)).await {
+                Ok(c) => {
+                    again = Some(c);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        assert!(again.is_some(), "a freed slot is usable again");
+    });
+    assert!(c.serve_log("rs01").contains("connections already open"));
+}

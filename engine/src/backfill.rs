@@ -3,9 +3,9 @@
 //!
 //! `coverage -> plan -> placeholders -> fetch (verify, write) -> commit`
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hafill_protocol::Compression;
@@ -15,6 +15,7 @@ use crate::camera::CameraId;
 use crate::config::Config;
 use crate::identity::{self, Identity, IdentityError};
 use crate::io::{DiskWriter, IoBackend, IoChoice, IoSetupError};
+use crate::jobs::{Job, JobQueue};
 use crate::metrics::Metrics;
 use crate::placeholder;
 use crate::plan::{PlanOptions, Planner};
@@ -145,12 +146,6 @@ pub struct Tick {
     pub segments_total: u64,
 }
 
-#[derive(Debug, Clone)]
-struct Job {
-    meta: SegmentMeta,
-    sources: Vec<String>,
-}
-
 /// Connections to the peers and what a backfill needs around them.
 #[derive(Debug)]
 pub struct Session {
@@ -191,11 +186,6 @@ struct Fetched {
     failed: Vec<Failure>,
     /// Peers cut off for misbehaving, with why.
     cut_off: BTreeMap<String, String>,
-}
-
-/// A lock that a panicked holder does not poison for the others.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Session {
@@ -402,10 +392,7 @@ impl Session {
                     .collect::<Vec<_>>(),
             );
             planned.insert(key);
-            jobs.push(Job {
-                meta: m.clone(),
-                sources,
-            });
+            jobs.push(Job::new(m.clone(), sources));
         }
         for m in placeholder::outstanding(&self.store, from, to)? {
             if planned.contains(&(m.camera.clone(), m.start.0)) {
@@ -429,7 +416,7 @@ impl Session {
                     sources.push(peer.clone());
                 }
             }
-            jobs.push(Job { meta: m, sources });
+            jobs.push(Job::new(m, sources));
         }
         jobs.sort_by_key(|j| std::cmp::Reverse(j.meta.start));
         if let Some(m) = &self.opts.metrics {
@@ -484,13 +471,12 @@ impl Session {
             bytes = total_bytes,
             "backfill planned"
         );
-        let queue = Arc::new(Mutex::new(VecDeque::from(prepared.jobs.clone())));
-        let failures = Arc::new(Mutex::new(Vec::new()));
+        let queue = Arc::new(JobQueue::new(
+            prepared.jobs.clone(),
+            self.conns.keys().cloned(),
+        ));
         let done_segments = Arc::new(AtomicU64::new(0));
         let done_bytes = Arc::new(AtomicU64::new(0));
-        let conns = Arc::new(self.conns.clone());
-        // Peers that misbehaved, with why: cut off for the rest of the run.
-        let cut_off: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
 
         // Completed segments go to the index in batches, from one task.
         let (commit_tx, mut commit_rx) = tokio::sync::mpsc::channel::<SegmentMeta>(1024);
@@ -530,48 +516,36 @@ impl Session {
             })
         };
 
+        // Each peer's workers: `streams` per connection, taking that peer's
+        // work first (see `jobs`).
         let mut workers = Vec::new();
-        for w in 0..self.opts.connections.max(1) * self.opts.streams.max(1) {
-            let (queue, failures, conns, ctx, store) = (
-                queue.clone(),
-                failures.clone(),
-                conns.clone(),
-                ctx.clone(),
-                self.store.clone(),
-            );
-            let (done_segments, done_bytes, commit_tx, stop) = (
-                done_segments.clone(),
-                done_bytes.clone(),
-                commit_tx.clone(),
-                stop.clone(),
-            );
-            let metrics = self.opts.metrics.clone();
-            let cut_off = cut_off.clone();
-            workers.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let job = match queue.lock() {
-                        Ok(mut q) => q.pop_front(),
-                        Err(p) => p.into_inner().pop_front(),
-                    };
-                    let Some(job) = job else { break };
-                    let path = store.segment_path(&job.meta.camera, job.meta.start);
-                    let mut reasons = Vec::new();
-                    let mut ok = None;
-                    for peer in &job.sources {
-                        if let Some(why) = lock(&cut_off).get(peer) {
-                            reasons.push(format!("{peer}: cut off ({why})"));
-                            continue;
-                        }
-                        let Some(cs) = conns.get(peer) else {
-                            reasons.push(format!("{peer}: not connected"));
-                            continue;
+        for (peer, cs) in &self.conns {
+            for w in 0..cs.len() * self.opts.streams.max(1) {
+                let conn = cs[w % cs.len()].clone();
+                let all = cs.clone();
+                let peer = peer.clone();
+                let (queue, ctx, store, stop) =
+                    (queue.clone(), ctx.clone(), self.store.clone(), stop.clone());
+                let (done_segments, done_bytes, commit_tx) =
+                    (done_segments.clone(), done_bytes.clone(), commit_tx.clone());
+                let metrics = self.opts.metrics.clone();
+                workers.push(tokio::spawn(async move {
+                    while let Some(job) = queue.next(&peer, &stop).await {
+                        let path = store.segment_path(&job.meta.camera, job.meta.start);
+                        let meta = SegmentMeta {
+                            origin: Origin::Peer(peer.clone()),
+                            ..job.meta.clone()
                         };
-                        let conn = &cs[w % cs.len()];
-                        let meta = SegmentMeta { origin: Origin::Peer(peer.clone()), ..job.meta.clone() };
-                        match client::fetch_segment(&ctx, conn, path.clone(), &meta).await {
+                        match client::fetch_segment(&ctx, &conn, path, &meta).await {
                             Ok(m) => {
-                                ok = Some(m);
-                                break;
+                                done_segments.fetch_add(1, Ordering::Relaxed);
+                                done_bytes.fetch_add(m.len, Ordering::Relaxed);
+                                let len = m.len;
+                                let _ = commit_tx.send(m).await;
+                                if let Some(metrics) = &metrics {
+                                    metrics.segment_done(len);
+                                }
+                                queue.finished();
                             }
                             Err(e) => {
                                 // Whatever went wrong (bad bytes, a dead peer),
@@ -581,50 +555,22 @@ impl Session {
                                 if let (Some(m), FetchError::Integrity(_)) = (&metrics, &e) {
                                     m.verify_failed();
                                 }
-                                if e.peer_misbehaved() {
-                                    let first = lock(&cut_off).insert(peer.clone(), e.to_string()).is_none();
-                                    if first {
-                                        tracing::error!(%peer, "cut off for the rest of this run: {e}; nothing it sent was kept");
-                                        for c in cs {
-                                            c.close(3u32.into(), b"cut off: protocol violation");
-                                        }
-                                        if let Some(m) = &metrics {
-                                            m.peer(peer, false);
-                                        }
+                                let misbehaved = e.peer_misbehaved();
+                                queue.failed(job, &peer, e.to_string());
+                                if misbehaved && queue.cut_off(&peer, e.to_string()) {
+                                    tracing::error!(%peer, "cut off for the rest of this run: {e}");
+                                    for c in &all {
+                                        c.close(3u32.into(), b"cut off: protocol violation");
+                                    }
+                                    if let Some(m) = &metrics {
+                                        m.peer(&peer, false);
                                     }
                                 }
-                                reasons.push(format!("{peer}: {e}"));
                             }
                         }
                     }
-                    match ok {
-                        Some(m) => {
-                            done_segments.fetch_add(1, Ordering::Relaxed);
-                            done_bytes.fetch_add(m.len, Ordering::Relaxed);
-                            let len = m.len;
-                            let _ = commit_tx.send(m).await;
-                            if let Some(metrics) = &metrics {
-                                metrics.segment_done(len);
-                            }
-                        }
-                        None => {
-                            if let Some(m) = &metrics {
-                                m.segment_failed(job.meta.len);
-                            }
-                            let f = Failure {
-                                camera: job.meta.camera.clone(),
-                                start: job.meta.start.to_string(),
-                                peers: job.sources.clone(),
-                                reason: if reasons.is_empty() { "no peer holds it".into() } else { reasons.join("; ") },
-                            };
-                            match failures.lock() {
-                                Ok(mut v) => v.push(f),
-                                Err(p) => p.into_inner().push(f),
-                            }
-                        }
-                    }
-                }
-            }));
+                }));
+            }
         }
         for w in workers {
             let _ = w.await;
@@ -632,14 +578,26 @@ impl Session {
         drop(commit_tx);
         let _ = committer.await;
         ticker.abort();
-        let cut_off = lock(&cut_off).clone();
-        let mut failed = failures.lock().map(|v| v.clone()).unwrap_or_default();
+        // Work left: undeliverable, or not taken because `stop` was set (it
+        // stays a placeholder for the next run).
+        let mut failed = Vec::new();
+        for job in queue.undeliverable() {
+            if let Some(m) = &self.opts.metrics {
+                m.segment_failed(job.meta.len);
+            }
+            failed.push(Failure {
+                camera: job.meta.camera.clone(),
+                start: job.meta.start.to_string(),
+                peers: job.sources.clone(),
+                reason: job.reason(),
+            });
+        }
         failed.sort_by(|a, b| (&a.camera, &a.start).cmp(&(&b.camera, &b.start)));
         Fetched {
             segments: done_segments.load(Ordering::Relaxed),
             bytes: done_bytes.load(Ordering::Relaxed),
             failed,
-            cut_off,
+            cut_off: queue.cut(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod http;
 pub mod identity;
 pub mod interval;
 pub mod io;
+pub mod jobs;
 pub mod metrics;
 pub mod pair;
 pub mod placeholder;

@@ -1,0 +1,265 @@
+//! The backfill's work queue: one queue per peer, so each peer's workers
+//! fetch at that peer's pace and a slow, stalled or hostile peer holds only
+//! its own workers. A peer whose queue runs dry takes, oldest first, work
+//! queued for another peer that it also holds; a segment that fails at one
+//! peer moves to its next holder; a peer cut off hands all its work on.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::segment::SegmentMeta;
+
+/// One segment to fetch and who holds it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub meta: SegmentMeta,
+    /// Holders, preferred first.
+    pub sources: Vec<String>,
+    /// Holders already tried, with why each failed.
+    pub tried: Vec<(String, String)>,
+}
+
+impl Job {
+    pub fn new(meta: SegmentMeta, sources: Vec<String>) -> Job {
+        Job {
+            meta,
+            sources,
+            tried: Vec::new(),
+        }
+    }
+
+    fn next_source(&self, usable: &dyn Fn(&str) -> bool) -> Option<String> {
+        self.sources
+            .iter()
+            .find(|s| usable(s) && !self.tried.iter().any(|(t, _)| t == *s))
+            .cloned()
+    }
+
+    fn may_serve(&self, peer: &str) -> bool {
+        self.sources.iter().any(|s| s == peer) && !self.tried.iter().any(|(t, _)| t == peer)
+    }
+
+    /// Why nobody delivered it.
+    pub fn reason(&self) -> String {
+        if self.tried.is_empty() {
+            "no connected peer holds it".into()
+        } else {
+            self.tried
+                .iter()
+                .map(|(p, why)| format!("{p}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_peer: BTreeMap<String, VecDeque<Job>>,
+    in_flight: usize,
+    cut: BTreeMap<String, String>,
+    /// Jobs no usable peer is left for.
+    undeliverable: Vec<Job>,
+}
+
+impl Inner {
+    fn usable(&self, peer: &str) -> bool {
+        self.by_peer.contains_key(peer) && !self.cut.contains_key(peer)
+    }
+
+    /// Queues `job` at its next usable holder, or gives it up.
+    fn place(&mut self, job: Job) {
+        let next = {
+            let usable = |p: &str| self.usable(p);
+            job.next_source(&usable)
+        };
+        match next.and_then(|p| self.by_peer.get_mut(&p)) {
+            Some(q) => q.push_back(job),
+            None => self.undeliverable.push(job),
+        }
+    }
+
+    fn pick(&mut self, peer: &str) -> Option<Job> {
+        if let Some(j) = self.by_peer.get_mut(peer).and_then(VecDeque::pop_front) {
+            return Some(j);
+        }
+        // Take from the back (the oldest) of the others' queues.
+        for (other, q) in self.by_peer.iter_mut() {
+            if other == peer {
+                continue;
+            }
+            let found = q.iter().rev().take(256).position(|j| j.may_serve(peer));
+            if let Some(k) = found {
+                let i = q.len() - 1 - k;
+                return q.remove(i);
+            }
+        }
+        None
+    }
+}
+
+/// Work for the peers' workers.
+#[derive(Debug)]
+pub struct JobQueue {
+    inner: Mutex<Inner>,
+    wake: tokio::sync::Notify,
+}
+
+impl JobQueue {
+    /// Queues `jobs` (in order) at their first holder among `peers` (the
+    /// connected ones).
+    pub fn new(jobs: Vec<Job>, peers: impl IntoIterator<Item = String>) -> JobQueue {
+        let mut inner = Inner {
+            by_peer: peers.into_iter().map(|p| (p, VecDeque::new())).collect(),
+            ..Inner::default()
+        };
+        for j in jobs {
+            inner.place(j);
+        }
+        JobQueue {
+            inner: Mutex::new(inner),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next job for `peer`; None when nothing is or will be left for
+    /// it (or `stop` is set). Call [`JobQueue::finished`] or
+    /// [`JobQueue::failed`] for every job returned.
+    pub async fn next(&self, peer: &str, stop: &AtomicBool) -> Option<Job> {
+        loop {
+            let wait = self.wake.notified();
+            {
+                let mut inner = self.lock();
+                if stop.load(Ordering::Relaxed) || inner.cut.contains_key(peer) {
+                    return None;
+                }
+                if let Some(j) = inner.pick(peer) {
+                    inner.in_flight += 1;
+                    return Some(j);
+                }
+                // Work in flight elsewhere may fail and come to this peer.
+                if inner.in_flight == 0 {
+                    return None;
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(250), wait).await;
+        }
+    }
+
+    /// A job returned by `next` is done.
+    pub fn finished(&self) {
+        self.lock().in_flight -= 1;
+        self.wake.notify_waiters();
+    }
+
+    /// A job failed at `peer`: it moves to its next holder.
+    pub fn failed(&self, mut job: Job, peer: &str, why: String) {
+        job.tried.push((peer.to_string(), why));
+        let mut inner = self.lock();
+        inner.place(job);
+        inner.in_flight -= 1;
+        drop(inner);
+        self.wake.notify_waiters();
+    }
+
+    /// `peer` misbehaved: its queued work moves on, and it gets no more.
+    /// True the first time.
+    pub fn cut_off(&self, peer: &str, why: String) -> bool {
+        let mut inner = self.lock();
+        if inner.cut.contains_key(peer) {
+            return false;
+        }
+        inner.cut.insert(peer.to_string(), why.clone());
+        let queued: Vec<Job> = inner
+            .by_peer
+            .get_mut(peer)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default();
+        for mut j in queued {
+            j.tried.push((peer.to_string(), format!("cut off ({why})")));
+            inner.place(j);
+        }
+        drop(inner);
+        self.wake.notify_waiters();
+        true
+    }
+
+    /// Peers cut off, with why.
+    pub fn cut(&self) -> BTreeMap<String, String> {
+        self.lock().cut.clone()
+    }
+
+    /// Jobs no peer could deliver.
+    pub fn undeliverable(&self) -> Vec<Job> {
+        std::mem::take(&mut self.lock().undeliverable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::camera::CameraId;
+    use crate::segment::{Origin, SegmentState};
+    use crate::units::Timestamp;
+
+    fn job(i: i64, sources: &[&str]) -> Job {
+        Job::new(
+            SegmentMeta {
+                camera: CameraId::new("cam").unwrap(),
+                start: Timestamp(i),
+                duration_us: 1,
+                len: 1,
+                blake3: blake3::hash(b""),
+                state: SegmentState::Placeholder,
+                origin: Origin::Local,
+            },
+            sources.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    fn peers() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    #[tokio::test]
+    async fn each_peer_takes_its_own_then_the_others_oldest() {
+        let stop = AtomicBool::new(false);
+        let q = JobQueue::new(
+            vec![job(3, &["a", "b"]), job(2, &["a", "b"]), job(1, &["a"])],
+            peers(),
+        );
+        let j = q.next("a", &stop).await.unwrap();
+        assert_eq!(j.meta.start.0, 3);
+        // b has nothing of its own: it takes a's oldest that it holds.
+        let j = q.next("b", &stop).await.unwrap();
+        assert_eq!(j.meta.start.0, 2);
+        q.finished();
+        q.finished();
+        // Only a holds 1: b is done.
+        assert!(q.next("b", &stop).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_moves_to_its_next_holder_and_a_cut_peer_hands_on() {
+        let stop = AtomicBool::new(false);
+        let q = JobQueue::new(vec![job(2, &["a", "b"]), job(1, &["a"])], peers());
+        let j = q.next("a", &stop).await.unwrap();
+        q.failed(j, "a", "bad bytes".into());
+        assert!(q.cut_off("a", "bad bytes".into()));
+        assert!(!q.cut_off("a", "again".into()));
+        assert!(q.next("a", &stop).await.is_none());
+        let j = q.next("b", &stop).await.unwrap();
+        assert_eq!(j.meta.start.0, 2);
+        q.finished();
+        assert!(q.next("b", &stop).await.is_none());
+        let lost = q.undeliverable();
+        assert_eq!(lost.len(), 1);
+        assert!(lost[0].reason().contains("cut off"), "{}", lost[0].reason());
+    }
+}

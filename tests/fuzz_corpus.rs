@@ -83,3 +83,32 @@ fn config_corpus_parses_or_names_the_file() {
         }
     }
 }
+
+#[test]
+fn inventory_corpus_parses_to_safe_ids_and_pairs_into_loadable_config() {
+    use hafill_engine::pair::{self, Format, Inventory};
+    let mut parsed = 0;
+    for (name, data) in corpus("inventory") {
+        let Ok(text) = std::str::from_utf8(&data) else {
+            continue;
+        };
+        for format in [Format::Csv, Format::Json] {
+            let Ok(entries) = pair::parse_inventory(text, format) else {
+                continue;
+            };
+            parsed += 1;
+            let p = pair::pair(&[Inventory {
+                server: "rs01".into(),
+                entries,
+            }])
+            .unwrap();
+            let cfg = format!(
+                "[server]\nname = \"rs01\"\nlisten = \"127.0.0.1:1\"\nstore = \"s\"\nkey = \"k\"\ncert = \"c\"\n\n{}",
+                p.to_toml()
+            );
+            hafill_engine::config::Config::parse(&cfg, Path::new("pair.toml"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    assert!(parsed >= 4, "the seeds should parse");
+}

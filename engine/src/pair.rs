@@ -465,6 +465,11 @@ impl Pairing {
             }
         }
         text += "\n";
+        if self.cameras.is_empty() {
+            // `camera = []` would land in whatever table precedes it.
+            text += "# No camera is listed by these inventories.\n";
+            return text;
+        }
         // Serializing a list of plain structs cannot fail.
         text += &toml::to_string(&Section {
             camera: &self.cameras,

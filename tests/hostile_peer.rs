@@ -178,3 +178,37 @@ fn a_peer_flooding_connections_is_refused_past_the_limit() {
     });
     assert!(c.serve_log("rs01").contains("connections already open"));
 }
+
+#[test]
+fn a_stream_that_never_finishes_its_request_gets_a_bad_request_error() {
+    use hafill_engine::config::Config;
+    use hafill_engine::transfer::{client, client_endpoint, read_message};
+    use hafill_protocol::{ErrorCode, Message};
+
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    c.serve("rs01");
+    let cfg = Config::load(&c.server("rs02").config()).unwrap();
+    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
+    let peer = cfg.peer("rs01").unwrap().clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = client_endpoint(peer.addr).unwrap();
+        let conn = client::connect(&ep, &me, "rs02", &peer, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        // Half a length prefix, then silence.
+        send.write_all(&[8, 0]).await.unwrap();
+        let limit = hafill_engine::transfer::server::REQUEST_TIMEOUT * 3;
+        let answer = tokio::time::timeout(limit, read_message(&mut recv, 1 << 16))
+            .await
+            .expect("the server must give up on a silent stream");
+        match answer {
+            Ok(Some(Message::Error { code, message })) => {
+                assert_eq!(code, ErrorCode::BadRequest);
+                assert!(message.contains("no request within"), "{message}");
+            }
+            other => panic!("expected a BadRequest error, got {other:?}"),
+        }
+    });
+}

@@ -497,6 +497,20 @@ pub fn local_view(
     Ok((view, work))
 }
 
+/// [`local_view`] on a blocking thread: the index is read from disk.
+async fn local_view_off_thread(
+    config: &Config,
+    window: (Timestamp, Timestamp),
+) -> Result<(ServerView, LocalWork), StoreError> {
+    let c = config.clone();
+    tokio::task::spawn_blocking(move || local_view(&c, window))
+        .await
+        .map_err(|e| StoreError::Io {
+            path: config.store.clone(),
+            source: std::io::Error::other(e),
+        })?
+}
+
 /// Asks every peer for its coverage of `window`, in parallel, each under
 /// `timeout`; a peer that does not answer gets a view with its error.
 pub async fn peer_views(
@@ -565,15 +579,7 @@ pub async fn status(
 ) -> Result<SiteStatus, HealthError> {
     let now = Timestamp::now();
     let window = window(now, since);
-    let (mine, work) = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || local_view(&config, window))
-            .await
-            .map_err(|e| StoreError::Io {
-                path: std::path::PathBuf::new(),
-                source: std::io::Error::other(e),
-            })??
-    };
+    let (mine, work) = local_view_off_thread(config, window).await?;
     let mut views = vec![mine];
     views.extend(peer_views(config, &config.peers, window, &[], timeout).await?);
     Ok(assess(config, now, window, &views, &work))
@@ -617,15 +623,7 @@ pub async fn locate(
         at.add_micros(-(crate::store::MAX_SEGMENT_DURATION_US as i64)),
         at.add_micros(1),
     );
-    let (mine, _) = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || local_view(&config, window))
-            .await
-            .map_err(|e| StoreError::Io {
-                path: std::path::PathBuf::new(),
-                source: std::io::Error::other(e),
-            })??
-    };
+    let (mine, _) = local_view_off_thread(config, window).await?;
     let mut views = vec![mine];
     let holders: Vec<_> = config
         .peers

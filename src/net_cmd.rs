@@ -184,7 +184,7 @@ pub struct BackfillArgs {
     no_adaptive: bool,
     /// Longest wait for one whole frame from a peer; a peer that stalls or
     /// drips bytes longer is cut off for the run.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = args::duration_us)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = args::duration_us)]
     stall_timeout: u64,
     /// zstd per block: auto compresses a block only where that pays.
     #[arg(long, value_enum, default_value = "auto")]

@@ -111,6 +111,17 @@ pub async fn coverage(
     to_us: i64,
     cameras: Vec<String>,
 ) -> Result<Vec<CoverageEntry>, TransferError> {
+    coverage_at_most(conn, from_us, to_us, cameras, MAX_COVERAGE_ENTRIES).await
+}
+
+/// [`coverage`], refusing a response of more than `max_entries`.
+pub async fn coverage_at_most(
+    conn: &quinn::Connection,
+    from_us: i64,
+    to_us: i64,
+    cameras: Vec<String>,
+    max_entries: u64,
+) -> Result<Vec<CoverageEntry>, TransferError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
@@ -130,10 +141,10 @@ pub async fn coverage(
         match read_within(DEFAULT_STALL, read_message(&mut recv, MAX_FRAME_LEN)).await? {
             Some(Message::CoverageChunk { raw_len, zstd }) => {
                 out.extend(decode_coverage_chunk(raw_len, &zstd)?);
-                if out.len() as u64 > MAX_COVERAGE_ENTRIES {
-                    return Err(TransferError::Protocol(
-                        "coverage response exceeds the entry limit".into(),
-                    ));
+                if out.len() as u64 > max_entries {
+                    return Err(TransferError::Protocol(format!(
+                        "coverage response exceeds the limit of {max_entries} entries"
+                    )));
                 }
             }
             Some(Message::CoverageEnd { entries }) => {
@@ -230,7 +241,7 @@ pub struct FetchContext {
 }
 
 /// The default of [`FetchContext::stall`].
-pub const DEFAULT_STALL: Duration = Duration::from_secs(60);
+pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
 
 /// Reads one frame of a fetch within `stall`.
 async fn read_within<T>(

@@ -1,0 +1,115 @@
+//! Transport limits against a real server on loopback: each test fails if
+//! its limit is removed or changed.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::Cluster;
+use common::*;
+use futures::FutureExt;
+use hafill_engine::config::Config;
+use hafill_engine::transfer::{client, client_config, client_endpoint};
+
+/// rs01 serving 2 cameras x 15 segments; rs02's identity and config.
+fn setup() -> (Cluster, Config) {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    sim_record(
+        &c.server("rs01").store(),
+        2,
+        "100kbit",
+        "60s",
+        t0,
+        t0 + 900,
+        1,
+    );
+    c.serve("rs01");
+    let cfg = Config::load(&c.server("rs02").config()).unwrap();
+    (c, cfg)
+}
+
+#[test]
+fn a_connection_may_open_256_streams_at_once_and_no_more() {
+    let (_c, cfg) = setup();
+    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
+    let peer = cfg.peer("rs01").unwrap().clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = client_endpoint(peer.addr).unwrap();
+        let cc = client_config(&me, &peer.name, &peer.id).unwrap();
+        let conn = ep
+            .connect_with(cc, peer.addr, "hafill")
+            .unwrap()
+            .await
+            .unwrap();
+        // The server's stream credit is known from the handshake: opening
+        // within it needs no round trip, past it waits for the peer.
+        let mut streams = Vec::new();
+        for i in 0..256 {
+            let s = conn
+                .open_bi()
+                .now_or_never()
+                .unwrap_or_else(|| panic!("stream {i} should open at once"))
+                .unwrap();
+            streams.push(s);
+        }
+        assert!(conn.open_bi().now_or_never().is_none(), "stream 257 opened");
+    });
+}
+
+#[test]
+fn a_peer_that_vanishes_mid_transfer_is_dropped_after_the_idle_timeout() {
+    let (c, _cfg) = setup();
+    // A receiver killed with SIGKILL sends no goodbye: only the idle
+    // timeout tells the server it is gone.
+    let mut child = hafill()
+        .args([
+            "backfill",
+            "--config",
+            p(&c.server("rs02").config()),
+            "--max-rate",
+            "200kbit",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !c.serve_log("rs01").contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in {}",
+                c.serve_log("rs01")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("peer connected");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for("peer disconnected: timed out");
+}
+
+#[test]
+fn a_coverage_response_past_the_entry_limit_is_refused() {
+    let (_c, cfg) = setup();
+    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
+    let peer = cfg.peer("rs01").unwrap().clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = client_endpoint(peer.addr).unwrap();
+        let conn = client::connect(&ep, &me, "rs02", &peer, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let all = client::coverage_at_most(&conn, 0, i64::MAX, vec![], 30)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 30);
+        let e = client::coverage_at_most(&conn, 0, i64::MAX, vec![], 29)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("limit of 29 entries"), "{e}");
+    });
+}

@@ -113,3 +113,78 @@ fn a_coverage_response_past_the_entry_limit_is_refused() {
         assert!(e.to_string().contains("limit of 29 entries"), "{e}");
     });
 }
+
+#[test]
+fn unread_fetches_hold_no_more_than_the_flow_control_windows() {
+    use hafill_protocol::{Compression, Message};
+    const MIB: u64 = 1 << 20;
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    // Five segments of about 30 MB each.
+    sim_record(
+        &c.server("rs01").store(),
+        1,
+        "4Mbit",
+        "60s",
+        t0,
+        t0 + 300,
+        1,
+    );
+    c.serve("rs01");
+    let cfg = Config::load(&c.server("rs02").config()).unwrap();
+    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
+    let peer = cfg.peer("rs01").unwrap().clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = client_endpoint(peer.addr).unwrap();
+        // Asks for `n` whole segments on a fresh connection, reads none of
+        // it, and returns what arrived once the sender has stopped.
+        let held = |n: usize| {
+            let (ep, me, peer) = (ep.clone(), &me, &peer);
+            async move {
+                let conn = client::connect(&ep, me, "rs02", peer, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                let segs = client::coverage(&conn, 0, i64::MAX, vec![]).await.unwrap();
+                let base = conn.stats().udp_rx.bytes;
+                let mut streams = Vec::new();
+                for s in segs.iter().take(n) {
+                    let (mut send, recv) = conn.open_bi().await.unwrap();
+                    let req = Message::FetchRequest {
+                        camera: s.camera.clone(),
+                        start_us: s.start_us,
+                        block_size: 1 << 20,
+                        compression: Compression::Off,
+                        ranges: vec![],
+                    };
+                    send.write_all(&req.to_frame()).await.unwrap();
+                    send.finish().unwrap();
+                    streams.push((send, recv));
+                }
+                // Wait until the bytes stop coming (each look a second
+                // apart), then once more: the sender is blocked.
+                let mut last = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let now = conn.stats().udp_rx.bytes - base;
+                    if now == last && now > 0 {
+                        break now;
+                    }
+                    last = now;
+                }
+            }
+        };
+        // One stream: its own window, 16 MiB.
+        let one = held(1).await;
+        assert!(
+            (16 * MIB..18 * MIB).contains(&one),
+            "one stream held {one} bytes"
+        );
+        // Five streams of 30 MB: the connection's window, 64 MiB.
+        let five = held(5).await;
+        assert!(
+            (64 * MIB..68 * MIB).contains(&five),
+            "five streams held {five} bytes"
+        );
+    });
+}

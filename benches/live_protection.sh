@@ -44,6 +44,13 @@ echo "== recording the source: 16 cameras x 14 minutes at 8 Mbit/s (about 13 GB)
 $B sim record --store "$W/rs01/store" --cameras 16 --bitrate 8Mbit --segment 60s --from -1h --to -46m --seed 7 | tail -1
 sync
 
+# The machine's CPU time so far, all and stolen by the hypervisor (jiffies):
+# on a virtual machine, stolen time delays threads no scheduler can help.
+cpu_times() { awk '/^cpu / {t=0; for (i=2; i<=NF; i++) t+=$i; print t, $9}' /proc/stat; }
+steal_pct() { # "t0 s0" "t1 s1"
+    python3 -c "import sys; a=list(map(float,sys.argv[1].split())); b=list(map(float,sys.argv[2].split())); print(f'{(b[1]-a[1])/max(1,b[0]-a[0])*100:.1f}')" "$1" "$2"
+}
+
 # Bytes this process has written to the storage layer so far.
 written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io" 2>/dev/null || echo 0; }
 
@@ -54,8 +61,10 @@ label, path = sys.argv[1], sys.argv[2]
 rate = sys.argv[3] if len(sys.argv) > 3 else "-"
 r = json.load(open(path))
 w = r["write_latency_ms"]
+k = r["wake_delay_ms"]
 print(f"{label:<28} p50 {w['p50']:7.3f} ms  p99 {w['p99']:7.3f} ms  max {w['max']:8.1f} ms  "
-      f"frames late {r['frame_deadline_misses']:5d}  segments late {r['segment_deadline_misses']:3d}  backfill {rate} MiB/s")
+      f"frames late {r['frame_deadline_misses']:5d} ({r['late_at_segment_open']} at a segment open)  "
+      f"wake delay p99 {k['p99']:6.2f} max {k['max']:6.1f} ms  segments late {r['segment_deadline_misses']:3d}  backfill {rate} MiB/s")
 PY
 }
 
@@ -65,12 +74,17 @@ disk_part() {
     config rs01 127.0.0.1:7811 store rs02 127.0.0.1:7812 "$(cat "$W/id2")" >"$W/rs01/disk.toml"
     config rs02 127.0.0.1:7812 store rs01 127.0.0.1:7811 "$(cat "$W/id1")" >"$W/rs02/disk.toml"
     # The source stands for another machine: it gets what CPU is left. The
-    # backfill runs at nice 10, as dist/hafill.service runs the daemon.
+    # backfill runs at nice 10, as dist/hafill.service runs the daemon; both
+    # put themselves under SCHED_IDLE (`--cpu idle`, their default).
     nice -n 19 $B serve --no-scrub --config "$W/rs01/disk.toml" 2>"$W/serve-disk.log" &
     local server=$!
     PIDS+=("$server")
     sleep 1
+    local c0 c1
+    c0=$(cpu_times)
     $B sim live --store "$W/live-base" --cameras "$CAMERAS" --bitrate "$BITRATE" --segment 10s --for "${LIVE_FOR}s" --report "$W/base.json" >/dev/null
+    c1=$(cpu_times)
+    echo "steal during baseline: $(steal_pct "$c0" "$c1")% of CPU time"
     for mode in adaptive none; do
         rm -rf "$W/rs02/store"
         sync
@@ -82,9 +96,10 @@ disk_part() {
         PIDS+=("$bf")
         sleep 3
         local w0 t0 w1 t1
-        w0=$(written $bf); t0=$(date +%s.%N)
+        w0=$(written $bf); t0=$(date +%s.%N); c0=$(cpu_times)
         $B sim live --store "$W/live-$mode" --cameras "$CAMERAS" --bitrate "$BITRATE" --segment 10s --for "${LIVE_FOR}s" --report "$W/live-$mode.json" >/dev/null
-        w1=$(written $bf); t1=$(date +%s.%N)
+        w1=$(written $bf); t1=$(date +%s.%N); c1=$(cpu_times)
+        echo "steal during $mode: $(steal_pct "$c0" "$c1")% of CPU time"
         if ! kill -0 $bf 2>/dev/null; then
             echo "warning: the backfill ($mode) finished before live recording did: record a larger source" >&2
         fi

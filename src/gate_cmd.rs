@@ -66,6 +66,9 @@ pub fn run(a: GateArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .spawn()
         .map_err(|e| format!("cannot start {:?}: {e}", a.command[0]))?;
     let pid = rustix::process::Pid::from_raw(child.id() as i32);
+    // The service runs normally; what the gate still does (the backfill)
+    // yields the CPU to it.
+    hafill_engine::throttle::cpu::yield_to_live();
     let stop = Arc::new(AtomicBool::new(false));
     let background = planned.ok().map(|(config, opts, gated)| {
         rt.spawn(gate::backfill_in_background(

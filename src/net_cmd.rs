@@ -57,6 +57,28 @@ pub struct ServeArgs {
     /// `[server] congestion`): ledbat yields to live streams.
     #[arg(long, value_enum)]
     congestion: Option<CongestionArg>,
+    /// CPU scheduling: `idle` (SCHED_IDLE) runs serving and backfill only
+    /// when live recording leaves a core free.
+    #[arg(long, value_enum, default_value = "idle")]
+    cpu: CpuArg,
+}
+
+/// Whose CPU comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuArg {
+    /// `SCHED_IDLE`: run only when live recording (and everything else)
+    /// leaves a core free.
+    Idle,
+    /// The normal scheduler, at whatever nice value the process has.
+    Normal,
+}
+
+/// Applies `--cpu` to every thread of this process.
+pub fn apply_cpu(cpu: CpuArg) {
+    if cpu == CpuArg::Idle {
+        let n = hafill_engine::throttle::cpu::yield_to_live();
+        tracing::debug!(threads = n, "CPU: SCHED_IDLE");
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -67,6 +89,7 @@ pub enum CongestionArg {
 }
 
 pub fn serve(a: ServeArgs) -> CmdResult {
+    apply_cpu(a.cpu);
     let scrub_every =
         (!a.no_scrub).then(|| std::time::Duration::from_micros(a.scrub_every.max(1_000_000)));
     let mut config = Config::load(&a.config)?;
@@ -192,12 +215,17 @@ pub struct BackfillArgs {
     /// Disk writes: io_uring, pwrite, or io_uring falling back to pwrite.
     #[arg(long, value_enum, default_value = "auto")]
     io: IoArg,
+    /// CPU scheduling: `idle` (SCHED_IDLE) runs the backfill only when live
+    /// recording leaves a core free.
+    #[arg(long, value_enum, default_value = "idle")]
+    cpu: CpuArg,
     /// Print one JSON summary.
     #[arg(long)]
     json: bool,
 }
 
 pub fn backfill(a: BackfillArgs) -> CmdResult {
+    apply_cpu(a.cpu);
     let config = Config::load(&a.config)?;
     let opts = BackfillOptions {
         peers: a.from,

@@ -151,6 +151,14 @@ impl DiskWriter {
     }
 }
 
+/// Tells the kernel the file's cached pages are not needed: durable
+/// backfilled (or served) segments are not what anyone views now, and a
+/// page cache full of them is drained by reclaim work that competes with
+/// live recording for the CPU. A hint; errors change nothing.
+pub fn drop_cached(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+}
+
 fn uring_thread(mut rx: mpsc::Receiver<Op>) {
     // Backfill writes go after live recording's where the I/O scheduler
     // honours priorities; io_uring's workers inherit this thread's.

@@ -67,6 +67,12 @@ pub struct LiveReport {
     pub write_latency_ms: Percentiles,
     /// Frames written later than one frame interval after their time.
     pub frame_deadline_misses: u64,
+    /// Of those, the ones whose slot opened a new segment file (directory
+    /// and file creation went first).
+    pub late_at_segment_open: u64,
+    /// How late each camera thread woke for its frame, in ms: CPU
+    /// contention shows here, not in the write latency.
+    pub wake_delay_ms: Percentiles,
     /// From a segment's close to its index record being durable, in ms.
     pub segment_durable_ms: Percentiles,
     /// Segments not durable within [`SEGMENT_DEADLINE`] of closing.
@@ -80,6 +86,8 @@ struct CameraStats {
     segments: u64,
     write_ms: Vec<f64>,
     frame_misses: u64,
+    late_at_open: u64,
+    wake_ms: Vec<f64>,
     durable_ms: Vec<f64>,
     segment_misses: u64,
 }
@@ -143,6 +151,8 @@ pub fn live(store: &Store, spec: &LiveSpec, stop: &AtomicBool) -> Result<LiveRep
         all.bytes += s.bytes;
         all.segments += s.segments;
         all.frame_misses += s.frame_misses;
+        all.late_at_open += s.late_at_open;
+        all.wake_ms.extend(s.wake_ms);
         all.segment_misses += s.segment_misses;
         all.write_ms.extend(s.write_ms);
         all.durable_ms.extend(s.durable_ms);
@@ -157,6 +167,8 @@ pub fn live(store: &Store, spec: &LiveSpec, stop: &AtomicBool) -> Result<LiveRep
         segments: all.segments,
         write_latency_ms: Percentiles::of(all.write_ms),
         frame_deadline_misses: all.frame_misses,
+        late_at_segment_open: all.late_at_open,
+        wake_delay_ms: Percentiles::of(all.wake_ms),
         segment_durable_ms: Percentiles::of(all.durable_ms),
         segment_deadline_misses: all.segment_misses,
     })
@@ -208,7 +220,11 @@ fn camera_loop(
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            if i % frames_per_segment == 0 {
+            stats
+                .wake_ms
+                .push(Instant::now().saturating_duration_since(due).as_secs_f64() * 1000.0);
+            let opens_segment = i % frames_per_segment == 0;
+            if opens_segment {
                 if let Some(seg) = open.take() {
                     let _ = to_close.send((seg, due));
                 }
@@ -258,6 +274,7 @@ fn camera_loop(
             stats.write_ms.push((after - before).as_secs_f64() * 1000.0);
             if after.saturating_duration_since(due) > interval {
                 stats.frame_misses += 1;
+                stats.late_at_open += u64::from(opens_segment);
             }
         }
         if let Some(seg) = open.take() {

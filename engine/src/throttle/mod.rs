@@ -4,6 +4,7 @@
 //! is tested on a virtual clock; [`RateLimiter`] puts the bucket on tokio's.
 
 pub mod aimd;
+pub mod cpu;
 pub mod disk;
 pub mod governor;
 pub mod schedule;

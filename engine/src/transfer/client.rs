@@ -494,9 +494,13 @@ async fn checkpoint(
         meta.clone(),
         progress.clone(),
     );
-    tokio::task::spawn_blocking(move || placeholder::write_durable(&f, &p, &m, &pr))
-        .await
-        .map_err(std::io::Error::other)??;
+    tokio::task::spawn_blocking(move || {
+        placeholder::write_durable(&f, &p, &m, &pr)?;
+        crate::io::drop_cached(&f);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .map_err(std::io::Error::other)??;
     Ok(())
 }
 
@@ -525,6 +529,7 @@ async fn finish(
             )));
         }
         placeholder::mark_complete(&file, &path, &m)?;
+        crate::io::drop_cached(&file);
         Ok(SegmentMeta {
             state: crate::segment::SegmentState::Complete,
             ..m

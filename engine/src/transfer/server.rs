@@ -562,6 +562,12 @@ async fn fetch(
     }
     write_message(send, &Message::FetchEnd).await?;
     send.finish()?;
+    // Served: its pages need not stay cached (see `io::drop_cached`).
+    tokio::task::spawn_blocking(move || {
+        if let Ok(f) = File::open(&path) {
+            crate::io::drop_cached(&f);
+        }
+    });
     Ok(())
 }
 

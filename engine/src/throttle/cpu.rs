@@ -1,0 +1,71 @@
+//! Backfill's CPU yields to live recording's. Measured on the
+//! live-protection benchmark: frames came late because the camera threads
+//! woke tens of milliseconds late, with write latency low, while backfill
+//! and serving threads (at nice 10 and 19) held the two cores. Under
+//! `SCHED_IDLE` they run only when nothing else wants a core.
+
+/// Moves every thread of this process to `SCHED_IDLE`; threads started
+/// later inherit it. Returns how many threads the kernel took it for.
+///
+/// Call it after any child process that must run normally (the recording
+/// service the gate starts) has been started: children inherit it too.
+pub fn yield_to_live() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return usize::from(set_idle(0));
+    };
+    tasks
+        .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|tid| set_idle(*tid))
+        .count()
+}
+
+#[allow(unsafe_code)]
+fn set_idle(tid: i32) -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the sched_param we pass by
+    // reference for the duration of the call; `tid` names one of our own
+    // threads (or 0, the calling one).
+    unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) == 0 }
+}
+
+/// Whether the calling thread runs under `SCHED_IDLE`.
+#[allow(unsafe_code)]
+pub fn is_idle() -> bool {
+    // SAFETY: sched_getscheduler takes a thread id and touches no memory.
+    unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_thread_and_its_later_children_go_idle() {
+        // In a child process, so the test runner's threads keep their
+        // policy: `cargo test` runs this test's body again, alone.
+        if std::env::var_os("HAFILL_CPU_TEST_CHILD").is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "throttle::cpu::tests::every_thread_and_its_later_children_go_idle",
+                    "--nocapture",
+                ])
+                .env("HAFILL_CPU_TEST_CHILD", "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            return;
+        }
+        let before =
+            std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
+        assert!(yield_to_live() >= 2);
+        assert!(is_idle());
+        let later = std::thread::spawn(is_idle).join().unwrap();
+        assert!(later, "a thread started afterwards inherits SCHED_IDLE");
+        before.join().unwrap();
+    }
+}

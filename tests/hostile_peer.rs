@@ -61,6 +61,10 @@ fn start_hostile(c: &Cluster, lie: &str) -> Hostile {
 /// not finished in two minutes: a receiver that waits forever on a
 /// stalling peer fails here.
 fn backfill_rs02(c: &Cluster) -> serde_json::Value {
+    backfill_rs02_with(c, "2s")
+}
+
+fn backfill_rs02_with(c: &Cluster, stall: &str) -> serde_json::Value {
     let mut child = hafill()
         .args([
             "backfill",
@@ -70,7 +74,7 @@ fn backfill_rs02(c: &Cluster) -> serde_json::Value {
             "--block-size",
             "64KiB",
             "--stall-timeout",
-            "2s",
+            stall,
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -136,6 +140,34 @@ fn every_lie_is_refused_the_liar_cut_off_and_the_honest_peer_completes() {
         assert_eq!(n, 30, "{lie}");
         assert_eq!(file_hashes(&c.server("rs02").store()), source, "{lie}");
     }
+}
+
+/// With a stall timeout far beyond the two-minute guard, only the end game
+/// can finish this run: once nothing is queued, the segments held by the
+/// stalling peer move to the idle honest one after a few seconds without a
+/// frame. Slowness is not a proven lie: the peer is not cut off.
+#[test]
+fn a_stalling_peer_s_segments_move_to_an_idle_holder_at_the_end_of_the_run() {
+    let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
+    let t0 = base_time();
+    for n in ["rs01", "rs03"] {
+        sim_record(&c.server(n).store(), 2, "200kbit", "60s", t0, t0 + 900, 5);
+    }
+    let source = file_hashes(&c.server("rs01").store());
+    c.serve("rs01");
+    let hostile = start_hostile(&c, "stall");
+    let r = backfill_rs02_with(&c, "10m");
+    drop(hostile);
+    assert_eq!(r["failed"], serde_json::json!([]), "{r:#}");
+    assert_eq!(r["segments"], 30, "{r:#}");
+    let rs03 = r["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == "rs03")
+        .unwrap();
+    assert_eq!(rs03["error"], serde_json::Value::Null, "{r:#}");
+    assert_eq!(file_hashes(&c.server("rs02").store()), source);
 }
 
 #[test]

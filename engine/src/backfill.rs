@@ -536,7 +536,8 @@ impl Session {
                             origin: Origin::Peer(peer.clone()),
                             ..job.meta.clone()
                         };
-                        match client::fetch_segment(&ctx, &conn, path, &meta).await {
+                        let leave_early = || queue.end_game_for(&job, &peer);
+                        match client::fetch_segment(&ctx, &conn, path, &meta, &leave_early).await {
                             Ok(m) => {
                                 done_segments.fetch_add(1, Ordering::Relaxed);
                                 done_bytes.fetch_add(m.len, Ordering::Relaxed);

@@ -190,6 +190,18 @@ impl JobQueue {
         true
     }
 
+    /// Whether `job`, in flight at `peer`, may leave it early: nothing is
+    /// queued any more (the run's end game) and another usable holder is
+    /// left for it.
+    pub fn end_game_for(&self, job: &Job, peer: &str) -> bool {
+        let inner = self.lock();
+        inner.by_peer.values().all(VecDeque::is_empty)
+            && job
+                .sources
+                .iter()
+                .any(|s| s != peer && inner.usable(s) && job.may_serve(s))
+    }
+
     /// Peers cut off, with why.
     pub fn cut(&self) -> BTreeMap<String, String> {
         self.lock().cut.clone()
@@ -261,5 +273,19 @@ mod tests {
         let lost = q.undeliverable();
         assert_eq!(lost.len(), 1);
         assert!(lost[0].reason().contains("cut off"), "{}", lost[0].reason());
+    }
+
+    #[tokio::test]
+    async fn the_end_game_starts_when_nothing_is_queued_and_another_holder_is_left() {
+        let stop = AtomicBool::new(false);
+        let q = JobQueue::new(vec![job(2, &["a", "b"]), job(1, &["a"])], peers());
+        let j2 = q.next("a", &stop).await.unwrap();
+        // Job 1 is still queued: no end game yet.
+        assert!(!q.end_game_for(&j2, "a"));
+        let j1 = q.next("a", &stop).await.unwrap();
+        assert!(q.end_game_for(&j2, "a"), "b also holds it");
+        assert!(!q.end_game_for(&j1, "a"), "only a holds it");
+        q.cut_off("b", "lied".into());
+        assert!(!q.end_game_for(&j2, "a"), "b is cut off");
     }
 }

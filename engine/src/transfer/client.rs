@@ -243,6 +243,11 @@ pub struct FetchContext {
 /// The default of [`FetchContext::stall`].
 pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
 
+/// At the end of a run (nothing queued, a segment's other holder idle), a
+/// fetch that received nothing for this long moves to that holder instead
+/// of waiting out the stall timeout.
+pub const END_GAME_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Reads one frame of a fetch within `stall`.
 async fn read_within<T>(
     stall: Duration,
@@ -256,11 +261,16 @@ async fn read_within<T>(
 /// Fetches the missing blocks of the placeholder at `path` for `meta` (the
 /// source's length and BLAKE3) from `conn`, then re-hashes the file and
 /// marks it complete. Returns the segment, complete, for the index.
+///
+/// `leave_early` says whether the run is in its end game for this segment
+/// (see [`END_GAME_PATIENCE`]); it is asked about once a second while
+/// nothing arrives.
 pub async fn fetch_segment(
     ctx: &FetchContext,
     conn: &quinn::Connection,
     path: PathBuf,
     meta: &SegmentMeta,
+    leave_early: &(dyn Fn() -> bool + Sync),
 ) -> Result<SegmentMeta, FetchError> {
     let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
     if file.metadata()?.len() != meta.len {
@@ -272,11 +282,22 @@ pub async fn fetch_segment(
     };
     let missing = progress.missing_ranges();
     if !missing.is_empty() {
-        receive_blocks(ctx, conn, &file, &path, meta, &mut progress, missing).await?;
+        receive_blocks(
+            ctx,
+            conn,
+            &file,
+            &path,
+            meta,
+            &mut progress,
+            missing,
+            leave_early,
+        )
+        .await?;
     }
     finish(ctx, file, path, meta, progress).await
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn receive_blocks(
     ctx: &FetchContext,
     conn: &quinn::Connection,
@@ -285,6 +306,7 @@ async fn receive_blocks(
     meta: &SegmentMeta,
     progress: &mut Progress,
     missing: Vec<(u32, u32)>,
+    leave_early: &(dyn Fn() -> bool + Sync),
 ) -> Result<(), FetchError> {
     let (mut send, mut recv) = conn
         .open_bi()
@@ -303,7 +325,22 @@ async fn receive_blocks(
         .map_err(FetchError::from)?;
     send.finish().map_err(TransferError::from)?;
 
-    let tree = match read_within(ctx.stall, read_message(&mut recv, MAX_FRAME_LEN)).await? {
+    let asked = std::time::Instant::now();
+    let header = {
+        let reading = read_within(ctx.stall, read_message(&mut recv, MAX_FRAME_LEN));
+        tokio::pin!(reading);
+        loop {
+            tokio::select! {
+                h = &mut reading => break h?,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if asked.elapsed() >= END_GAME_PATIENCE && leave_early() {
+                        return Err(TransferError::Slow(asked.elapsed()).into());
+                    }
+                }
+            }
+        }
+    };
+    let tree = match header {
         Some(Message::FetchHeader {
             len,
             blake3: _,
@@ -356,10 +393,13 @@ async fn receive_blocks(
     let mut in_flight = FuturesUnordered::new();
     let mut unsynced = 0u64;
     let mut done = false;
+    let mut last_frame = std::time::Instant::now();
     while !done || !in_flight.is_empty() {
         tokio::select! {
             biased;
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                // Our own verification and writes count as progress too.
+                last_frame = std::time::Instant::now();
                 let (index, n): (u32, u64) = r?;
                 if progress.was_seen(index) {
                     ctx.refetched_bytes.fetch_add(n, Ordering::Relaxed);
@@ -383,6 +423,7 @@ async fn receive_blocks(
                 }
             }
             msg = frames.recv(), if !done && in_flight.len() < ctx.pipeline => {
+                last_frame = std::time::Instant::now();
                 let msg = msg.unwrap_or_else(|| Err(TransferError::Protocol("the stream reader stopped".into())));
                 match msg? {
                     Some(Incoming::Block(BlockHeader { index, encoding, raw_len, .. }, data)) => {
@@ -397,6 +438,15 @@ async fn receive_blocks(
                     Some(Incoming::Message(Message::Error { code, message })) => return Err(TransferError::Remote { code, message }.into()),
                     Some(Incoming::Message(other)) => return Err(TransferError::Protocol(format!("unexpected 0x{:02x} in a fetch", other.type_byte())).into()),
                     None => return Err(TransferError::Protocol("fetch ended without FetchEnd".into()).into()),
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !done => {
+                if last_frame.elapsed() >= END_GAME_PATIENCE && leave_early() {
+                    // What is in flight was verified: let it land first.
+                    while let Some(r) = in_flight.next().await {
+                        r?;
+                    }
+                    return Err(TransferError::Slow(last_frame.elapsed()).into());
                 }
             }
         }

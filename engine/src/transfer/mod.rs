@@ -56,6 +56,10 @@ pub enum TransferError {
     Timeout(&'static str),
     #[error("the peer stalled: no whole frame within {0:?}")]
     Stalled(Duration),
+    /// Not a fault: nothing came for a while at the end of a run, while
+    /// another holder of the segment sat idle; it moves there.
+    #[error("nothing for {0:?} while another holder was idle; moved to it")]
+    Slow(Duration),
 }
 
 impl TransferError {

@@ -188,3 +188,25 @@ fn unread_fetches_hold_no_more_than_the_flow_control_windows() {
         );
     });
 }
+
+#[test]
+fn a_peer_that_never_answers_the_handshake_is_given_up_at_the_connect_deadline() {
+    let c = Cluster::new(&["rs01", "rs02"]);
+    let cfg = Config::load(&c.server("rs02").config()).unwrap();
+    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
+    // rs01's address, held by a socket that swallows every packet.
+    let mut peer = cfg.peer("rs01").unwrap().clone();
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.addr = hole.local_addr().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = rt.block_on(async {
+        let ep = client_endpoint(peer.addr).unwrap();
+        client::connect(&ep, &me, "rs02", &peer, Duration::from_secs(1))
+            .await
+            .expect_err("nobody answered")
+    });
+    let text = e.to_string();
+    assert!(text.contains("no answer within 1s"), "{text}");
+    assert!(text.contains("rs01"), "the error names the peer: {text}");
+    drop(hole);
+}

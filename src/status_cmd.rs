@@ -137,10 +137,7 @@ fn print_table(s: &SiteStatus) {
     } else {
         println!("alerts:");
         for a in &s.alerts {
-            let sev = serde_json::to_value(a.severity)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_uppercase))
-                .unwrap_or_default();
+            let sev = a.severity.as_str().to_uppercase();
             println!("  {sev:<8} {:<21} {}", a.kind.as_str(), a.message);
         }
     }

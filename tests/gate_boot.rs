@@ -194,12 +194,13 @@ fn placeholder_allocation(extra: &[&str]) -> (u64, u64) {
     rec(&a, t0 + 1200);
     rec(&b, t0 + 600);
     c.serve("rs01");
-    let before: BTreeSet<std::path::PathBuf> = walk(&b.join("segments")).into_iter().collect();
+    let before: BTreeSet<std::path::PathBuf> =
+        segment_files(&b.join("segments")).into_iter().collect();
     let cfg = c.server("rs02").config();
     let mut args = vec!["gate", "--config", p(&cfg), "--then-exit"];
     args.extend_from_slice(extra);
     run_ok(&args);
-    let placed: Vec<_> = walk(&b.join("segments"))
+    let placed: Vec<_> = segment_files(&b.join("segments"))
         .into_iter()
         .filter(|f| !before.contains(f))
         .collect();
@@ -216,22 +217,6 @@ fn placeholder_allocation(extra: &[&str]) -> (u64, u64) {
         allocated += md.blocks() * 512;
     }
     (apparent, allocated)
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.path().extension().is_some_and(|x| x == "seg") {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::{base_time, sim_record};
+use common::{base_time, segment_files, sim_record};
 
 /// GET `path` from 127.0.0.1:`port`: status code and body.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
@@ -51,7 +51,10 @@ fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
         t0 + 3600,
         7,
     );
-    let total_bytes: f64 = walk_bytes(&c.server("rs01").store().join("segments"));
+    let total_bytes: f64 = segment_files(&c.server("rs01").store().join("segments"))
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len() as f64)
+        .sum();
     c.serve("rs01");
     c.serve_with("rs02", &["--scrub-every", "1h", "--status-every", "1s"]);
     let port = c.server("rs02").status_port;
@@ -119,18 +122,4 @@ fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
     assert_eq!(s["server"], "rs02");
     assert_eq!(s["overview"]["cameras"], 2, "{s:#}");
     assert_eq!(get(port, "/nope").unwrap().0, 404);
-}
-
-fn walk_bytes(dir: &std::path::Path) -> f64 {
-    let mut n = 0u64;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let t = e.file_type().unwrap();
-        if t.is_dir() {
-            n += walk_bytes(&e.path()) as u64;
-        } else {
-            n += e.metadata().unwrap().len();
-        }
-    }
-    n as f64
 }

@@ -172,14 +172,11 @@ fn a_stalling_peer_s_segments_move_to_an_idle_holder_at_the_end_of_the_run() {
 
 #[test]
 fn a_peer_flooding_connections_is_refused_past_the_limit() {
-    use hafill_engine::config::Config;
     use hafill_engine::transfer::{client, client_endpoint};
 
     let mut c = Cluster::new(&["rs01", "rs02"]);
     c.serve("rs01");
-    let cfg = Config::load(&c.server("rs02").config()).unwrap();
-    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
-    let peer = cfg.peer("rs01").unwrap().clone();
+    let (me, peer) = c.speaker("rs02", "rs01");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ep = client_endpoint(peer.addr).unwrap();
@@ -213,15 +210,12 @@ fn a_peer_flooding_connections_is_refused_past_the_limit() {
 
 #[test]
 fn a_stream_that_never_finishes_its_request_gets_a_bad_request_error() {
-    use hafill_engine::config::Config;
     use hafill_engine::transfer::{client, client_endpoint, read_message};
     use hafill_protocol::{ErrorCode, Message};
 
     let mut c = Cluster::new(&["rs01", "rs02"]);
     c.serve("rs01");
-    let cfg = Config::load(&c.server("rs02").config()).unwrap();
-    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
-    let peer = cfg.peer("rs01").unwrap().clone();
+    let (me, peer) = c.speaker("rs02", "rs01");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ep = client_endpoint(peer.addr).unwrap();

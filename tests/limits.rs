@@ -8,11 +8,13 @@ use std::time::Duration;
 use common::cluster::Cluster;
 use common::*;
 use futures::FutureExt;
-use hafill_engine::config::Config;
+use hafill_engine::config::Peer;
+use hafill_engine::identity::Identity;
 use hafill_engine::transfer::{client, client_config, client_endpoint};
 
-/// rs01 serving 2 cameras x 15 segments; rs02's identity and config.
-fn setup() -> (Cluster, Config) {
+/// rs01 serving 2 cameras x 15 segments; rs02's identity and its view of
+/// rs01.
+fn setup() -> (Cluster, Identity, Peer) {
     let mut c = Cluster::new(&["rs01", "rs02"]);
     let t0 = base_time();
     sim_record(
@@ -25,15 +27,13 @@ fn setup() -> (Cluster, Config) {
         1,
     );
     c.serve("rs01");
-    let cfg = Config::load(&c.server("rs02").config()).unwrap();
-    (c, cfg)
+    let (me, peer) = c.speaker("rs02", "rs01");
+    (c, me, peer)
 }
 
 #[test]
 fn a_connection_may_open_256_streams_at_once_and_no_more() {
-    let (_c, cfg) = setup();
-    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
-    let peer = cfg.peer("rs01").unwrap().clone();
+    let (_c, me, peer) = setup();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ep = client_endpoint(peer.addr).unwrap();
@@ -60,7 +60,7 @@ fn a_connection_may_open_256_streams_at_once_and_no_more() {
 
 #[test]
 fn a_peer_that_vanishes_mid_transfer_is_dropped_after_the_idle_timeout() {
-    let (c, _cfg) = setup();
+    let (c, _, _) = setup();
     // A receiver killed with SIGKILL sends no goodbye: only the idle
     // timeout tells the server it is gone.
     let mut child = hafill()
@@ -94,9 +94,7 @@ fn a_peer_that_vanishes_mid_transfer_is_dropped_after_the_idle_timeout() {
 
 #[test]
 fn a_coverage_response_past_the_entry_limit_is_refused() {
-    let (_c, cfg) = setup();
-    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
-    let peer = cfg.peer("rs01").unwrap().clone();
+    let (_c, me, peer) = setup();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ep = client_endpoint(peer.addr).unwrap();
@@ -131,9 +129,7 @@ fn unread_fetches_hold_no_more_than_the_flow_control_windows() {
         1,
     );
     c.serve("rs01");
-    let cfg = Config::load(&c.server("rs02").config()).unwrap();
-    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
-    let peer = cfg.peer("rs01").unwrap().clone();
+    let (me, peer) = c.speaker("rs02", "rs01");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ep = client_endpoint(peer.addr).unwrap();
@@ -192,10 +188,8 @@ fn unread_fetches_hold_no_more_than_the_flow_control_windows() {
 #[test]
 fn a_peer_that_never_answers_the_handshake_is_given_up_at_the_connect_deadline() {
     let c = Cluster::new(&["rs01", "rs02"]);
-    let cfg = Config::load(&c.server("rs02").config()).unwrap();
-    let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
     // rs01's address, held by a socket that swallows every packet.
-    let mut peer = cfg.peer("rs01").unwrap().clone();
+    let (me, mut peer) = c.speaker("rs02", "rs01");
     let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     peer.addr = hole.local_addr().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -5,7 +5,6 @@
 mod common;
 use common::cluster::Cluster;
 use common::*;
-use hafill_engine::config::Config;
 use hafill_engine::transfer::{
     client, client_endpoint, read_message, write_message, TransferError,
 };
@@ -14,24 +13,7 @@ use std::time::Duration;
 
 fn record_small(store: &std::path::Path) {
     let t0 = base_time();
-    run_ok(&[
-        "sim",
-        "record",
-        "--store",
-        p(store),
-        "--cameras",
-        "4",
-        "--bitrate",
-        "64kbit",
-        "--segment",
-        "60s",
-        "--from",
-        &rfc3339(t0),
-        "--to",
-        &rfc3339(t0 + 600),
-        "--seed",
-        "3",
-    ]);
+    sim_record(store, 4, "64kbit", "60s", t0, t0 + 600, 3);
 }
 
 #[test]
@@ -92,11 +74,10 @@ fn a_camera_not_paired_with_the_asker_gets_not_paired_and_no_bytes() {
     c.write_config(rs01, "[[camera]]\nid = \"cam-0001\"\nservers = [\"rs01\", \"rs02\"]\n\n[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\"]\n");
     record_small(&rs01.store());
     c.serve("rs01");
-    let rs02 = Config::load(&c.server("rs02").config()).unwrap();
-    let me = hafill_engine::identity::load(&rs02.cert, &rs02.key).unwrap();
+    let (me, peer) = c.speaker("rs02", "rs01");
+    let peer = &peer;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let peer = rs02.peer("rs01").unwrap();
         let ep = client_endpoint(peer.addr).unwrap();
         let conn = client::connect(&ep, &me, "rs02", peer, Duration::from_secs(10))
             .await

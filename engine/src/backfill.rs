@@ -805,10 +805,16 @@ pub async fn scrub_loop(
             }
             Err(e) => tracing::warn!("scrub: {e}; next round in {every:?}"),
         }
-        let wake = tokio::time::Instant::now() + every;
-        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < wake {
-            tokio::time::sleep(Duration::from_millis(200).min(every)).await;
-        }
+        sleep_unless_stopped(every, &stop).await;
+    }
+}
+
+/// Sleeps for `every`, or until `stop` is set (looked at five times a
+/// second): the pause between the daemon's periodic rounds.
+pub(crate) async fn sleep_unless_stopped(every: Duration, stop: &AtomicBool) {
+    let wake = tokio::time::Instant::now() + every;
+    while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < wake {
+        tokio::time::sleep(Duration::from_millis(200).min(every)).await;
     }
 }
 

@@ -163,9 +163,6 @@ pub async fn status_loop(
             }
             Err(e) => tracing::warn!("status: {e}; next in {every:?}"),
         }
-        let wake = tokio::time::Instant::now() + every;
-        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < wake {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        crate::backfill::sleep_unless_stopped(every, &stop).await;
     }
 }

@@ -52,8 +52,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("hafill");
-        let m = Metrics {
+        let mut m = Metrics {
             bytes: Counter::default(),
             segments: Counter::default(),
             rate: Gauge::default(),
@@ -66,69 +65,69 @@ impl Metrics {
             peer_up: Family::default(),
             alerts: Family::default(),
             status_age: Gauge::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("hafill"),
         };
-        registry.register(
+        m.registry.register(
             "backfilled_bytes",
             "Bytes backfilled from peers, verified and durable",
             m.bytes.clone(),
         );
-        registry.register(
+        m.registry.register(
             "backfilled_segments",
             "Segments backfilled from peers",
             m.segments.clone(),
         );
-        registry.register(
+        m.registry.register(
             "backfill_rate_bytes_per_second",
             "Backfill rate over the last second",
             m.rate.clone(),
         );
-        registry.register(
+        m.registry.register(
             "gaps_pending_segments",
             "Segments the current backfill still has to fetch",
             m.pending_segments.clone(),
         );
-        registry.register(
+        m.registry.register(
             "gaps_pending_bytes",
             "Bytes the current backfill still has to fetch",
             m.pending_bytes.clone(),
         );
-        registry.register(
+        m.registry.register(
             "placeholders_outstanding",
             "Placeholders in the store not yet filled",
             m.placeholders.clone(),
         );
-        registry.register(
+        m.registry.register(
             "verify_failures",
             "Segment fetches refused because the bytes did not match their BLAKE3",
             m.verify_failures.clone(),
         );
-        registry.register(
+        m.registry.register(
             "failed_segments",
             "Segments no peer could deliver in a round",
             m.failed_segments.clone(),
         );
-        registry.register(
+        m.registry.register(
             "backfill_rounds",
             "Backfill rounds run by the daemon",
             m.rounds.clone(),
         );
-        registry.register(
+        m.registry.register(
             "peer_up",
             "1 if the peer answered at the last contact, else 0",
             m.peer_up.clone(),
         );
-        registry.register(
+        m.registry.register(
             "alerts",
             "HA alerts standing at the last status, by kind and severity",
             m.alerts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "status_age_seconds",
             "Seconds since the status behind the alert gauges was taken",
             m.status_age.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     /// A round planned `segments` of `bytes` to fetch.
@@ -173,7 +172,7 @@ impl Metrics {
     /// the peers' state from a status.
     pub fn set_status(&self, s: &SiteStatus) {
         for kind in AlertKind::ALL {
-            for sev in [Severity::Info, Severity::Warning, Severity::Critical] {
+            for sev in Severity::ALL {
                 let n = s
                     .alerts
                     .iter()
@@ -182,7 +181,7 @@ impl Metrics {
                 self.alerts
                     .get_or_create(&AlertLabels {
                         kind: kind.as_str().into(),
-                        severity: format!("{sev:?}").to_lowercase(),
+                        severity: sev.as_str().into(),
                     })
                     .set(n as i64);
             }

@@ -149,6 +149,22 @@ impl Cluster {
         self.children.clear();
     }
 
+    /// `name`'s identity and its `[[peer]]` entry for `peer` (address and
+    /// pinned ID): what a test needs to speak the protocol to `peer` as
+    /// `name`.
+    pub fn speaker(
+        &self,
+        name: &str,
+        peer: &str,
+    ) -> (
+        hafill_engine::identity::Identity,
+        hafill_engine::config::Peer,
+    ) {
+        let cfg = hafill_engine::config::Config::load(&self.server(name).config()).unwrap();
+        let me = hafill_engine::identity::load(&cfg.cert, &cfg.key).unwrap();
+        (me, cfg.peer(peer).unwrap().clone())
+    }
+
     pub fn serve_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.server(name).dir.join("serve.log")).unwrap_or_default()
     }
@@ -165,23 +181,14 @@ impl Drop for Cluster {
 
 /// Every segment file under a store, relative path to bytes' BLAKE3.
 pub fn file_hashes(store: &Path) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![store.join("segments")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.path().extension().is_some_and(|x| x == "seg") {
-                let rel = e.path().strip_prefix(store).unwrap().display().to_string();
-                out.insert(
-                    rel,
-                    blake3::hash(&std::fs::read(e.path()).unwrap())
-                        .to_hex()
-                        .to_string(),
-                );
-            }
-        }
-    }
-    out
+    super::segment_files(&store.join("segments"))
+        .into_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(store).unwrap().display().to_string();
+            let hash = blake3::hash(&std::fs::read(&f).unwrap())
+                .to_hex()
+                .to_string();
+            (rel, hash)
+        })
+        .collect()
 }

@@ -36,6 +36,23 @@ pub fn p(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
+/// Every segment file (`*.seg`) under `dir`, at any depth.
+pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "seg") {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 /// A fixed hour boundary a little in the past, so relative windows stay
 /// inside the default retention and runs align.
 pub fn base_time() -> i64 {

@@ -94,16 +94,32 @@ fn backfill_rs02_with(c: &Cluster, stall: &str) -> serde_json::Value {
     })
 }
 
-#[test]
-fn every_lie_is_refused_the_liar_cut_off_and_the_honest_peer_completes() {
+/// rs01 (serving) and rs03 hold the same recordings (same seed), 2 cameras
+/// x 15 segments; rs02 holds none. Returns rs01's file hashes too.
+fn liar_site() -> (Cluster, std::collections::BTreeMap<String, String>) {
     let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
     let t0 = base_time();
-    // rs01 and rs03 hold the same recordings (same seed); rs02 none.
     for n in ["rs01", "rs03"] {
         sim_record(&c.server(n).store(), 2, "200kbit", "60s", t0, t0 + 900, 5);
     }
     let source = file_hashes(&c.server("rs01").store());
     c.serve("rs01");
+    (c, source)
+}
+
+/// The report's entry for `peer`.
+fn peer_entry<'a>(r: &'a serde_json::Value, peer: &str) -> &'a serde_json::Value {
+    r["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == peer)
+        .unwrap_or_else(|| panic!("{peer} not in {r:#}"))
+}
+
+#[test]
+fn every_lie_is_refused_the_liar_cut_off_and_the_honest_peer_completes() {
+    let (c, source) = liar_site();
     for lie in LIES {
         let _ = std::fs::remove_dir_all(c.server("rs02").store());
         let hostile = start_hostile(&c, lie);
@@ -111,12 +127,7 @@ fn every_lie_is_refused_the_liar_cut_off_and_the_honest_peer_completes() {
         drop(hostile);
         assert_eq!(r["failed"], serde_json::json!([]), "{lie}: {r:#}");
         assert_eq!(r["segments"], 30, "{lie}: {r:#}");
-        let rs03 = r["peers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["peer"] == "rs03")
-            .unwrap_or_else(|| panic!("{lie}: {r:#}"));
+        let rs03 = peer_entry(&r, "rs03");
         assert!(
             rs03["error"].as_str().unwrap_or("").starts_with("cut off"),
             "{lie}: the liar should be cut off: {r:#}"
@@ -148,24 +159,13 @@ fn every_lie_is_refused_the_liar_cut_off_and_the_honest_peer_completes() {
 /// frame. Slowness is not a proven lie: the peer is not cut off.
 #[test]
 fn a_stalling_peer_s_segments_move_to_an_idle_holder_at_the_end_of_the_run() {
-    let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
-    let t0 = base_time();
-    for n in ["rs01", "rs03"] {
-        sim_record(&c.server(n).store(), 2, "200kbit", "60s", t0, t0 + 900, 5);
-    }
-    let source = file_hashes(&c.server("rs01").store());
-    c.serve("rs01");
+    let (c, source) = liar_site();
     let hostile = start_hostile(&c, "stall");
     let r = backfill_rs02_with(&c, "10m");
     drop(hostile);
     assert_eq!(r["failed"], serde_json::json!([]), "{r:#}");
     assert_eq!(r["segments"], 30, "{r:#}");
-    let rs03 = r["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["peer"] == "rs03")
-        .unwrap();
+    let rs03 = peer_entry(&r, "rs03");
     assert_eq!(rs03["error"], serde_json::Value::Null, "{r:#}");
     assert_eq!(file_hashes(&c.server("rs02").store()), source);
 }

@@ -117,6 +117,11 @@ impl Cluster {
                 std::env::var("HAFILL_TEST_SERVE_LOG").unwrap_or_else(|_| "info".into()),
             )
             .args(["serve", "--config", p(&config)])
+            // Tests run beside other tests' normal-priority work (recording,
+            // compiling); a SCHED_IDLE source could then be starved past a
+            // receiver's stall timeout and cut off. The policy itself is
+            // tested in `throttle::cpu`.
+            .args(["--cpu", "normal"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

@@ -4,7 +4,8 @@
 //! (`hafill serve`) on loopback. Prints each run, the median, and the
 //! gate's peak resident memory (GNU time).
 //!
-//! Run: `cargo bench --bench gate` (add `-- --runs 3` for fewer runs).
+//! Run: `cargo bench --bench gate` (add `-- --runs 3` for fewer runs,
+//! `-- --only 10-second` for one size).
 //!
 //! The peer's store is index-only (records, no segment files): the gate
 //! plans from coverage and never reads the peer's bytes. Each segment is
@@ -179,6 +180,10 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--runs") {
         runs = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(5);
     }
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
     if !Path::new("/usr/bin/time").exists() {
         eprintln!("SKIPPED: needs GNU time at /usr/bin/time (apt-get install time)");
         return;
@@ -186,6 +191,9 @@ fn main() {
     // Every run's folders are removed at the very end, for the same reason.
     let mut keep = Vec::new();
     for (label, segment_us) in [("60-second", 60_000_000i64), ("10-second", 10_000_000)] {
+        if only.as_deref().is_some_and(|o| o != label) {
+            continue;
+        }
         // The system temp dir (or HAFILL_BENCH_DIR): a plain local
         // filesystem, as a recording store is. (On the project's machines
         // the checkout's filesystem is watched, which makes every file
@@ -219,6 +227,15 @@ fn main() {
         let mut times = Vec::new();
         for k in 0..runs {
             let (secs, placed, rss) = run_gate(&d2, k, end, segment_us);
+            let expected = u64::from(CAMERAS) * (OUTAGE_US / segment_us) as u64;
+            assert_eq!(
+                placed,
+                expected,
+                "{label} run {k}: only {placed} of {expected} placeholders: the bench's \
+                 filesystem ran out of room above the 1 GiB reserve (each run keeps \
+                 {} MiB); give HAFILL_BENCH_DIR more room or fewer --runs",
+                (expected * (SEGMENT_LEN + 4096)) >> 20
+            );
             eprintln!("{label} run {k}: {placed} placeholders, COMMAND started after {secs:.2} s, peak RSS {} MiB", rss / 1024);
             times.push(secs);
         }

@@ -134,7 +134,7 @@ fn plan_and_place(
         ..BackfillOptions::default()
     };
     let gated = rt.block_on(gate::prepare(&config, &opts, a.lookback))?;
-    let p = &gated.prepared;
+    let p = &gated.placement.summary;
     tracing::info!(
         placeholders = p.placeholders_created,
         bytes = p.planned_bytes,

@@ -18,7 +18,7 @@ use crate::io::{DiskWriter, IoBackend, IoChoice, IoSetupError};
 use crate::jobs::{Job, JobQueue};
 use crate::metrics::Metrics;
 use crate::placeholder;
-use crate::plan::{PlanOptions, Planner};
+use crate::plan::{Plan, PlanOptions, Planner};
 use crate::segment::{Origin, SegmentMeta, SegmentState};
 use crate::store::{Store, StoreError};
 use crate::throttle::governor::{self, Rates, SharedThrottle};
@@ -158,11 +158,9 @@ pub struct Session {
     statuses: Vec<PeerStatus>,
 }
 
-/// The work a session found: placeholders made, segments to fetch.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    jobs: Vec<Job>,
-    holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+/// What planning and placing came to, in figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlaceSummary {
     pub planned_segments: u64,
     pub planned_bytes: u64,
     pub placeholders_created: u64,
@@ -170,6 +168,26 @@ pub struct Prepared {
     pub no_room_bytes: u64,
     /// Seconds from the session's start until the placeholders were in.
     pub placeholders_seconds: f64,
+}
+
+/// The timeline made whole: placeholders in, the work not yet queued.
+/// [`Session::queue`] turns it into [`Prepared`]; the gate does that after
+/// the recording service has started, since nothing there is waited for.
+#[derive(Debug)]
+pub struct Placement {
+    placed: Vec<SegmentMeta>,
+    plan: Arc<Plan>,
+    holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+    window: (Timestamp, Timestamp),
+    pub summary: PlaceSummary,
+}
+
+/// The work a session found: placeholders made, segments to fetch.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    jobs: Vec<Job>,
+    holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+    pub summary: PlaceSummary,
 }
 
 impl Prepared {
@@ -282,6 +300,17 @@ impl Session {
         plan_opts: &PlanOptions,
         t0: Instant,
     ) -> Result<Prepared, BackfillError> {
+        let placement = self.place(plan_opts, t0).await?;
+        self.queue(placement)
+    }
+
+    /// Asks the peers for coverage, plans, and creates the placeholders:
+    /// what the recording service waits for at boot.
+    pub async fn place(
+        &mut self,
+        plan_opts: &PlanOptions,
+        t0: Instant,
+    ) -> Result<Placement, BackfillError> {
         let (from, to) = plan_opts.window();
         let to = to.min(plan_opts.now.add_micros(86_400_000_000));
         let mut holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> = BTreeMap::new();
@@ -337,31 +366,24 @@ impl Session {
 
         let t_planned = t0.elapsed();
         // Placeholders for the plan, in one batch: the timeline is whole now.
-        let sources: Vec<(SegmentMeta, String)> = plan
-            .iter()
-            .map(|p| (p.source.clone(), p.peer.clone()))
-            .collect();
-        let fallbacks: HashMap<(CameraId, i64), Vec<String>> = plan
-            .iter()
-            .map(|p| {
-                (
-                    (p.source.camera.clone(), p.source.start.0),
-                    p.fallback.clone(),
-                )
-            })
-            .collect();
         let place = placeholder::PlaceOptions {
             sparse: self.opts.sparse,
             reserve_bytes: self.config.reserve_bytes,
         };
+        let plan = Arc::new(plan);
         let placed = {
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || placeholder::create(&store, &sources, place))
-                .await
-                .map_err(|e| StoreError::Io {
-                    path: self.config.store.clone(),
-                    source: std::io::Error::other(e),
-                })??
+            let plan = plan.clone();
+            tokio::task::spawn_blocking(move || {
+                let sources: Vec<(&SegmentMeta, &str)> =
+                    plan.iter().map(|p| (&p.source, p.peer.as_str())).collect();
+                placeholder::create(&store, &sources, place)
+            })
+            .await
+            .map_err(|e| StoreError::Io {
+                path: self.config.store.clone(),
+                source: std::io::Error::other(e),
+            })??
         };
         if !placed.no_room.is_empty() {
             tracing::warn!(
@@ -373,10 +395,41 @@ impl Session {
         let placeholders_seconds = t0.elapsed().as_secs_f64();
         tracing::debug!(coverage = ?t_coverage, planned = ?t_planned, placed = ?t0.elapsed(), "prepare timings (since start)");
 
+        Ok(Placement {
+            summary: PlaceSummary {
+                planned_segments: plan.segments(),
+                planned_bytes: plan.bytes(),
+                placeholders_created: placed.placed.len() as u64,
+                no_room_segments: placed.no_room.len() as u64,
+                no_room_bytes: placed.no_room.iter().map(|(m, _)| m.len).sum(),
+                placeholders_seconds,
+            },
+            placed: placed.placed,
+            plan,
+            holdings,
+            window: (from, to),
+        })
+    }
+
+    /// The work queue: what was placed (newest first), plus what earlier
+    /// runs left in the window, each with every connected peer that holds
+    /// exactly its bytes.
+    pub fn queue(&self, placement: Placement) -> Result<Prepared, BackfillError> {
+        let Placement {
+            placed,
+            plan,
+            holdings,
+            window: (from, to),
+            summary,
+        } = placement;
+        let fallbacks: HashMap<(&CameraId, i64), &[String]> = plan
+            .iter()
+            .map(|p| ((&p.source.camera, p.source.start.0), p.fallback.as_slice()))
+            .collect();
         // Work: what was placed (newest first), plus what earlier runs left.
         let mut jobs: Vec<Job> = Vec::new();
         let mut planned = std::collections::HashSet::new();
-        for m in &placed.placed {
+        for m in &placed {
             let key = (m.camera.clone(), m.start.0);
             let mut sources = match &m.origin {
                 Origin::Peer(p) => vec![p.clone()],
@@ -384,8 +437,9 @@ impl Session {
             };
             sources.extend(
                 fallbacks
-                    .get(&key)
+                    .get(&(&m.camera, m.start.0))
                     .into_iter()
+                    .copied()
                     .flatten()
                     .filter(|p| !sources.contains(p))
                     .cloned()
@@ -428,12 +482,7 @@ impl Session {
         Ok(Prepared {
             jobs,
             holdings,
-            planned_segments: plan.segments(),
-            planned_bytes: plan.bytes(),
-            placeholders_created: placed.placed.len() as u64,
-            no_room_segments: placed.no_room.len() as u64,
-            no_room_bytes: placed.no_room.iter().map(|(m, _)| m.len).sum(),
-            placeholders_seconds,
+            summary,
         })
     }
 
@@ -688,12 +737,12 @@ impl Session {
             seconds,
             rate_mib_s: fetched.bytes as f64 / seconds.max(1e-9) / 1048576.0,
             refetched_bytes: ctx.refetched_bytes.load(Ordering::Relaxed),
-            planned_segments: prepared.planned_segments,
-            planned_bytes: prepared.planned_bytes,
-            placeholders_created: prepared.placeholders_created,
-            no_room_segments: prepared.no_room_segments,
-            no_room_bytes: prepared.no_room_bytes,
-            placeholders_seconds: prepared.placeholders_seconds,
+            planned_segments: prepared.summary.planned_segments,
+            planned_bytes: prepared.summary.planned_bytes,
+            placeholders_created: prepared.summary.placeholders_created,
+            no_room_segments: prepared.summary.no_room_segments,
+            no_room_bytes: prepared.summary.no_room_bytes,
+            placeholders_seconds: prepared.summary.placeholders_seconds,
             failed: fetched.failed,
             io: self.writer.backend(),
             peers: self.statuses,
@@ -710,18 +759,28 @@ pub fn peer_segments(
     entries: Vec<hafill_protocol::CoverageEntry>,
 ) -> BTreeMap<CameraId, Vec<SegmentMeta>> {
     let mut by_cam: BTreeMap<CameraId, Vec<SegmentMeta>> = BTreeMap::new();
-    for e in entries {
-        let Ok(camera) = CameraId::new(e.camera.clone()) else {
-            tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
-            continue;
-        };
-        if !config.paired_with(&camera, peer)
-            || e.duration_us > crate::store::MAX_SEGMENT_DURATION_US
-        {
+    // Each camera's name is checked (valid, paired with this peer) once:
+    // coverage holds hundreds of thousands of entries for a few hundred
+    // cameras.
+    let mut kept: HashMap<&str, Option<CameraId>> = HashMap::new();
+    for e in &entries {
+        let camera = kept.entry(e.camera.as_str()).or_insert_with(|| {
+            let Ok(camera) = CameraId::new(e.camera.clone()) else {
+                tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
+                return None;
+            };
+            config.paired_with(&camera, peer).then_some(camera)
+        });
+        let Some(camera) = camera else { continue };
+        if e.duration_us > crate::store::MAX_SEGMENT_DURATION_US {
             continue;
         }
-        by_cam.entry(camera.clone()).or_default().push(SegmentMeta {
-            camera,
+        let segs = match by_cam.get_mut(camera) {
+            Some(v) => v,
+            None => by_cam.entry(camera.clone()).or_default(),
+        };
+        segs.push(SegmentMeta {
+            camera: camera.clone(),
             start: Timestamp(e.start_us),
             duration_us: e.duration_us,
             len: e.len,

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backfill::{BackfillError, BackfillOptions, BackfillReport, Prepared, Session, Tick};
+use crate::backfill::{BackfillError, BackfillOptions, BackfillReport, Placement, Session, Tick};
 use crate::config::Config;
 use crate::plan::PlanOptions;
 use crate::store::{Store, StoreError};
@@ -36,7 +36,7 @@ pub fn window_start(
 #[derive(Debug)]
 pub struct Gated {
     pub session: Session,
-    pub prepared: Prepared,
+    pub placement: Placement,
     pub window: PlanOptions,
     pub unreachable: Vec<String>,
     pub started: Instant,
@@ -65,19 +65,19 @@ pub async fn prepare(
     };
     let mut session = Session::connect(config, opts).await?;
     let unreachable = session.unreachable();
-    let prepared = session.prepare(&window, started).await?;
+    let placement = session.place(&window, started).await?;
     Ok(Gated {
         session,
-        prepared,
+        placement,
         window,
         unreachable,
         started,
     })
 }
 
-/// The gate's second phase, in the background: fetch what was placed, then
-/// retry the peers that did not answer at boot, every `retry` until they
-/// have been heard or `stop` is set.
+/// The gate's second phase, in the background: queue and fetch what was
+/// placed, then retry the peers that did not answer at boot, every `retry`
+/// until they have been heard or `stop` is set.
 pub async fn backfill_in_background(
     config: Config,
     opts: BackfillOptions,
@@ -88,16 +88,23 @@ pub async fn backfill_in_background(
 ) -> Vec<BackfillReport> {
     let Gated {
         session,
-        prepared,
+        placement,
         window,
         unreachable,
         started,
     } = gated;
-    let mut reports = vec![
-        session
-            .run(prepared, stop.clone(), started, on_tick.clone())
-            .await,
-    ];
+    let mut reports = Vec::new();
+    match session.queue(placement) {
+        Ok(prepared) => reports.push(
+            session
+                .run(prepared, stop.clone(), started, on_tick.clone())
+                .await,
+        ),
+        Err(e) => {
+            tracing::warn!("gate: reading the work left in the store failed: {e}; the daemon's scrub will fetch it");
+            session.close().await;
+        }
+    }
     let mut waiting = unreachable;
     while !waiting.is_empty() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
         tokio::time::sleep(retry).await;

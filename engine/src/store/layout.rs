@@ -82,12 +82,22 @@ pub fn parse_segment_file_name(name: &str) -> Option<Timestamp> {
 
 /// Relative path of a segment inside the store.
 pub fn segment_rel_path(camera: &CameraId, start: Timestamp) -> PathBuf {
+    segment_dir_rel_path(camera, start).join(segment_file_name(start))
+}
+
+/// Relative path of the folder of a segment: one per camera and UTC hour.
+pub fn segment_dir_rel_path(camera: &CameraId, start: Timestamp) -> PathBuf {
     let d = start.datetime();
     Path::new("segments")
         .join(camera.as_str())
         .join(day_name(start))
         .join(format!("{:02}", d.hour()))
-        .join(segment_file_name(start))
+}
+
+/// The UTC hour of `t` since the epoch: segments with the same camera and
+/// hour share a folder.
+pub fn hour_number(t: Timestamp) -> i64 {
+    t.0.div_euclid(3_600_000_000)
 }
 
 pub fn index_rel_path(camera: &CameraId, day: &str) -> PathBuf {

@@ -118,12 +118,17 @@ pub fn open_for_append<F: LogFile>(file: &mut F) -> io::Result<Result<LogContent
 
 /// Appends records and makes them durable.
 pub fn append_records<F: LogFile>(file: &mut F, records: &[Record]) -> io::Result<()> {
+    write_records(file, records)?;
+    file.sync_data()
+}
+
+/// Appends records, leaving them to a later sync of the whole filesystem.
+pub fn write_records<F: LogFile>(file: &mut F, records: &[Record]) -> io::Result<()> {
     let mut buf = Vec::with_capacity(records.len() * 96);
     for r in records {
         encode_frame(r, &mut buf);
     }
-    file.append(&buf)?;
-    file.sync_data()
+    file.append(&buf)
 }
 
 #[cfg(test)]

@@ -182,6 +182,11 @@ impl Store {
         self.root.join(segment_rel_path(camera, start))
     }
 
+    /// The folder of a segment (see [`layout::hour_number`]).
+    pub fn segment_dir(&self, camera: &CameraId, start: Timestamp) -> PathBuf {
+        self.root.join(layout::segment_dir_rel_path(camera, start))
+    }
+
     fn damaged(&self, path: PathBuf, reason: String) -> StoreError {
         StoreError::Damaged {
             path,
@@ -330,6 +335,17 @@ impl Store {
 
     /// Appends records to the index, one durable append per camera-day.
     pub fn append_index(&self, metas: &[SegmentMeta]) -> Result<()> {
+        self.append_index_as(metas, false)
+    }
+
+    /// Appends a large batch of records (hundreds of camera-days) to the
+    /// index and makes it durable with one `syncfs` instead of a sync per
+    /// log file: everything else written to the filesystem is flushed too.
+    pub fn append_index_by_syncfs(&self, metas: &[SegmentMeta]) -> Result<()> {
+        self.append_index_as(metas, true)
+    }
+
+    fn append_index_as(&self, metas: &[SegmentMeta], by_syncfs: bool) -> Result<()> {
         self.require_writer()?;
         let mut by_day: BTreeMap<(CameraId, i64), Vec<Record>> = BTreeMap::new();
         for m in metas {
@@ -339,6 +355,7 @@ impl Store {
                 .push(Record::put(m));
         }
         let mut new_dirs = BTreeSet::new();
+        let mut logs = Vec::with_capacity(by_day.len());
         for ((camera, day), records) in by_day {
             let path = self
                 .root
@@ -351,16 +368,29 @@ impl Store {
                 }
                 new_dirs.insert(dir.clone());
             }
+            logs.push((path, records));
+        }
+        // One log file per camera and day, in parallel: their syncs share
+        // the filesystem's journal commits (a batch of placeholders spans
+        // hundreds of cameras).
+        logs.par_iter().try_for_each(|(path, records)| {
             let mut f = OpenOptions::new()
                 .create(true)
                 .read(true)
                 .append(true)
-                .open(&path)
-                .at(&path)?;
-            if let Err(d) = log::open_for_append(&mut f).at(&path)? {
-                return Err(self.damaged(path, d.to_string()));
+                .open(path)
+                .at(path)?;
+            if let Err(d) = log::open_for_append(&mut f).at(path)? {
+                return Err(self.damaged(path.clone(), d.to_string()));
             }
-            log::append_records(&mut f, &records).at(&path)?;
+            if by_syncfs {
+                log::write_records(&mut f, records).at(path)
+            } else {
+                log::append_records(&mut f, records).at(path)
+            }
+        })?;
+        if by_syncfs {
+            return self.sync_fs();
         }
         for d in new_dirs {
             sync_dir(&d)?;

@@ -125,4 +125,29 @@ mod tests {
         assert_eq!(parse_segment_file_name("x.seg"), None);
         assert_eq!(parse_segment_file_name("20251321T044000.123456Z.seg"), None);
     }
+
+    proptest::proptest! {
+        /// Placeholder batches build one folder per (camera, hour_number):
+        /// two starts share a folder exactly when they share an hour number.
+        #[test]
+        fn a_folder_is_one_camera_hour(
+            a in 10_800_000_000i64..4_102_444_800_000_000,
+            delta in -10_800_000_000i64..10_800_000_000,
+        ) {
+            let cam = CameraId::new("cam-0001").unwrap();
+            // A second start within three hours of the first, so that both
+            // "same folder" and "next folder" come up.
+            let b = a + delta;
+            let (ta, tb) = (Timestamp(a), Timestamp(b));
+            let dir = segment_dir_rel_path(&cam, ta);
+            let file = segment_rel_path(&cam, ta);
+            proptest::prop_assert_eq!(file.parent(), Some(dir.as_path()));
+            proptest::prop_assert_eq!(
+                dir == segment_dir_rel_path(&cam, tb),
+                hour_number(ta) == hour_number(tb)
+            );
+            let near = Timestamp(a - a.rem_euclid(3_600_000_000) + (b % 3_600_000_000));
+            proptest::prop_assert_eq!(segment_dir_rel_path(&cam, near), dir);
+        }
+    }
 }

@@ -914,3 +914,62 @@ pub fn count_states(segs: &[SegmentMeta]) -> HashMap<&'static str, u64> {
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Origin;
+
+    fn meta(camera: &CameraId, start_us: i64, state: SegmentState) -> SegmentMeta {
+        SegmentMeta {
+            camera: camera.clone(),
+            start: Timestamp(start_us),
+            duration_us: 60_000_000,
+            len: 4096,
+            blake3: blake3::hash(&start_us.to_le_bytes()),
+            state,
+            origin: Origin::Local,
+        }
+    }
+
+    #[test]
+    fn a_batch_made_durable_by_syncfs_reads_back_like_single_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path().join("s"), true).unwrap();
+        let cams: Vec<CameraId> = (1..=3)
+            .map(|i| CameraId::new(format!("cam-{i:04}")).unwrap())
+            .collect();
+        // Two days per camera, so the batch spans six log files.
+        let day = 86_400_000_000i64;
+        let starts = [day - 120_000_000, day - 60_000_000, day, day + 60_000_000];
+        let batch: Vec<SegmentMeta> = cams
+            .iter()
+            .flat_map(|c| starts.map(|s| meta(c, s, SegmentState::Placeholder)))
+            .collect();
+        store.append_index_by_syncfs(&batch).unwrap();
+        // A later single append to the same logs follows the batch.
+        store
+            .append_index(&[meta(&cams[0], day, SegmentState::Complete)])
+            .unwrap();
+        drop(store);
+
+        let reader = Store::open(dir.path().join("s")).unwrap();
+        assert_eq!(reader.cameras().unwrap(), cams);
+        for c in &cams {
+            let segs = reader.all_segments(c).unwrap();
+            let got: Vec<(i64, SegmentState)> = segs.iter().map(|s| (s.start.0, s.state)).collect();
+            let want: Vec<(i64, SegmentState)> = starts
+                .iter()
+                .map(|&s| {
+                    let state = if c == &cams[0] && s == day {
+                        SegmentState::Complete
+                    } else {
+                        SegmentState::Placeholder
+                    };
+                    (s, state)
+                })
+                .collect();
+            assert_eq!(got, want, "camera {c}");
+        }
+    }
+}

@@ -436,7 +436,6 @@ async fn fetch(
     // blocks in parallel, and refuse to serve a file that no longer matches
     // its own index.
     let header = {
-        let path = path.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> Result<(Source, Vec<[u8; 32]>), Refusal> {
             let file = File::open(&path).map_err(|e| (ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
@@ -448,6 +447,9 @@ async fn fetch(
             let (source, cvs) = if len <= IN_MEMORY_MAX {
                 let mut buf = vec![0u8; len as usize];
                 file.read_exact_at(&mut buf, 0).map_err(internal)?;
+                // Served from memory now: its pages need not stay cached
+                // (see `io::drop_cached`).
+                crate::io::drop_cached(&file);
                 let cvs = block_cvs_parallel(&buf, block_size);
                 (Source::Memory(Bytes::from(buf)), cvs)
             } else {
@@ -523,8 +525,12 @@ async fn fetch(
             let m = data.map(|d| encode_block(i, d, compression));
             let failed = m.is_err();
             if tx.blocking_send(m).is_err() || failed {
-                return;
+                break;
             }
+        }
+        // Read through: its pages need not stay cached.
+        if let Source::File(file) = &source {
+            crate::io::drop_cached(file);
         }
     });
     let mut first = None;
@@ -562,12 +568,6 @@ async fn fetch(
     }
     write_message(send, &Message::FetchEnd).await?;
     send.finish()?;
-    // Served: its pages need not stay cached (see `io::drop_cached`).
-    tokio::task::spawn_blocking(move || {
-        if let Ok(f) = File::open(&path) {
-            crate::io::drop_cached(&f);
-        }
-    });
     Ok(())
 }
 

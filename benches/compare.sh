@@ -12,14 +12,20 @@
 # also times rsync followed by `sync` (its copy on disk too), and prints
 # the ratio against both.
 #
+# ROUNDS (default 3): each round runs both tools on both sets, taking
+# turns; the last lines are the medians over the rounds.
+#
 # Usage: benches/compare.sh [WORKDIR]     (needs root for apt and sshd)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-work=${1:-$(mktemp -d /var/tmp/hafill-compare.XXXX)}
+work=${1:-}
+own_work=
+[ -n "$work" ] || { work=$(mktemp -d /var/tmp/hafill-compare.XXXX); own_work=1; }
 cameras=${CAMERAS:-8}
 minutes=${MINUTES:-9}
+rounds=${ROUNDS:-3}
 mkdir -p "$work"
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/sshd.pid" ] && kill "$(cat "$work/sshd.pid")" 2>/dev/null || true' EXIT
+trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/sshd.pid" ] && kill "$(cat "$work/sshd.pid")" 2>/dev/null || true; [ -z "$own_work" ] || rm -rf "$work"' EXIT
 
 need=()
 command -v rsync >/dev/null || need+=(rsync)
@@ -74,7 +80,7 @@ CFG
 to=$(date -u -d "$(date -u +%Y-%m-%dT%H:%M:00Z) - 2 minutes" +%Y-%m-%dT%H:%M:%SZ)
 from=$(date -u -d "$to - $minutes minutes" +%Y-%m-%dT%H:%M:%SZ)
 
-run_set() { # segment length
+make_set() { # segment length: rs01 holds the recording, rs02 is configured
   local seg=$1 set=$work/set-$1
   rm -rf "$set" && mkdir -p "$set/rs01" "$set/rs02"
   local id1 id2
@@ -84,44 +90,66 @@ run_set() { # segment length
   config "$set/rs02" rs02 17502 rs01 17501 "$id1"
   HAFILL_LOG=warn "$hafill" sim record --store "$set/rs01/store" --cameras "$cameras" --bitrate 4Mbit \
     --segment "$seg" --from "$from" --to "$to" --seed 7 >/dev/null
-  local bytes files
-  bytes=$(python3 -c 'import os,sys; print(sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(sys.argv[1]) for f in fs if f.endswith(".seg")))' "$set/rs01/store/segments")
-  files=$(find "$set/rs01/store/segments" -name '*.seg' | wc -l)
+  python3 -c 'import os,sys; print(sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(sys.argv[1]) for f in fs if f.endswith(".seg")))' "$set/rs01/store/segments" > "$set/bytes"
+  find "$set/rs01/store/segments" -name '*.seg' | wc -l > "$set/files"
+}
 
+run_hafill() { # segment length -> appends "bytes seconds" to set/hafill.runs
+  local set=$work/set-$1
+  rm -rf "$set/rs02/store"
   HAFILL_LOG=warn "$hafill" serve --config "$set/rs01/hafill.toml" & local sp=$!
   sleep 0.5
   drop_caches
   local out; out=$(HAFILL_LOG=warn "$hafill" backfill --config "$set/rs02/hafill.toml" --since "$from" --json ${HAFILL_ARGS:-})
   kill $sp; wait $sp 2>/dev/null || true
-  local hs hb
-  hs=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["seconds"])' "$out")
-  hb=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["bytes"])' "$out")
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["bytes"], d["seconds"])' "$out" >> "$set/hafill.runs"
+}
 
+run_rsync() { # segment length -> appends "seconds seconds-with-sync" to set/rsync.runs
+  local set=$work/set-$1
   rm -rf "$set/rsync-dst" && mkdir -p "$set/rsync-dst"
   drop_caches
-  local t0 t1
+  local t0 t1 t2
   t0=$(date +%s.%N)
   rsync -a -e "$ssh_cmd" "$set/rs01/store/segments/" "root@127.0.0.1:$set/rsync-dst/"
   t1=$(date +%s.%N)
   sync
   t2=$(date +%s.%N)
-  local rs rd; rs=$(python3 -c "print($t1 - $t0)"); rd=$(python3 -c "print($t2 - $t0)")
-  python3 - "$seg" "$files" "$bytes" "$hb" "$hs" "$rs" "$rd" <<'PY'
-import sys
-seg, files, total, hb, hs, rs, rd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
-assert hb == total, f"hafill moved {hb} bytes, set holds {total}"
-h, r, d = hb / hs / 2**20, total / rs / 2**20, total / rd / 2**20
-print(f"{seg:>4} segments: {files} files, {total/2**30:.2f} GiB | hafill {hs:6.2f} s {h:7.1f} MiB/s | "
-      f"rsync+ssh {rs:6.2f} s {r:7.1f} MiB/s, ratio {h/r:.2f}x | rsync+ssh then sync {rd:6.2f} s {d:7.1f} MiB/s, ratio {h/d:.2f}x")
-PY
-  echo "$hb $hs" > "$set/hafill.result"
+  python3 -c "print($t1 - $t0, $t2 - $t0)" >> "$set/rsync.runs"
+  rm -rf "$set/rsync-dst"
 }
 
-echo "hafill vs rsync -a over ssh on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s"
-run_set 60s
-run_set 10s
-python3 - "$work/set-60s/hafill.result" "$work/set-10s/hafill.result" <<'PY'
+echo "hafill vs rsync -a over ssh on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s, $rounds rounds"
+for seg in 60s 10s; do make_set $seg; done
+# The tools take turns, round after round, so that a slow spell of the
+# machine (this VM's disk writes vary 300-1,400 MB/s from minute to minute)
+# falls on both; the summary compares medians.
+for r in $(seq "$rounds"); do
+  for seg in 60s 10s; do
+    if [ $((r % 2)) -eq 1 ]; then run_hafill $seg; run_rsync $seg; else run_rsync $seg; run_hafill $seg; fi
+    python3 - "$work/set-$seg" "$seg" "$r" <<'PY'
 import sys
-(b60, s60), (b10, s10) = [map(float, open(p).read().split()) for p in sys.argv[1:3]]
-print(f"10-second set rate / 60-second set rate (hafill): {(b10/s10)/(b60/s60):.2f}")
+d, seg, r = sys.argv[1], sys.argv[2], sys.argv[3]
+total = int(open(f"{d}/bytes").read())
+hb, hs = open(f"{d}/hafill.runs").read().split("\n")[-2].split()
+rs, rd = map(float, open(f"{d}/rsync.runs").read().split("\n")[-2].split())
+assert int(hb) == total, f"hafill moved {hb} bytes, set holds {total}"
+h, r_, d_ = total / float(hs) / 2**20, total / rs / 2**20, total / rd / 2**20
+print(f"round {r} {seg:>4}: hafill {float(hs):6.2f} s {h:6.1f} MiB/s | rsync+ssh {rs:6.2f} s {r_:6.1f} MiB/s ({h/r_:.2f}x) | rsync+ssh then sync {rd:6.2f} s {d_:6.1f} MiB/s ({h/d_:.2f}x)")
+PY
+  done
+done
+python3 - "$work" <<'PY'
+import sys, statistics as st
+work = sys.argv[1]
+rate = {}
+for seg in ("60s", "10s"):
+    d = f"{work}/set-{seg}"
+    total, files = int(open(f"{d}/bytes").read()), int(open(f"{d}/files").read())
+    h = st.median(total / float(l.split()[1]) / 2**20 for l in open(f"{d}/hafill.runs") if l.strip())
+    r = st.median(total / float(l.split()[0]) / 2**20 for l in open(f"{d}/rsync.runs") if l.strip())
+    s = st.median(total / float(l.split()[1]) / 2**20 for l in open(f"{d}/rsync.runs") if l.strip())
+    rate[seg] = h
+    print(f"median {seg:>4} ({files} files, {total/2**30:.2f} GiB): hafill {h:6.1f} MiB/s | rsync+ssh {r:6.1f} MiB/s, ratio {h/r:.2f}x | rsync+ssh then sync {s:6.1f} MiB/s, ratio {h/s:.2f}x")
+print(f"10-second set rate / 60-second set rate (hafill, medians): {rate['10s']/rate['60s']:.2f}")
 PY

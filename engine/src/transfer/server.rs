@@ -180,7 +180,9 @@ async fn handle_connection(conn: quinn::Connection, state: Arc<ServerState>) {
                 });
             }
             Err(e) => {
+                let s = conn.stats();
                 tracing::info!(%peer, "peer disconnected: {e}");
+                tracing::debug!(%peer, sent_packets = s.path.sent_packets, lost_packets = s.path.lost_packets, congestion_events = s.path.congestion_events, mtu = s.path.current_mtu, rtt = ?s.path.rtt, cwnd = s.path.cwnd, "connection statistics");
                 return;
             }
         }

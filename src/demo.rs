@@ -171,12 +171,12 @@ pub fn run(a: DemoArgs) -> CmdResult {
     println!("== summary");
     println!(
         "  gaps planned           {} segments, {}",
-        report.planned_segments,
-        format_bytes(report.planned_bytes)
+        report.placement.planned_segments,
+        format_bytes(report.placement.planned_bytes)
     );
     println!(
         "  timeline whole (placeholders) after {:.2} s",
-        report.placeholders_seconds
+        report.placement.placeholders_seconds
     );
     println!(
         "  backfilled             {} segments, {} ({} on the wire) at {:.1} MiB/s",

@@ -259,7 +259,7 @@ pub fn backfill(a: BackfillArgs) -> CmdResult {
         print_report(&report);
     }
     Ok(
-        if report.failed.is_empty() && report.no_room_segments == 0 {
+        if report.failed.is_empty() && report.placement.no_room_segments == 0 {
             Outcome::Ok
         } else {
             Outcome::Problems
@@ -305,11 +305,11 @@ pub fn print_report(r: &BackfillReport) {
             f.reason
         );
     }
-    if r.no_room_segments > 0 {
+    if r.placement.no_room_segments > 0 {
         println!(
             "NO ROOM for {} segments ({}): the free-space reserve for live recording would be crossed; the oldest gaps wait until space frees up",
-            r.no_room_segments,
-            format_bytes(r.no_room_bytes)
+            r.placement.no_room_segments,
+            format_bytes(r.placement.no_room_bytes)
         );
     }
     println!(

@@ -124,14 +124,9 @@ pub struct BackfillReport {
     pub seconds: f64,
     pub rate_mib_s: f64,
     pub refetched_bytes: u64,
-    pub planned_segments: u64,
-    pub planned_bytes: u64,
-    pub placeholders_created: u64,
-    /// Gaps left without a placeholder: they would have crossed the reserve.
-    pub no_room_segments: u64,
-    pub no_room_bytes: u64,
-    /// Seconds from start until every planned gap had its placeholder.
-    pub placeholders_seconds: f64,
+    /// Planning and placeholders (flat in the JSON report).
+    #[serde(flatten)]
+    pub placement: PlaceSummary,
     pub failed: Vec<Failure>,
     pub io: IoBackend,
     pub peers: Vec<PeerStatus>,
@@ -159,11 +154,12 @@ pub struct Session {
 }
 
 /// What planning and placing came to, in figures.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct PlaceSummary {
     pub planned_segments: u64,
     pub planned_bytes: u64,
     pub placeholders_created: u64,
+    /// Gaps left without a placeholder: they would have crossed the reserve.
     pub no_room_segments: u64,
     pub no_room_bytes: u64,
     /// Seconds from the session's start until the placeholders were in.
@@ -737,12 +733,7 @@ impl Session {
             seconds,
             rate_mib_s: fetched.bytes as f64 / seconds.max(1e-9) / 1048576.0,
             refetched_bytes: ctx.refetched_bytes.load(Ordering::Relaxed),
-            planned_segments: prepared.summary.planned_segments,
-            planned_bytes: prepared.summary.planned_bytes,
-            placeholders_created: prepared.summary.placeholders_created,
-            no_room_segments: prepared.summary.no_room_segments,
-            no_room_bytes: prepared.summary.no_room_bytes,
-            placeholders_seconds: prepared.summary.placeholders_seconds,
+            placement: prepared.summary,
             failed: fetched.failed,
             io: self.writer.backend(),
             peers: self.statuses,

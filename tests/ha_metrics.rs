@@ -1,6 +1,7 @@
 //! The daemon's HTTP side: `/metrics` scraped during a real backfill shows
 //! the byte counter rising and the pending gaps falling; `/status` serves
-//! the JSON of `hafill status`.
+//! the JSON of `hafill status`; SIGTERM stops the daemon without waiting
+//! out its dials to a peer that is down.
 
 mod common;
 
@@ -122,4 +123,22 @@ fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
     assert_eq!(s["server"], "rs02");
     assert_eq!(s["overview"]["cameras"], 2, "{s:#}");
     assert_eq!(get(port, "/nope").unwrap().0, 404);
+}
+
+#[test]
+fn sigterm_stops_serve_without_waiting_out_its_dials_to_a_peer_that_is_down() {
+    // rs02 is configured but never started: rs01's scrub and status loops
+    // dial it and would wait the dial's full timeout for an answer.
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    c.serve_with("rs01", &["--scrub-every", "1h", "--status-every", "1h"]);
+    // Both loops dial at start; give them a moment to be mid-dial.
+    std::thread::sleep(Duration::from_millis(500));
+    let statuses = c.terminate_servers();
+    let log = c.serve_log("rs01");
+    assert!(statuses[0].success(), "serve failed on SIGTERM: {log}");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        !log.contains("no answer within"),
+        "the shutdown waited for a dial to time out:\n{log}"
+    );
 }

@@ -831,7 +831,12 @@ pub async fn scrub_loop(
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
         let round = async {
-            let mut session = Session::connect(&config, &opts).await?;
+            // Dialling a peer that is down takes its full timeout; a
+            // shutdown does not wait for it (nothing is written yet).
+            let mut session = tokio::select! {
+                s = Session::connect(&config, &opts) => s?,
+                _ = stopped(&stop) => return Ok(None),
+            };
             let prepared = session.prepare(&plan_options(&config, &opts), t0).await?;
             if prepared.jobs() == 0 {
                 session.close().await;
@@ -862,9 +867,16 @@ pub async fn scrub_loop(
 /// Sleeps for `every`, or until `stop` is set (looked at five times a
 /// second): the pause between the daemon's periodic rounds.
 pub(crate) async fn sleep_unless_stopped(every: Duration, stop: &AtomicBool) {
-    let wake = tokio::time::Instant::now() + every;
-    while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < wake {
-        tokio::time::sleep(Duration::from_millis(200).min(every)).await;
+    tokio::select! {
+        _ = tokio::time::sleep(every) => {}
+        _ = stopped(stop) => {}
+    }
+}
+
+/// Resolves once `stop` is set (looked at five times a second).
+pub(crate) async fn stopped(stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

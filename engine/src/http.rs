@@ -153,7 +153,11 @@ pub async fn status_loop(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        match health::status(&config, None, Duration::from_secs(10)).await {
+        let taken = tokio::select! {
+            s = health::status(&config, None, Duration::from_secs(10)) => s,
+            _ = crate::backfill::stopped(&stop) => return,
+        };
+        match taken {
             Ok(s) => {
                 board.metrics.set_status(&s);
                 match serde_json::to_string_pretty(&s) {

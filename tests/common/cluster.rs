@@ -154,6 +154,21 @@ impl Cluster {
         self.children.clear();
     }
 
+    /// SIGTERMs every server this cluster started and waits for each to
+    /// exit (however long that takes); their exit statuses, in start order.
+    pub fn terminate_servers(&mut self) -> Vec<std::process::ExitStatus> {
+        let mut statuses = Vec::new();
+        for c in &mut self.children {
+            // Not reaped yet, so the PID is still this child's.
+            if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            statuses.push(c.wait().unwrap());
+        }
+        self.children.clear();
+        statuses
+    }
+
     /// `name`'s identity and its `[[peer]]` entry for `peer` (address and
     /// pinned ID): what a test needs to speak the protocol to `peer` as
     /// `name`.

@@ -1,6 +1,7 @@
 //! Two `hafill serve` processes on loopback with their own keys; a 1 GiB
 //! outage backfilled by `hafill backfill`: every file identical to its
-//! source, indexed complete with the peer as origin.
+//! source, indexed complete with the peer as origin, sent in packets of
+//! the largest size MTU discovery allows.
 
 mod common;
 use common::cluster::{file_hashes, Cluster};
@@ -36,7 +37,12 @@ fn a_one_gib_outage_is_backfilled_verified_and_identical() {
         ]
         .concat(),
     );
-    c.serve("rs01");
+    // rs01 logs each connection's packet statistics when it closes.
+    c.serve_logging(
+        "rs01",
+        &["--no-scrub"],
+        "info,hafill_engine::transfer::server=debug",
+    );
     c.serve("rs02");
 
     let before = json(&[
@@ -80,4 +86,33 @@ fn a_one_gib_outage_is_backfilled_verified_and_identical() {
     let again = json(&["backfill", "--config", p(&cfg), "--json"]);
     assert_eq!(again["segments"], 0);
     assert_eq!(again["bytes"], 0);
+
+    // The transfer kept its large packets: no burst of lost packets was
+    // taken for an MTU black hole (which drops quinn to 1,200-byte packets),
+    // and discovery reached the largest size allowed.
+    let stats = connection_statistics(&c, "rs01", 2);
+    assert!(
+        stats.iter().all(|l| l.contains(" black_holes=0 ")),
+        "{stats:#?}"
+    );
+    let top = format!(" mtu={} ", hafill_engine::transfer::MAX_MTU);
+    assert!(stats.iter().any(|l| l.contains(&top)), "{stats:#?}");
+}
+
+/// The `connection statistics` lines of `name`'s log, once there are at
+/// least `n` (a closed connection is logged a moment after the client exits).
+fn connection_statistics(c: &Cluster, name: &str, n: usize) -> Vec<String> {
+    for _ in 0..600 {
+        let lines: Vec<String> = c
+            .serve_log(name)
+            .lines()
+            .filter(|l| l.contains("connection statistics"))
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{name} logged fewer than {n} connection statistics lines");
 }

@@ -711,7 +711,7 @@ impl Session {
         for cs in self.conns.values() {
             for c in cs {
                 let s = c.stats();
-                tracing::debug!(mtu = s.path.current_mtu, rtt = ?s.path.rtt, lost = s.path.lost_packets, "connection");
+                tracing::debug!(mtu = s.path.current_mtu, rtt = ?s.path.rtt, lost = s.path.lost_packets, rx_datagrams = s.udp_rx.datagrams, rx_bytes = s.udp_rx.bytes, tx_datagrams = s.udp_tx.datagrams, "connection");
                 c.close(0u32.into(), b"done");
             }
         }

@@ -109,13 +109,17 @@ impl Cluster {
 
     /// Starts `hafill serve` for `name` with `extra` arguments.
     pub fn serve_with(&mut self, name: &str, extra: &[&str]) {
+        let filter = std::env::var("HAFILL_TEST_SERVE_LOG").unwrap_or_else(|_| "info".into());
+        self.serve_logging(name, extra, &filter);
+    }
+
+    /// Starts `hafill serve` for `name` with `extra` arguments, logging
+    /// what `filter` (a `HAFILL_LOG` value) lets through.
+    pub fn serve_logging(&mut self, name: &str, extra: &[&str], filter: &str) {
         let (dir, config) = (self.server(name).dir.clone(), self.server(name).config());
         let log = std::fs::File::create(dir.join("serve.log")).unwrap();
         let child = hafill()
-            .env(
-                "HAFILL_LOG",
-                std::env::var("HAFILL_TEST_SERVE_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("HAFILL_LOG", filter)
             .args(["serve", "--config", p(&config)])
             // Tests run beside other tests' normal-priority work (recording,
             // compiling); a SCHED_IDLE source could then be starved past a

@@ -546,7 +546,9 @@ async fn checkpoint(
     );
     tokio::task::spawn_blocking(move || {
         placeholder::write_durable(&f, &p, &m, &pr)?;
-        crate::io::drop_cached(&f);
+        if m.len > REHASH_FROM_CACHE_MAX {
+            crate::io::drop_cached(&f);
+        }
         Ok::<_, StoreError>(())
     })
     .await
@@ -554,8 +556,18 @@ async fn checkpoint(
     Ok(())
 }
 
-/// Every block is durable: re-hash the file from disk and mark it complete
-/// only if it is exactly the source's bytes.
+/// Segments up to this size keep their written pages in the page cache
+/// until [`finish`] has re-hashed them (then the pages are dropped): the
+/// re-hash reads the bytes the kernel wrote and made durable (`fdatasync`)
+/// instead of reading the whole segment back from the disk (see
+/// docs/benchmarks.md for what that read-back cost). Larger segments drop their pages
+/// at every checkpoint, so a backfill never holds more than about
+/// streams x this much page cache.
+const REHASH_FROM_CACHE_MAX: u64 = 64 << 20;
+
+/// Every block is durable: re-hash the whole file (through the page cache
+/// for segments up to [`REHASH_FROM_CACHE_MAX`], from disk for larger ones)
+/// and mark it complete only if it is exactly the source's bytes.
 async fn finish(
     _ctx: &FetchContext,
     file: Arc<File>,

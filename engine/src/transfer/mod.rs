@@ -97,6 +97,21 @@ impl std::fmt::Display for Congestion {
     }
 }
 
+/// The largest UDP payload MTU discovery may reach. quinn sends up to
+/// [`GSO_BATCH`] packets in one `sendmsg` (UDP segmentation offload), and
+/// the kernel refuses a batch over 65,507 bytes with `EMSGSIZE`, which
+/// quinn-udp drops without a word (it expects that only of MTU probes).
+/// With 16 KiB packets every batch of four or more vanished: quinn took
+/// the bursts for an MTU black hole and fell back to 1,200-byte packets
+/// for a minute. 10 x 6,550 fits; a 9,000-byte jumbo LAN gets 6,550.
+pub const MAX_MTU: u16 = 6_550;
+
+/// Packets per `sendmsg` in quinn 0.11 (`MAX_TRANSMIT_SEGMENTS`).
+pub const GSO_BATCH: u32 = 10;
+
+// A full batch, with its UDP and IPv4 headers, must fit one IP packet.
+const _: () = assert!(GSO_BATCH * MAX_MTU as u32 + 8 + 20 <= 65_535);
+
 /// Transport settings sized for bulk transfer: wide flow-control windows,
 /// keep-alives so an idle link is noticed, a bounded idle timeout so a dead
 /// peer is given up on, and the chosen congestion controller.
@@ -128,7 +143,7 @@ pub fn transport_config(congestion: Congestion) -> quinn::TransportConfig {
         t.max_idle_timeout(Some(idle));
     }
     let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(16_384);
+    mtu.upper_bound(MAX_MTU);
     t.mtu_discovery_config(Some(mtu));
     t
 }
@@ -156,7 +171,7 @@ fn widen_buffers(socket: &std::net::UdpSocket) {
 
 fn endpoint_config() -> quinn::EndpointConfig {
     let mut c = quinn::EndpointConfig::default();
-    let _ = c.max_udp_payload_size(16_384 + 64);
+    let _ = c.max_udp_payload_size(MAX_MTU);
     c
 }
 

@@ -182,7 +182,7 @@ async fn handle_connection(conn: quinn::Connection, state: Arc<ServerState>) {
             Err(e) => {
                 let s = conn.stats();
                 tracing::info!(%peer, "peer disconnected: {e}");
-                tracing::debug!(%peer, sent_packets = s.path.sent_packets, lost_packets = s.path.lost_packets, congestion_events = s.path.congestion_events, mtu = s.path.current_mtu, mtu_probes = s.path.sent_plpmtud_probes, mtu_probes_lost = s.path.lost_plpmtud_probes, black_holes = s.path.black_holes_detected, rtt = ?s.path.rtt, cwnd = s.path.cwnd, "connection statistics");
+                tracing::debug!(%peer, sent_packets = s.path.sent_packets, lost_packets = s.path.lost_packets, congestion_events = s.path.congestion_events, mtu = s.path.current_mtu, mtu_probes = s.path.sent_plpmtud_probes, mtu_probes_lost = s.path.lost_plpmtud_probes, black_holes = s.path.black_holes_detected, tx_datagrams = s.udp_tx.datagrams, tx_bytes = s.udp_tx.bytes, rx_datagrams = s.udp_rx.datagrams, rtt = ?s.path.rtt, cwnd = s.path.cwnd, "connection statistics");
                 return;
             }
         }

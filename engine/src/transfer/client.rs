@@ -560,9 +560,9 @@ async fn checkpoint(
 /// until [`finish`] has re-hashed them (then the pages are dropped): the
 /// re-hash reads the bytes the kernel wrote and made durable (`fdatasync`)
 /// instead of reading the whole segment back from the disk (see
-/// docs/benchmarks.md for what that read-back cost). Larger segments drop their pages
-/// at every checkpoint, so a backfill never holds more than about
-/// streams x this much page cache.
+/// docs/benchmarks.md for what that read-back cost). Larger segments drop
+/// their pages at every checkpoint, so a backfill holds at most this much
+/// page cache per segment in flight.
 const REHASH_FROM_CACHE_MAX: u64 = 64 << 20;
 
 /// Every block is durable: re-hash the whole file (through the page cache

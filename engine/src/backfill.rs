@@ -696,6 +696,9 @@ impl Session {
             net: self.opts.max_rate,
             disk: self.opts.max_disk_rate,
         };
+        // The config's caps bind from the first byte, not from the
+        // governor's first tick.
+        governor::apply_caps(&ctx.rates, &throttle, cli);
         let governor_stop = Arc::new(AtomicBool::new(false));
         let gov = tokio::spawn(governor::run(
             ctx.rates.clone(),

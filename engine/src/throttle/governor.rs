@@ -44,6 +44,29 @@ impl Rates {
     }
 }
 
+/// The caps in force now (the config's schedule, capped by `cli`), and
+/// whether adaptive disk control is on.
+pub fn limits_now(throttle: &SharedThrottle, cli: Limits) -> (Limits, bool) {
+    let at = |t: &Throttle| {
+        (
+            t.schedule.limits_at(Timestamp::now()).min(cli),
+            t.adaptive_disk,
+        )
+    };
+    match throttle.read() {
+        Ok(t) => at(&t),
+        Err(p) => at(&p.into_inner()),
+    }
+}
+
+/// Sets `rates` to the caps in force now, before any transfer starts (the
+/// governor then adjusts them every quarter second).
+pub fn apply_caps(rates: &Rates, throttle: &SharedThrottle, cli: Limits) {
+    let (limits, _) = limits_now(throttle, cli);
+    rates.net.set_rate(limits.net);
+    rates.disk.set_rate(limits.disk);
+}
+
 /// Runs until `stop`; `cli` caps apply on top of the config's.
 pub async fn run(
     rates: Arc<Rates>,
@@ -60,21 +83,12 @@ pub async fn run(
     let mut aimd = Aimd::new(AimdConfig::default(), 256 << 20);
     let t0 = Instant::now();
     let mut last: Option<(Option<u64>, Option<u64>)> = None;
+    let mut first = true;
     while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let (limits, adaptive) = match throttle.read() {
-            Ok(t) => (
-                t.schedule.limits_at(Timestamp::now()).min(cli),
-                t.adaptive_disk,
-            ),
-            Err(p) => {
-                let t = p.into_inner();
-                (
-                    t.schedule.limits_at(Timestamp::now()).min(cli),
-                    t.adaptive_disk,
-                )
-            }
-        };
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let (limits, adaptive) = limits_now(&throttle, cli);
         let busy = meter.as_mut().and_then(BusyMeter::sample);
         let worst = rates.worst_write_us.swap(0, Ordering::Relaxed);
         let latency = (worst > 0).then(|| Duration::from_micros(worst));

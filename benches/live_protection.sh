@@ -55,6 +55,15 @@ steal_pct() { # "t0 s0" "t1 s1"
 
 # Bytes this process has written to the storage layer so far.
 written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io" 2>/dev/null || echo 0; }
+# Writes "bytes time" of process $1 to file $2 twice a second while it
+# runs: a backfill that finishes early leaves its last figures behind.
+track_written() {
+    while kill -0 "$1" 2>/dev/null; do
+        local w; w=$(written "$1")
+        [ "${w:-0}" != 0 ] && echo "$w $(date +%s.%N)" >"$2.tmp" && mv "$2.tmp" "$2"
+        sleep 0.5
+    done
+}
 
 summary() { # label live.json [backfill MiB/s]
     python3 - "$@" <<'PY'
@@ -112,12 +121,18 @@ disk_part() {
         sleep 3
         local w0 t0 w1 t1
         w0=$(written $bf); t0=$(date +%s.%N); c0=$(cpu_times)
+        track_written $bf "$W/written-$mode" &
+        local tracker=$!
         $B sim live --store "$W/live-$mode" --cameras "$CAMERAS" --bitrate "$BITRATE" --segment 10s --for "${LIVE_FOR}s" --report "$W/live-$mode.json" >/dev/null
         w1=$(written $bf); t1=$(date +%s.%N); c1=$(cpu_times)
         echo "steal during $mode: $(steal_pct "$c0" "$c1")% of CPU time"
         if ! kill -0 $bf 2>/dev/null; then
-            echo "warning: the backfill ($mode) finished before live recording did: record a larger source" >&2
+            # Its rate over the time it ran beside live recording.
+            [ -f "$W/written-$mode" ] && read -r w1 t1 <"$W/written-$mode"
+            echo "warning: the backfill ($mode) finished before live recording did (rate over the time it ran): record a larger source" >&2
         fi
+        kill $tracker 2>/dev/null || true
+        wait $tracker 2>/dev/null || true
         kill $bf 2>/dev/null || true
         wait $bf 2>/dev/null || true
         python3 -c "print(f'{($w1-$w0)/($t1-$t0)/1048576:.1f}')" >"$W/rate-$mode"

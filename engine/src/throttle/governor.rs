@@ -83,11 +83,8 @@ pub async fn run(
     let mut aimd = Aimd::new(AimdConfig::default(), 256 << 20);
     let t0 = Instant::now();
     let mut last: Option<(Option<u64>, Option<u64>)> = None;
-    let mut first = true;
     while !stop.load(Ordering::Relaxed) {
-        if !std::mem::take(&mut first) {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let (limits, adaptive) = limits_now(&throttle, cli);
         let busy = meter.as_mut().and_then(BusyMeter::sample);
         let worst = rates.worst_write_us.swap(0, Ordering::Relaxed);

@@ -51,7 +51,10 @@ config() { # name listen peer peer_addr peer_id store
 avail_gb=$(df -BG --output=avail "$W" | tail -1 | tr -dc 0-9)
 SOURCE_MIN=${SOURCE_MIN:-$(( (avail_gb - 4) * 100 / 2 / 96 ))}
 [ "$SOURCE_MIN" -gt 24 ] && SOURCE_MIN=24
-if [ "$SOURCE_MIN" -lt 14 ]; then
+if [ "$SOURCE_MIN" -lt 2 ]; then
+    echo "error: ${avail_gb} GB free in $W: not enough for a source and its copy (set HAFILL_BENCH_DIR)" >&2
+    exit 1
+elif [ "$SOURCE_MIN" -lt 14 ]; then
     echo "warning: ${avail_gb} GB free in $W: recording ${SOURCE_MIN} minutes; a fast backfill may run out before live recording does" >&2
 fi
 echo "== recording the source: 16 cameras x $SOURCE_MIN minutes at 8 Mbit/s (about $(( SOURCE_MIN * 96 / 100 )) GB)"

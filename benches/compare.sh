@@ -55,19 +55,12 @@ CFG
 /usr/sbin/sshd -f "$work/sshd_config"
 ssh_cmd="ssh -p 2222 -i $work/client_key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
-# Page caches dropped, then (at most 30 s) a 3-second spell with under
-# 0.5% of the CPU time stolen by the hypervisor: on this VM the host may
-# still be writing out the last copy after `sync` returns (the first
-# round after recording the sets once ran at 235 MiB/s, later ones at
-# 296-377), and the next tool should not pay for it.
-cpu_times() { awk '/^cpu / {t=0; for (i=2; i<=NF; i++) t+=$i; print t, $9}' /proc/stat; }
+# cpu_times, steal_pct, wait_for_quiet.
+. benches/quiet.sh
+# Page caches dropped, then (at most 30 s) a quiet 3-second spell.
 drop_caches() {
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  local waited=0 a b
-  while [ $waited -lt 30 ]; do
-    a=$(cpu_times); sleep 3; b=$(cpu_times); waited=$((waited + 3))
-    python3 -c "import sys; a=list(map(float,sys.argv[1].split())); b=list(map(float,sys.argv[2].split())); sys.exit(0 if (b[1]-a[1])/max(1,b[0]-a[0]) < 0.005 else 1)" "$a" "$b" && break
-  done
+  wait_for_quiet 3 30 >/dev/null
 }
 
 config() { # dir name port peer peer_port peer_id

@@ -16,7 +16,7 @@
 # BITRATE (8Mbit), HAFILL_BENCH_DIR (default /var/tmp), PART (disk|net|all),
 # MODES (the disk backfill runs, in order: default "adaptive none"),
 # WARMUP (seconds of unmeasured backfill before the baseline; 30, 0 for none),
-# SOURCE_MIN (minutes of source recording; from the free space, 14 to 24).
+# SOURCE_MIN (minutes of source recording; from the free space, at most 24).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIVE_FOR=${LIVE_FOR:-30}
@@ -46,41 +46,23 @@ config() { # name listen peer peer_addr peer_id store
 # The source must outlast a full-speed backfill for the whole live run
 # (3 s + LIVE_FOR at up to 470 MiB/s on this machine: about 15 GiB), and
 # fit twice beside live recording. 16 cameras at 8 Mbit/s record 0.96 GB a
-# minute: as many minutes as the free space allows, 14 to 24 (SOURCE_MIN
+# minute: as many minutes as the free space allows, at most 24 (SOURCE_MIN
 # sets it).
 avail_gb=$(df -BG --output=avail "$W" | tail -1 | tr -dc 0-9)
-SOURCE_MIN=${SOURCE_MIN:-$(( (avail_gb - 4) * 100 / 2 / 96 ))}
-[ "$SOURCE_MIN" -gt 24 ] && SOURCE_MIN=24
-if [ "$SOURCE_MIN" -lt 2 ]; then
-    echo "error: ${avail_gb} GB free in $W: not enough for a source and its copy (set HAFILL_BENCH_DIR)" >&2
+fits=$(( (avail_gb - 4) * 100 / 2 / 96 ))
+SOURCE_MIN=${SOURCE_MIN:-$(( fits < 24 ? fits : 24 ))}
+if [ "$SOURCE_MIN" -lt 2 ] || [ "$SOURCE_MIN" -gt "$fits" ]; then
+    echo "error: ${avail_gb} GB free in $W holds a source of at most ${fits} minutes and its copy; asked for ${SOURCE_MIN}, at least 2 (set HAFILL_BENCH_DIR or SOURCE_MIN)" >&2
     exit 1
 elif [ "$SOURCE_MIN" -lt 14 ]; then
-    echo "warning: ${avail_gb} GB free in $W: recording ${SOURCE_MIN} minutes; a fast backfill may run out before live recording does" >&2
+    echo "warning: recording ${SOURCE_MIN} minutes; a fast backfill may run out before live recording does" >&2
 fi
 echo "== recording the source: 16 cameras x $SOURCE_MIN minutes at 8 Mbit/s (about $(( SOURCE_MIN * 96 / 100 )) GB)"
 $B sim record --store "$W/rs01/store" --cameras 16 --bitrate 8Mbit --segment 60s --from "-$((SOURCE_MIN + 30))m" --to -30m --seed 7 | tail -1
 sync
 
-# The machine's CPU time so far, all and stolen by the hypervisor (jiffies):
-# on a virtual machine, stolen time delays threads no scheduler can help.
-cpu_times() { awk '/^cpu / {t=0; for (i=2; i<=NF; i++) t+=$i; print t, $9}' /proc/stat; }
-steal_pct() { # "t0 s0" "t1 s1"
-    python3 -c "import sys; a=list(map(float,sys.argv[1].split())); b=list(map(float,sys.argv[2].split())); print(f'{(b[1]-a[1])/max(1,b[0]-a[0])*100:.1f}')" "$1" "$2"
-}
-
-# Waits (at most a minute) for a 5-second spell with under 0.5% of the CPU
-# time stolen by the hypervisor: right after a large recording or copy,
-# the host is still busy with it, and the live baseline once had 1,202
-# late frames with nothing of hafill running.
-settle() {
-    local waited=0 a b s
-    while [ $waited -lt 60 ]; do
-        a=$(cpu_times); sleep 5; b=$(cpu_times); waited=$((waited + 5))
-        s=$(steal_pct "$a" "$b")
-        python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < 0.5 else 1)" "$s" && break
-    done
-    echo "machine quiet after ${waited} s (steal ${s}%)"
-}
+# cpu_times, steal_pct, wait_for_quiet.
+. benches/quiet.sh
 
 # Bytes this process has written to the storage layer so far.
 written() { awk '/^write_bytes/ {print $2}' "/proc/$1/io" 2>/dev/null || echo 0; }
@@ -134,7 +116,7 @@ disk_part() {
         wait $warm 2>/dev/null || true
         sync
     fi
-    settle
+    wait_for_quiet 5 60
     c0=$(cpu_times)
     $B sim live --store "$W/live-base" --cameras "$CAMERAS" --bitrate "$BITRATE" --segment 10s --for "${LIVE_FOR}s" --report "$W/base.json" >/dev/null
     c1=$(cpu_times)

@@ -202,7 +202,7 @@ fn live(a: LiveArgs) -> CmdResult {
         print_json(&r)?;
     } else {
         println!(
-            "live: {} cameras, {} frames, {} in {:.1}s; write latency p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} frames late; {} segments, durable p99 {:.0} ms, {} late",
+            "live: {} cameras, {} frames, {} in {:.1}s; write latency p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms; {} frames late ({} while the hypervisor stole CPU time, {:.0} ms stolen); {} segments, durable p99 {:.0} ms, {} late",
             r.cameras,
             r.frames,
             format_bytes(r.bytes),
@@ -211,6 +211,8 @@ fn live(a: LiveArgs) -> CmdResult {
             r.write_latency_ms.p99,
             r.write_latency_ms.max,
             r.frame_deadline_misses,
+            r.late_while_stolen,
+            r.steal_ms,
             r.segments,
             r.segment_durable_ms.p99,
             r.segment_deadline_misses

@@ -42,6 +42,14 @@ fn live_recording_is_durable_indexed_and_reported() {
         r["frame_deadline_misses"].as_u64().is_some()
             && r["segment_deadline_misses"].as_u64().is_some()
     );
+    // Late frames while the hypervisor stole CPU time are a part of the
+    // late frames, never more.
+    let stolen = r["late_while_stolen"].as_u64().expect("late_while_stolen");
+    assert!(
+        stolen <= r["frame_deadline_misses"].as_u64().unwrap(),
+        "{r}"
+    );
+    assert!(r["steal_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{r}");
 
     let ls = json(&["store", "ls", "--store", p(&store), "--json"]);
     assert_eq!(ls["segments"], 9);

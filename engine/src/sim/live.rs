@@ -3,7 +3,9 @@
 //! segment closes it is made durable (data, record, name, index) as a
 //! recording must be. What it measures is what live recording would feel:
 //! each write's latency, frames not written within their interval, and
-//! segments not durable within a second of closing.
+//! segments not durable within a second of closing. On a virtual machine
+//! it also counts the late frames that were late while the hypervisor held
+//! the CPU (see [`steal`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -14,6 +16,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use super::steal;
 use crate::segment::{Origin, Record, SegmentMeta, SegmentState};
 use crate::store::{self, Store, StoreError};
 use crate::units::Timestamp;
@@ -77,6 +80,13 @@ pub struct LiveReport {
     pub segment_durable_ms: Percentiles,
     /// Segments not durable within [`SEGMENT_DEADLINE`] of closing.
     pub segment_deadline_misses: u64,
+    /// CPU time the hypervisor stole during the run (summed over the CPUs;
+    /// 0 on bare metal), in ms.
+    pub steal_ms: f64,
+    /// Of the late frames, those late while the hypervisor stole at least
+    /// [`steal::STEAL_EXPLAINS`] of CPU time between their due time and
+    /// their write.
+    pub late_while_stolen: u64,
 }
 
 #[derive(Default)]
@@ -87,6 +97,8 @@ struct CameraStats {
     write_ms: Vec<f64>,
     frame_misses: u64,
     late_at_open: u64,
+    /// Due time and write time of each late frame.
+    late_spans: Vec<(Instant, Instant)>,
     wake_ms: Vec<f64>,
     durable_ms: Vec<f64>,
     segment_misses: u64,
@@ -114,7 +126,9 @@ pub fn live(store: &Store, spec: &LiveSpec, stop: &AtomicBool) -> Result<LiveRep
     let total_frames = (spec.duration.as_secs_f64() * f64::from(fps)).round() as u64;
     let t0 = Instant::now();
     let wall0 = Timestamp::now();
-    let stats: Vec<Result<CameraStats, StoreError>> = std::thread::scope(|scope| {
+    let cameras_done = AtomicBool::new(false);
+    let (stats, steal) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| steal::sample_until(&cameras_done));
         let handles: Vec<_> = (0..spec.cameras)
             .map(|c| {
                 scope.spawn(move || {
@@ -132,7 +146,7 @@ pub fn live(store: &Store, spec: &LiveSpec, stop: &AtomicBool) -> Result<LiveRep
                 })
             })
             .collect();
-        handles
+        let stats: Vec<Result<CameraStats, StoreError>> = handles
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
@@ -142,7 +156,9 @@ pub fn live(store: &Store, spec: &LiveSpec, stop: &AtomicBool) -> Result<LiveRep
                     })
                 })
             })
-            .collect()
+            .collect();
+        cameras_done.store(true, Ordering::Relaxed);
+        (stats, sampler.join().unwrap_or_default())
     });
     let mut all = CameraStats::default();
     for s in stats {
@@ -152,6 +168,7 @@ pub fn live(store: &Store, spec: &LiveSpec, stop: &AtomicBool) -> Result<LiveRep
         all.segments += s.segments;
         all.frame_misses += s.frame_misses;
         all.late_at_open += s.late_at_open;
+        all.late_spans.extend(s.late_spans);
         all.wake_ms.extend(s.wake_ms);
         all.segment_misses += s.segment_misses;
         all.write_ms.extend(s.write_ms);
@@ -171,6 +188,12 @@ pub fn live(store: &Store, spec: &LiveSpec, stop: &AtomicBool) -> Result<LiveRep
         wake_delay_ms: Percentiles::of(all.wake_ms),
         segment_durable_ms: Percentiles::of(all.durable_ms),
         segment_deadline_misses: all.segment_misses,
+        steal_ms: steal.total().as_secs_f64() * 1000.0,
+        late_while_stolen: all
+            .late_spans
+            .iter()
+            .filter(|(due, wrote)| steal.stolen_between(*due, *wrote) >= steal::STEAL_EXPLAINS)
+            .count() as u64,
     })
 }
 
@@ -275,6 +298,7 @@ fn camera_loop(
             if after.saturating_duration_since(due) > interval {
                 stats.frame_misses += 1;
                 stats.late_at_open += u64::from(opens_segment);
+                stats.late_spans.push((due, after));
             }
         }
         if let Some(seg) = open.take() {

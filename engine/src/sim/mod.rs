@@ -7,6 +7,7 @@
 
 pub mod hostile;
 pub mod live;
+pub mod steal;
 pub mod stream;
 
 use std::collections::HashSet;

@@ -151,12 +151,46 @@ impl DiskWriter {
     }
 }
 
+/// The most one read asks of the kernel at once. Kernels built or booted
+/// without in-kernel preemption (`preempt=none`, as on the development
+/// machine) let a task inside a system call keep its CPU until the call
+/// returns, whatever its priority: one `pread` of a whole 60 MB segment
+/// kept a live camera thread off its CPU for up to 19 ms (traced, see
+/// docs/benchmarks.md). Between pieces the kernel switches to live
+/// recording.
+pub const READ_PIECE: usize = 1 << 20;
+
+/// As much as [`drop_cached`] drops in one call, for the same reason.
+pub const DROP_PIECE: u64 = 4 << 20;
+
+/// Fills `buf` from `offset`, one [`READ_PIECE`] per system call.
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let mut at = offset;
+    for piece in buf.chunks_mut(READ_PIECE) {
+        file.read_exact_at(piece, at)?;
+        at += piece.len() as u64;
+    }
+    Ok(())
+}
+
 /// Tells the kernel the file's cached pages are not needed: durable
 /// backfilled (or served) segments are not what anyone views now, and a
 /// page cache full of them is drained by reclaim work that competes with
-/// live recording for the CPU. A hint; errors change nothing.
+/// live recording for the CPU. [`DROP_PIECE`] per call. A hint; errors
+/// change nothing.
 pub fn drop_cached(file: &File) {
-    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut at = 0;
+    while at < len {
+        let n = DROP_PIECE.min(len - at);
+        let _ = rustix::fs::fadvise(
+            file,
+            at,
+            std::num::NonZeroU64::new(n),
+            rustix::fs::Advice::DontNeed,
+        );
+        at += n;
+    }
 }
 
 fn uring_thread(mut rx: mpsc::Receiver<Op>) {
@@ -225,6 +259,26 @@ mod tests {
         assert!(b[10..4096].iter().all(|x| *x == 0));
         assert_eq!(&b[4096..], &[7u8; 100][..]);
         w.backend()
+    }
+
+    #[test]
+    fn reads_in_pieces_fill_the_whole_buffer_from_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let bytes: Vec<u8> = (0..(READ_PIECE * 5 / 2 + 77))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&p, &bytes).unwrap();
+        let f = File::open(&p).unwrap();
+        let mut buf = vec![0u8; READ_PIECE * 2 + 5];
+        read_exact_at(&f, &mut buf, 70).unwrap();
+        assert_eq!(buf, bytes[70..70 + buf.len()]);
+        // Past the end is an error, not a short buffer.
+        let mut past = vec![0u8; READ_PIECE * 2];
+        let e = read_exact_at(&f, &mut past, READ_PIECE as u64).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        drop_cached(&f);
+        assert_eq!(std::fs::read(&p).unwrap(), bytes);
     }
 
     #[tokio::test]

@@ -81,9 +81,12 @@ impl Cluster {
     }
 
     /// Rewrites a server's config with `cameras` as its camera section.
+    /// The reserve is small so that no test hangs on how full the
+    /// machine's disk happens to be (the default, 10GiB, is for real
+    /// recording servers; `gate_reserve` tests the reserve itself).
     pub fn write_config(&self, s: &Server, cameras: &str) {
         let mut text = format!(
-            "[server]\nname = \"{}\"\nlisten = \"127.0.0.1:{}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nretention = \"30d\"\nstatus = \"127.0.0.1:{}\"\n\n",
+            "[server]\nname = \"{}\"\nlisten = \"127.0.0.1:{}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nretention = \"30d\"\nreserve = \"64MiB\"\nstatus = \"127.0.0.1:{}\"\n\n",
             s.name, s.port, s.status_port
         );
         for o in self.servers.iter().filter(|o| o.name != s.name) {

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use hafill_protocol::{
@@ -448,7 +447,7 @@ async fn fetch(
             let internal = |e: std::io::Error| (ErrorCode::Internal, e.to_string());
             let (source, cvs) = if len <= IN_MEMORY_MAX {
                 let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, 0).map_err(internal)?;
+                crate::io::read_exact_at(&file, &mut buf, 0).map_err(internal)?;
                 // Served from memory now: its pages need not stay cached
                 // (see `io::drop_cached`).
                 crate::io::drop_cached(&file);
@@ -519,7 +518,7 @@ async fn fetch(
                 Source::Memory(all) => Ok(all.slice(off as usize..off as usize + n)),
                 Source::File(file) => {
                     let mut buf = vec![0u8; n];
-                    file.read_exact_at(&mut buf, off)
+                    crate::io::read_exact_at(file, &mut buf, off)
                         .map(|_| Bytes::from(buf))
                         .map_err(|e| e.to_string())
                 }
@@ -598,7 +597,7 @@ fn block_cvs_of_file(file: &File, len: u64, block_size: u32) -> std::io::Result<
     let n = block_count(len, block_size);
     if n == 1 {
         let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, 0)?;
+        crate::io::read_exact_at(file, &mut buf, 0)?;
         return Ok(vec![*blake3::hash(&buf).as_bytes()]);
     }
     // Read in groups of blocks (about 16 MiB) and hash each group's blocks
@@ -611,7 +610,7 @@ fn block_cvs_of_file(file: &File, len: u64, block_size: u32) -> std::io::Result<
         let off = first * block_size as u64;
         let bytes = ((count * block_size as u64).min(len - off)) as usize;
         let mut buf = vec![0u8; bytes];
-        file.read_exact_at(&mut buf, off)?;
+        crate::io::read_exact_at(file, &mut buf, off)?;
         let group: Vec<[u8; 32]> = buf
             .par_chunks(block_size as usize)
             .enumerate()

@@ -89,10 +89,8 @@ fn placeholders_never_cross_the_reserve_and_the_newest_gaps_come_first() {
             "store = \"store\"",
             &format!("store = \"{}\"", p(&small.join("store"))),
         )
-        .replace(
-            "retention = \"30d\"",
-            "retention = \"30d\"\nreserve = \"8MiB\"",
-        );
+        .replace("reserve = \"64MiB\"", "reserve = \"8MiB\"");
+    assert!(text.contains("reserve = \"8MiB\""), "{text}");
     std::fs::write(&cfg, text).unwrap();
 
     // 4 cameras x 30 minutes of 2 MB segments: about 230 MB, where 24 MB

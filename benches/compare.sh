@@ -100,28 +100,33 @@ make_set() { # segment length: rs01 holds the recording, rs02 is configured
   find "$set/rs01/store/segments" -name '*.seg' | wc -l > "$set/files"
 }
 
-run_hafill() { # segment length -> appends "bytes seconds" to set/hafill.runs
+run_hafill() { # segment length -> appends "bytes seconds steal%" to set/hafill.runs
   local set=$work/set-$1
   rm -rf "$set/rs02/store"
   HAFILL_LOG=warn "$hafill" serve --no-scrub --config "$set/rs01/hafill.toml" & local sp=$!
   sleep 0.5
   drop_caches
-  local out; out=$(HAFILL_LOG=warn "$hafill" backfill --config "$set/rs02/hafill.toml" --since "$from" --json ${HAFILL_ARGS:-})
+  local a b out
+  a=$(cpu_times)
+  out=$(HAFILL_LOG=warn "$hafill" backfill --config "$set/rs02/hafill.toml" --since "$from" --json ${HAFILL_ARGS:-})
+  b=$(cpu_times)
   kill $sp; wait $sp 2>/dev/null || true
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["bytes"], d["seconds"])' "$out" >> "$set/hafill.runs"
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["bytes"], d["seconds"], sys.argv[2])' "$out" "$(steal_pct "$a" "$b")" >> "$set/hafill.runs"
 }
 
-run_rsync() { # segment length -> appends "seconds seconds-with-sync" to set/rsync.runs
+run_rsync() { # segment length -> appends "seconds seconds-with-sync steal%" to set/rsync.runs
   local set=$work/set-$1
   rm -rf "$set/rsync-dst" && mkdir -p "$set/rsync-dst"
   drop_caches
-  local t0 t1 t2
+  local t0 t1 t2 a b
+  a=$(cpu_times)
   t0=$(date +%s.%N)
   rsync -a -e "$ssh_cmd" "$set/rs01/store/segments/" "root@127.0.0.1:$set/rsync-dst/"
   t1=$(date +%s.%N)
+  b=$(cpu_times)
   sync
   t2=$(date +%s.%N)
-  python3 -c "print($t1 - $t0, $t2 - $t0)" >> "$set/rsync.runs"
+  python3 -c "print($t1 - $t0, $t2 - $t0, $(steal_pct "$a" "$b"))" >> "$set/rsync.runs"
   rm -rf "$set/rsync-dst"
 }
 
@@ -137,11 +142,11 @@ for r in $(seq "$rounds"); do
 import sys
 d, seg, r = sys.argv[1], sys.argv[2], sys.argv[3]
 total = int(open(f"{d}/bytes").read())
-hb, hs = open(f"{d}/hafill.runs").read().split("\n")[-2].split()
-rs, rd = map(float, open(f"{d}/rsync.runs").read().split("\n")[-2].split())
+hb, hs, hsteal = open(f"{d}/hafill.runs").read().split("\n")[-2].split()
+rs, rd, rsteal = map(float, open(f"{d}/rsync.runs").read().split("\n")[-2].split())
 assert int(hb) == total, f"hafill moved {hb} bytes, set holds {total}"
 h, r_, d_ = total / float(hs) / 2**20, total / rs / 2**20, total / rd / 2**20
-print(f"round {r} {seg:>4}: hafill {float(hs):6.2f} s {h:6.1f} MiB/s | rsync+ssh {rs:6.2f} s {r_:6.1f} MiB/s ({h/r_:.2f}x) | rsync+ssh then sync {rd:6.2f} s {d_:6.1f} MiB/s ({h/d_:.2f}x)")
+print(f"round {r} {seg:>4}: hafill {float(hs):6.2f} s {h:6.1f} MiB/s (steal {float(hsteal):.1f}%) | rsync+ssh {rs:6.2f} s {r_:6.1f} MiB/s (steal {rsteal:.1f}%) ({h/r_:.2f}x) | rsync+ssh then sync {rd:6.2f} s {d_:6.1f} MiB/s ({h/d_:.2f}x)")
 PY
   done
 done

@@ -13,7 +13,9 @@
 # the ratio against both.
 #
 # ROUNDS (default 3): each round runs both tools on both sets, taking
-# turns; the last lines are the medians over the rounds.
+# turns; the last lines are the medians over the rounds. LOGS=DIR keeps
+# each hafill backfill's debug log there (DIR/hafill-60s-1.log, ...): its
+# `throttle` lines show what the adaptive disk control saw and did.
 #
 # Usage: benches/compare.sh [WORKDIR]     (needs root for apt and sshd)
 set -euo pipefail
@@ -108,7 +110,13 @@ run_hafill() { # segment length -> appends "bytes seconds steal%" to set/hafill.
   drop_caches
   local a b out
   a=$(cpu_times)
-  out=$(HAFILL_LOG=warn "$hafill" backfill --config "$set/rs02/hafill.toml" --since "$from" --json ${HAFILL_ARGS:-})
+  if [ -n "${LOGS:-}" ]; then
+    mkdir -p "$LOGS"
+    out=$(HAFILL_LOG=debug "$hafill" backfill --config "$set/rs02/hafill.toml" --since "$from" --json ${HAFILL_ARGS:-} \
+      2>"$LOGS/hafill-$1-$(( $(wc -l < "$set/hafill.runs" 2>/dev/null || echo 0) + 1 )).log")
+  else
+    out=$(HAFILL_LOG=warn "$hafill" backfill --config "$set/rs02/hafill.toml" --since "$from" --json ${HAFILL_ARGS:-})
+  fi
   b=$(cpu_times)
   kill $sp; wait $sp 2>/dev/null || true
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["bytes"], d["seconds"], sys.argv[2])' "$out" "$(steal_pct "$a" "$b")" >> "$set/hafill.runs"

@@ -3,11 +3,11 @@
 //! windows, reloaded on SIGHUP) and, on the disk side, from the AIMD
 //! controller fed by the store device's busy time and our write latency.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use super::aimd::{Aimd, AimdConfig, DiskSample};
+use super::aimd::{Aimd, AimdConfig, DiskSample, SLOW_WRITE};
 use super::disk::BusyMeter;
 use super::schedule::Limits;
 use super::RateLimiter;
@@ -24,6 +24,10 @@ pub struct Rates {
     pub disk: RateLimiter,
     /// Worst write latency since the governor last looked, in µs.
     pub worst_write_us: AtomicU64,
+    /// Writes slower than [`SLOW_WRITE`] since the governor last looked.
+    pub slow_writes: AtomicU32,
+    /// Bytes written since the governor last looked.
+    pub written: AtomicU64,
 }
 
 impl Rates {
@@ -32,15 +36,21 @@ impl Rates {
             net: RateLimiter::new(None),
             disk: RateLimiter::new(None),
             worst_write_us: AtomicU64::new(0),
+            slow_writes: AtomicU32::new(0),
+            written: AtomicU64::new(0),
         }
     }
 
-    /// Records how long one write took.
-    pub fn note_write(&self, took: Duration) {
+    /// Records one write: its size and how long it took.
+    pub fn note_write(&self, bytes: u64, took: Duration) {
         self.worst_write_us.fetch_max(
             took.as_micros().min(u64::MAX as u128) as u64,
             Ordering::Relaxed,
         );
+        if took > SLOW_WRITE {
+            self.slow_writes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.written.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -82,6 +92,7 @@ pub async fn run(
     }
     let mut aimd = Aimd::new(AimdConfig::default(), 256 << 20);
     let t0 = Instant::now();
+    let mut tick = t0;
     let mut last: Option<(Option<u64>, Option<u64>)> = None;
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -89,11 +100,17 @@ pub async fn run(
         let busy = meter.as_mut().and_then(BusyMeter::sample);
         let worst = rates.worst_write_us.swap(0, Ordering::Relaxed);
         let latency = (worst > 0).then(|| Duration::from_micros(worst));
+        let slow_writes = rates.slow_writes.swap(0, Ordering::Relaxed);
+        let now = Instant::now();
+        let secs = now.duration_since(tick).as_secs_f64().max(0.001);
+        tick = now;
+        let written = (rates.written.swap(0, Ordering::Relaxed) as f64 / secs) as u64;
         let disk = if adaptive {
             let r = aimd.on_sample(DiskSample {
                 at: t0.elapsed(),
                 busy,
-                latency,
+                slow_writes,
+                written: Some(written),
             });
             Some(limits.disk.map_or(r, |cap| cap.min(r)))
         } else {
@@ -102,7 +119,7 @@ pub async fn run(
         rates.net.set_rate(limits.net);
         rates.disk.set_rate(disk);
         if last != Some((limits.net, disk)) {
-            tracing::debug!(net = ?limits.net, disk = ?disk, busy = ?busy, latency = ?latency, "throttle");
+            tracing::debug!(net = ?limits.net, disk = ?disk, busy = ?busy, latency = ?latency, slow_writes, written, "throttle");
             last = Some((limits.net, disk));
         }
     }

@@ -519,7 +519,7 @@ async fn verify_and_write(
     ctx.rates.disk.acquire(n).await;
     let t = std::time::Instant::now();
     ctx.writer.write_at(file, block.offset, block.data).await?;
-    ctx.rates.note_write(t.elapsed());
+    ctx.rates.note_write(n, t.elapsed());
     Ok((block.index, n))
 }
 

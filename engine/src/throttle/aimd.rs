@@ -31,6 +31,12 @@ pub struct AimdConfig {
     /// congestion. One alone (a page fault, a thread kept off its core)
     /// does not.
     pub slow_writes: u32,
+    /// ...and only when the device was busy at least this fraction of the
+    /// sample (or its busy time is unknown). Slow writes to an idle device
+    /// waited for a CPU, not for the disk: the hypervisor took the core,
+    /// or the whole process stalled. Backing off then would not give live
+    /// writes anything, and would leave the backfill crawling afterwards.
+    pub slow_writes_busy: f64,
     /// Bytes per second added per calm interval.
     pub increase: u64,
     /// Multiplier on congestion.
@@ -48,6 +54,7 @@ impl Default for AimdConfig {
             target_busy: 0.85,
             busy_samples: 2,
             slow_writes: 2,
+            slow_writes_busy: 0.25,
             increase: 16 << 20,
             decrease: 0.5,
             min_rate: 4 << 20,
@@ -106,13 +113,18 @@ impl Aimd {
             self.busy_run = 0;
         }
         let congested = self.busy_run >= self.cfg.busy_samples.max(1)
-            || s.slow_writes >= self.cfg.slow_writes.max(1);
+            || (s.slow_writes >= self.cfg.slow_writes.max(1)
+                && s.busy.is_none_or(|b| b >= self.cfg.slow_writes_busy));
         if congested {
             self.slow_start = false;
             if s.at >= self.hold_until {
                 // Halve what was written, not an allowance the backfill
-                // never used.
-                let from = s.written.map_or(self.rate, |w| w.min(self.rate));
+                // never used; but from no less than half the allowance, so
+                // a quarter second in which little got written (a stall)
+                // cannot drop the rate to the floor.
+                let from = s
+                    .written
+                    .map_or(self.rate, |w| w.clamp(self.rate / 2, self.rate));
                 self.rate = ((from as f64 * self.cfg.decrease) as u64).max(self.cfg.min_rate);
                 self.hold_until = s.at + self.cfg.hold;
             }
@@ -182,18 +194,32 @@ mod tests {
     #[test]
     fn one_slow_write_is_not_congestion_two_are() {
         let mut c = Aimd::new(small(), 800);
-        assert_eq!(c.on_sample(sample(0, 0.2, 1)), 1000);
-        assert_eq!(c.on_sample(sample(250, 0.2, 2)), 500);
+        assert_eq!(c.on_sample(sample(0, 0.3, 1)), 1000);
+        assert_eq!(c.on_sample(sample(250, 0.3, 2)), 500);
+    }
+
+    #[test]
+    fn slow_writes_to_an_idle_device_are_not_congestion() {
+        let mut c = Aimd::new(small(), 250);
+        assert_eq!(c.on_sample(sample(0, 0.05, 17)), 500);
+        // Busy time unknown: slow writes are all there is to go on.
+        let s = DiskSample {
+            busy: None,
+            ..sample(250, 0.0, 17)
+        };
+        assert_eq!(c.on_sample(s), 250);
     }
 
     #[test]
     fn congestion_halves_what_was_written_not_the_allowance() {
         let mut c = Aimd::new(small(), 1000);
-        let s = DiskSample {
-            written: Some(300),
-            ..sample(0, 0.5, 2)
+        let s = |at, written| DiskSample {
+            written: Some(written),
+            ..sample(at, 0.5, 2)
         };
-        assert_eq!(c.on_sample(s), 150);
+        assert_eq!(c.on_sample(s(0, 600)), 300);
+        // A stall (little written) cuts from half the allowance, no lower.
+        assert_eq!(c.on_sample(s(500, 20)), 75);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! Until the first congestion the rate doubles each calm sample (a slow
 //! start, as in TCP), so a backfill on a quiet device reaches the device's
 //! pace within a second instead of climbing a step at a time. The rate only
-//! grows while the backfill uses most of it: a rate far above what the
-//! device takes would not hold anything back when congestion comes.
+//! grows while the backfill writes at least half of it: a rate far above
+//! what the device takes would not hold anything back when congestion
+//! comes.
 
 use std::time::Duration;
 
@@ -95,10 +96,6 @@ impl Aimd {
             slow_start: true,
             busy_run: 0,
         }
-    }
-
-    pub fn config(&self) -> &AimdConfig {
-        &self.cfg
     }
 
     pub fn rate(&self) -> u64 {

@@ -84,9 +84,10 @@ rate = sys.argv[3] if len(sys.argv) > 3 else "-"
 r = json.load(open(path))
 w = r["write_latency_ms"]
 k = r["wake_delay_ms"]
+d = r["segment_durable_ms"]
 print(f"{label:<28} p50 {w['p50']:7.3f} ms  p99 {w['p99']:7.3f} ms  max {w['max']:8.1f} ms  "
       f"frames late {r['frame_deadline_misses']:5d} ({r['late_at_segment_open']} at a segment open, {r['late_while_stolen']} while stolen; {r['steal_ms']:.0f} ms stolen)  "
-      f"wake delay p99 {k['p99']:6.2f} max {k['max']:6.1f} ms  segments late {r['segment_deadline_misses']:3d}  backfill {rate} MiB/s")
+      f"wake delay p99 {k['p99']:6.2f} max {k['max']:6.1f} ms  segment durable p99 {d['p99']:5.0f} ms, late {r['segment_deadline_misses']:3d}  backfill {rate} MiB/s")
 PY
 }
 

@@ -57,8 +57,8 @@ pub struct ServeArgs {
     /// `[server] congestion`): ledbat yields to live streams.
     #[arg(long, value_enum)]
     congestion: Option<CongestionArg>,
-    /// CPU scheduling: `idle` (SCHED_IDLE) runs serving and backfill only
-    /// when live recording leaves a core free.
+    /// CPU and I/O scheduling: `idle` (SCHED_IDLE, idle I/O class) runs
+    /// serving and backfill only when live recording leaves a core free.
     #[arg(long, value_enum, default_value = "idle")]
     cpu: CpuArg,
 }
@@ -66,8 +66,8 @@ pub struct ServeArgs {
 /// Whose CPU comes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CpuArg {
-    /// `SCHED_IDLE`: run only when live recording (and everything else)
-    /// leaves a core free.
+    /// `SCHED_IDLE` and the idle I/O class: run only when live recording
+    /// (and everything else) leaves a core and the disk free.
     Idle,
     /// The normal scheduler, at whatever nice value the process has.
     Normal,
@@ -77,7 +77,7 @@ pub enum CpuArg {
 pub fn apply_cpu(cpu: CpuArg) {
     if cpu == CpuArg::Idle {
         let n = hafill_engine::throttle::cpu::yield_to_live();
-        tracing::debug!(threads = n, "CPU: SCHED_IDLE");
+        tracing::debug!(threads = n, "CPU: SCHED_IDLE, I/O: idle class");
     }
 }
 
@@ -215,8 +215,8 @@ pub struct BackfillArgs {
     /// Disk writes: io_uring, pwrite, or io_uring falling back to pwrite.
     #[arg(long, value_enum, default_value = "auto")]
     io: IoArg,
-    /// CPU scheduling: `idle` (SCHED_IDLE) runs the backfill only when live
-    /// recording leaves a core free.
+    /// CPU and I/O scheduling: `idle` (SCHED_IDLE, idle I/O class) runs the
+    /// backfill only when live recording leaves a core free.
     #[arg(long, value_enum, default_value = "idle")]
     cpu: CpuArg,
     /// Print one JSON summary.

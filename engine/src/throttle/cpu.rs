@@ -2,20 +2,26 @@
 //! live-protection benchmark: frames came late because the camera threads
 //! woke tens of milliseconds late, with write latency low, while backfill
 //! and serving threads (at nice 10 and 19) held the two cores. Under
-//! `SCHED_IDLE` they run only when nothing else wants a core.
+//! `SCHED_IDLE` they run only when nothing else wants a core; their I/O
+//! goes in the idle class (see [`super::disk::lower_io_priority`]).
 
-/// Moves every thread of this process to `SCHED_IDLE`; threads started
-/// later inherit it. Returns how many threads the kernel took it for.
+/// Moves every thread of this process to `SCHED_IDLE` and the idle I/O
+/// class; threads started later inherit both. Returns how many threads the
+/// kernel took `SCHED_IDLE` for.
 ///
 /// Call it after any child process that must run normally (the recording
 /// service the gate starts) has been started: children inherit it too.
 pub fn yield_to_live() -> usize {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        super::disk::set_idle_io(0);
         return usize::from(set_idle(0));
     };
     tasks
         .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|tid| set_idle(*tid))
+        .filter(|tid| {
+            super::disk::set_idle_io(*tid);
+            set_idle(*tid)
+        })
         .count()
 }
 
@@ -64,8 +70,15 @@ mod tests {
             std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(200)));
         assert!(yield_to_live() >= 2);
         assert!(is_idle());
-        let later = std::thread::spawn(is_idle).join().unwrap();
-        assert!(later, "a thread started afterwards inherits SCHED_IDLE");
+        assert_eq!(super::super::disk::io_class(), Some(3), "idle I/O class");
+        let later = std::thread::spawn(|| (is_idle(), super::super::disk::io_class()))
+            .join()
+            .unwrap();
+        assert_eq!(
+            later,
+            (true, Some(3)),
+            "a thread started afterwards inherits SCHED_IDLE and the idle I/O class"
+        );
         before.join().unwrap();
     }
 }

@@ -13,16 +13,19 @@
 /// service the gate starts) has been started: children inherit it too.
 pub fn yield_to_live() -> usize {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        super::disk::set_idle_io(0);
-        return usize::from(set_idle(0));
+        return usize::from(yield_thread(0));
     };
     tasks
         .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|tid| {
-            super::disk::set_idle_io(*tid);
-            set_idle(*tid)
-        })
+        .filter(|tid| yield_thread(*tid))
         .count()
+}
+
+/// One thread to `SCHED_IDLE` and the idle I/O class; whether the kernel
+/// took `SCHED_IDLE`.
+fn yield_thread(tid: i32) -> bool {
+    super::disk::set_idle_io(tid);
+    set_idle(tid)
 }
 
 #[allow(unsafe_code)]

@@ -62,6 +62,11 @@ impl BusyMeter {
     }
 }
 
+/// `ioprio_set`/`ioprio_get`: `who` names one thread.
+const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+/// An I/O priority is its class shifted left by this, plus a level.
+const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+
 /// Puts the calling thread's I/O in the idle class: the I/O scheduler
 /// serves it only when no other I/O is waiting, so live recording's
 /// segment closes and file creates go first. `mq-deadline` (the default
@@ -78,9 +83,7 @@ pub fn lower_io_priority() -> bool {
 /// thread).
 #[allow(unsafe_code)]
 pub fn set_idle_io(tid: i32) -> bool {
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
     let prio = IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT;
     // SAFETY: ioprio_set takes three integers and touches no memory of ours.
     unsafe {
@@ -97,10 +100,9 @@ pub fn set_idle_io(tid: i32) -> bool {
 /// 2 best-effort, 3 idle), or `None` where the kernel does not say.
 #[allow(unsafe_code)]
 pub fn io_class() -> Option<u8> {
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
     // SAFETY: ioprio_get takes two integers and touches no memory of ours.
     let p = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0 as libc::c_long) };
-    (p >= 0).then_some((p >> 13) as u8)
+    (p >= 0).then_some((p >> IOPRIO_CLASS_SHIFT) as u8)
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ echo "== recording the source: 16 cameras x $SOURCE_MIN minutes at 8 Mbit/s (abo
 $B sim record --store "$W/rs01/store" --cameras 16 --bitrate 8Mbit --segment 60s --from "-$((SOURCE_MIN + 30))m" --to -30m --seed 7 | tail -1
 sync
 
-# cpu_times, steal_pct, wait_for_quiet.
+# cpu_times, steal_pct, wait_for_quiet, wait_for_reported.
 . benches/quiet.sh
 
 # Bytes this process has written to the storage layer so far.
@@ -117,6 +117,7 @@ disk_part() {
         wait $warm 2>/dev/null || true
         sync
     fi
+    wait_for_reported 120
     wait_for_quiet 5 60
     c0=$(cpu_times)
     $B sim live --store "$W/live-base" --cameras "$CAMERAS" --bitrate "$BITRATE" --segment 10s --for "${LIVE_FOR}s" --report "$W/base.json" >/dev/null
@@ -125,6 +126,7 @@ disk_part() {
     for mode in ${MODES:-adaptive none}; do
         rm -rf "$W/rs02/store"
         sync
+        wait_for_reported 120
         local flags=""
         [ "$mode" = none ] && flags="--no-adaptive"
         # shellcheck disable=SC2086
@@ -132,13 +134,13 @@ disk_part() {
         local bf=$!
         PIDS+=("$bf")
         sleep 3
-        local w0 t0 w1 t1
-        w0=$(written $bf); t0=$(date +%s.%N); c0=$(cpu_times)
+        local w0 t0 w1 t1 r0
+        w0=$(written $bf); t0=$(date +%s.%N); c0=$(cpu_times); r0=$(reported_kib)
         track_written $bf "$W/written-$mode" &
         local tracker=$!
         $B sim live --store "$W/live-$mode" --cameras "$CAMERAS" --bitrate "$BITRATE" --segment 10s --for "${LIVE_FOR}s" --report "$W/live-$mode.json" >/dev/null
         w1=$(written $bf); t1=$(date +%s.%N); c1=$(cpu_times)
-        echo "steal during $mode: $(steal_pct "$c0" "$c1")% of CPU time"
+        echo "steal during $mode: $(steal_pct "$c0" "$c1")% of CPU time; free memory reported to the host: $(( ($(reported_kib) - r0) / 1024 )) MiB"
         if ! kill -0 $bf 2>/dev/null; then
             # Its rate over the time it ran beside live recording.
             [ -f "$W/written-$mode" ] && read -r w1 t1 <"$W/written-$mode"
@@ -153,16 +155,24 @@ disk_part() {
     kill $server; wait $server 2>/dev/null || true
     echo
     summary "live alone (baseline)" "$W/base.json"
-    summary "beside adaptive backfill" "$W/live-adaptive.json" "$(cat "$W/rate-adaptive")"
-    summary "beside unthrottled backfill" "$W/live-none.json" "$(cat "$W/rate-none")"
+    for mode in ${MODES:-adaptive none}; do
+        local label="beside adaptive backfill"
+        [ "$mode" = none ] && label="beside unthrottled backfill"
+        summary "$label" "$W/live-$mode.json" "$(cat "$W/rate-$mode")"
+    done
     python3 - "$W" <<'PY'
-import json, sys
+import json, os, sys
 w = sys.argv[1]
 p99 = lambda n: json.load(open(f"{w}/{n}.json"))["write_latency_ms"]["p99"]
 base = p99("base")
-ra, rn = float(open(f"{w}/rate-adaptive").read()), float(open(f"{w}/rate-none").read())
-print(f"live p99 / baseline: adaptive {p99('live-adaptive')/base:.2f}x, unthrottled {p99('live-none')/base:.2f}x; "
-      f"adaptive backfill at {ra/rn*100 if rn else 0:.0f}% of the unthrottled rate")
+rate = lambda m: float(open(f"{w}/rate-{m}").read())
+ran = [m for m in ("adaptive", "none") if os.path.exists(f"{w}/rate-{m}")]
+label = {"adaptive": "adaptive", "none": "unthrottled"}
+line = "live p99 / baseline: " + ", ".join(f"{label[m]} {p99('live-' + m) / base:.2f}x" for m in ran)
+if len(ran) == 2:
+    ra, rn = rate("adaptive"), rate("none")
+    line += f"; adaptive backfill at {ra / rn * 100 if rn else 0:.0f}% of the unthrottled rate"
+print(line)
 late = json.load(open(f"{w}/base.json"))["frame_deadline_misses"]
 if late:
     print(f"warning: live recording alone had {late} late frames: the machine was not quiet, this run measures it, not hafill")

@@ -24,3 +24,28 @@ wait_for_quiet() {
     done
     echo "machine quiet after ${waited} s (steal ${s}%)"
 }
+
+# Free page reporting (virtio-balloon): the guest hands free memory back to
+# the host in 2 MiB blocks, and the host discards it; memory used again
+# then faults in on the host while the virtual CPU waits, which the guest
+# sees as stolen time. On the development VM, 15 GiB of page cache freed
+# by deleting the previous run's copy went on being reported for about
+# 20 s after the delete, and the live run measured during it had 47 late
+# frames, all while stolen (docs/benchmarks.md, eighth session).
+reported_kib() { cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo 0; }
+
+# wait_for_reported MAX: waits (at most MAX seconds) until no memory has
+# been reported to the host for 3 s; prints what it waited for. Returns at
+# once where the kernel has no page reporting.
+wait_for_reported() {
+    local max=$1 waited=0 r0 r1 total=0
+    [ -r /sys/module/page_reporting/parameters/reported_kib ] || return 0
+    r0=$(reported_kib)
+    while [ "$waited" -lt "$max" ]; do
+        sleep 3; waited=$((waited + 3))
+        r1=$(reported_kib)
+        [ "$r1" = "$r0" ] && break
+        total=$((total + r1 - r0)); r0=$r1
+    done
+    echo "free memory reported to the host: $((total / 1024)) MiB, settled after ${waited} s"
+}

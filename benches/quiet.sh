@@ -26,12 +26,12 @@ wait_for_quiet() {
 }
 
 # Free page reporting (virtio-balloon): the guest hands free memory back to
-# the host in 2 MiB blocks, and the host discards it; memory used again
-# then faults in on the host while the virtual CPU waits, which the guest
-# sees as stolen time. On the development VM, 15 GiB of page cache freed
-# by deleting the previous run's copy went on being reported for about
-# 20 s after the delete, and the live run measured during it had 47 late
-# frames, all while stolen (docs/benchmarks.md, eighth session).
+# the host in 2 MiB blocks, and the host discards it. On the development
+# VM the hypervisor stole CPU time in the half-seconds in which memory was
+# reported; 15 GiB of page cache freed by deleting the previous run's copy
+# went on being reported for about 20 s after the delete, and the live run
+# measured during it had 47 late frames, all while stolen
+# (docs/benchmarks.md, eighth session).
 reported_kib() { cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo 0; }
 
 # wait_for_reported MAX: waits (at most MAX seconds) until no memory has

@@ -5,33 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::{base_time, segment_files, sim_record};
-
-/// GET `path` from 127.0.0.1:`port`: status code and body.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
-fn value(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
+use common::{base_time, http_get, metric, segment_files, sim_record};
 
 #[test]
 fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
@@ -68,12 +45,12 @@ fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
             "backfill did not finish: {}",
             c.serve_log("rs02")
         );
-        if let Some((200, m)) = get(port, "/metrics") {
+        if let Some((200, m)) = http_get(port, "/metrics") {
             if let (Some(b), Some(p)) = (
-                value(&m, "hafill_backfilled_bytes_total"),
-                value(&m, "hafill_gaps_pending_segments"),
+                metric(&m, "hafill_backfilled_bytes_total"),
+                metric(&m, "hafill_gaps_pending_segments"),
             ) {
-                let rounds = value(&m, "hafill_backfill_rounds_total").unwrap_or(0.0);
+                let rounds = metric(&m, "hafill_backfill_rounds_total").unwrap_or(0.0);
                 if rounds >= 1.0 {
                     samples.push((b, p));
                     if p == 0.0 && b > 0.0 {
@@ -100,9 +77,13 @@ fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
         "too few scrapes during the backfill: {samples:?}"
     );
 
-    let m = get(port, "/metrics").unwrap().1;
-    assert_eq!(value(&m, "hafill_peer_up{peer=\"rs01\"}"), Some(1.0), "{m}");
-    assert_eq!(value(&m, "hafill_verify_failures_total"), Some(0.0), "{m}");
+    let m = http_get(port, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "hafill_peer_up{peer=\"rs01\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "hafill_verify_failures_total"), Some(0.0), "{m}");
     assert!(
         m.contains("hafill_alerts{kind=\"stream-not-recording\",severity=\"critical\"}"),
         "{m}"
@@ -111,7 +92,7 @@ fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
     // /status: the JSON of `hafill status`, as the daemon last took it.
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        match get(port, "/status") {
+        match http_get(port, "/status") {
             Some((200, body)) => break body,
             Some((503, _)) | None if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(200))
@@ -122,7 +103,7 @@ fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
     let s: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(s["server"], "rs02");
     assert_eq!(s["overview"]["cameras"], 2, "{s:#}");
-    assert_eq!(get(port, "/nope").unwrap().0, 404);
+    assert_eq!(http_get(port, "/nope").unwrap().0, 404);
 }
 
 #[test]

@@ -927,6 +927,7 @@ pub async fn serve(
     let stop = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(Metrics::new());
     let meter = tokio::spawn(metrics.clone().meter_rate());
+    let caps = tokio::spawn(metrics.clone().meter_caps(throttle.clone()));
     let board = Arc::new(crate::http::Board::new(metrics.clone()));
     // Metrics are for operators; a port already taken must not stop backfill.
     let listener = config
@@ -973,6 +974,7 @@ pub async fn serve(
         let _ = s.await;
     }
     meter.abort();
+    caps.abort();
     drop(listener);
     ep.wait_idle().await;
     Ok(())

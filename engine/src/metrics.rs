@@ -14,6 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::health::{AlertKind, Severity, SiteStatus};
+use crate::throttle::governor::{limits_now, SharedThrottle};
+use crate::throttle::schedule::Limits;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabel {
@@ -42,6 +44,8 @@ pub struct Metrics {
     peer_up: Family<PeerLabel, Gauge>,
     alerts: Family<AlertLabels, Gauge>,
     status_age: Gauge<f64, AtomicU64>,
+    net_cap: Gauge,
+    disk_cap: Gauge,
 }
 
 impl Default for Metrics {
@@ -65,6 +69,8 @@ impl Metrics {
             peer_up: Family::default(),
             alerts: Family::default(),
             status_age: Gauge::default(),
+            net_cap: Gauge::default(),
+            disk_cap: Gauge::default(),
             registry: Registry::with_prefix("hafill"),
         };
         m.registry.register(
@@ -126,6 +132,16 @@ impl Metrics {
             "status_age_seconds",
             "Seconds since the status behind the alert gauges was taken",
             m.status_age.clone(),
+        );
+        m.registry.register(
+            "throttle_net_cap_bytes_per_second",
+            "Network cap in force now, from [throttle] and its windows as last loaded (0: none)",
+            m.net_cap.clone(),
+        );
+        m.registry.register(
+            "throttle_disk_cap_bytes_per_second",
+            "Disk write cap in force now, before adaptive control, from [throttle] and its windows as last loaded (0: none)",
+            m.disk_cap.clone(),
         );
         m
     }
@@ -195,6 +211,25 @@ impl Metrics {
         self.status_age.set(age.as_secs_f64());
     }
 
+    /// Sets the cap gauges; `None` (no cap) shows as 0.
+    pub fn set_caps(&self, caps: Limits) {
+        let gauge = |cap: Option<u64>| cap.map_or(0, |c| c.min(i64::MAX as u64) as i64);
+        self.net_cap.set(gauge(caps.net));
+        self.disk_cap.set(gauge(caps.disk));
+    }
+
+    /// Sets the cap gauges once a second from the throttle config in force
+    /// (its schedule windows move with the clock; SIGHUP swaps it), until
+    /// the returned task is dropped or aborted.
+    pub async fn meter_caps(self: Arc<Self>, throttle: SharedThrottle) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let (caps, _) = limits_now(&throttle, Limits::default());
+            self.set_caps(caps);
+        }
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -229,6 +264,10 @@ mod tests {
         m.segment_failed(100);
         m.verify_failed();
         m.peer("rs01", true);
+        m.set_caps(Limits {
+            net: Some(25_000_000),
+            disk: None,
+        });
         let t = m.encode();
         for line in [
             "hafill_backfilled_bytes_total 100",
@@ -236,6 +275,8 @@ mod tests {
             "hafill_gaps_pending_bytes 100",
             "hafill_verify_failures_total 1",
             "hafill_peer_up{peer=\"rs01\"} 1",
+            "hafill_throttle_net_cap_bytes_per_second 25000000",
+            "hafill_throttle_disk_cap_bytes_per_second 0",
         ] {
             assert!(t.lines().any(|l| l == line), "{line} not in\n{t}");
         }

@@ -161,6 +161,23 @@ impl Cluster {
         self.children.clear();
     }
 
+    /// Sends `signal` to the `i`-th server this cluster started.
+    pub fn signal(&mut self, i: usize, signal: rustix::process::Signal) {
+        let c = &mut self.children[i];
+        // Not reaped yet (checked first), so the PID is still this child's.
+        assert!(
+            c.try_wait().unwrap().is_none(),
+            "server {i} has already exited"
+        );
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Whether the `i`-th server this cluster started is still running.
+    pub fn running(&mut self, i: usize) -> bool {
+        self.children[i].try_wait().unwrap().is_none()
+    }
+
     /// SIGTERMs every server this cluster started and waits for each to
     /// exit (however long that takes); their exit statuses, in start order.
     pub fn terminate_servers(&mut self) -> Vec<std::process::ExitStatus> {

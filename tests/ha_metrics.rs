@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::{base_time, http_get, metric, segment_files, sim_record};
+use common::{base_time, http_get, metric, segment_bytes, sim_record};
 
 #[test]
 fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
@@ -29,10 +29,7 @@ fn metrics_show_bytes_rising_and_pending_gaps_falling_during_a_backfill() {
         t0 + 3600,
         7,
     );
-    let total_bytes: f64 = segment_files(&c.server("rs01").store().join("segments"))
-        .iter()
-        .map(|f| std::fs::metadata(f).unwrap().len() as f64)
-        .sum();
+    let total_bytes = segment_bytes(&c.server("rs01").store().join("segments"));
     c.serve("rs01");
     c.serve_with("rs02", &["--scrub-every", "1h", "--status-every", "1s"]);
     let port = c.server("rs02").status_port;

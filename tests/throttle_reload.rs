@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
-use common::{base_time, http_get, metric, segment_files, sim_record};
+use common::{base_time, http_get, metric, segment_bytes, sim_record};
 use rustix::process::Signal;
 
 const CAMERAS: &str = "[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n";
@@ -55,11 +55,7 @@ fn sighup_lifts_the_cap_of_a_running_backfill_and_refuses_a_bad_config() {
         t0 + 1200,
         3,
     );
-    let source = c.server("rs01").store().join("segments");
-    let total_bytes: f64 = segment_files(&source)
-        .iter()
-        .map(|f| std::fs::metadata(f).unwrap().len() as f64)
-        .sum();
+    let total_bytes = segment_bytes(&c.server("rs01").store().join("segments"));
     // Under the old cap the whole copy would outlast every wait below.
     assert!(
         total_bytes / SLOW_BYTES_PER_SEC > 240.0,

@@ -53,6 +53,15 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// The bytes of every segment file under `dir`: what a backfill of that
+/// store moves.
+pub fn segment_bytes(dir: &Path) -> f64 {
+    segment_files(dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len() as f64)
+        .sum()
+}
+
 /// A fixed hour boundary a little in the past, so relative windows stay
 /// inside the default retention and runs align.
 pub fn base_time() -> i64 {

@@ -134,8 +134,10 @@ fn unread_fetches_hold_no_more_than_the_flow_control_windows() {
     rt.block_on(async {
         let ep = client_endpoint(peer.addr).unwrap();
         // Asks for `n` whole segments on a fresh connection, reads none of
-        // it, and returns what arrived once the sender has stopped.
-        let held = |n: usize| {
+        // it, and returns what arrived once the sender has stopped: at least
+        // `floor` bytes in, then no more for two looks a second apart (a
+        // slow or busy machine only makes it wait longer, never stop early).
+        let held = |n: usize, floor: u64| {
             let (ep, me, peer) = (ep.clone(), &me, &peer);
             async move {
                 let conn = client::connect(&ep, me, "rs02", peer, Duration::from_secs(10))
@@ -157,13 +159,13 @@ fn unread_fetches_hold_no_more_than_the_flow_control_windows() {
                     send.finish().unwrap();
                     streams.push((send, recv));
                 }
-                // Wait until the bytes stop coming (each look a second
-                // apart), then once more: the sender is blocked.
-                let mut last = 0;
+                let deadline = std::time::Instant::now() + Duration::from_secs(300);
+                let (mut last, mut still) = (0, 0);
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     let now = conn.stats().udp_rx.bytes - base;
-                    if now == last && now > 0 {
+                    still = if now == last { still + 1 } else { 0 };
+                    if (now >= floor && still >= 2) || std::time::Instant::now() > deadline {
                         break now;
                     }
                     last = now;
@@ -171,13 +173,13 @@ fn unread_fetches_hold_no_more_than_the_flow_control_windows() {
             }
         };
         // One stream: its own window, 16 MiB.
-        let one = held(1).await;
+        let one = held(1, 16 * MIB).await;
         assert!(
             (16 * MIB..18 * MIB).contains(&one),
             "one stream held {one} bytes"
         );
         // Five streams of 30 MB: the connection's window, 64 MiB.
-        let five = held(5).await;
+        let five = held(5, 64 * MIB).await;
         assert!(
             (64 * MIB..68 * MIB).contains(&five),
             "five streams held {five} bytes"

@@ -3,6 +3,12 @@
 //! before the bytes arrive. And the block progress of a segment being
 //! filled, which survives `kill -9`.
 //!
+//! Placeholders never eat into the free-space reserve of live recording.
+//! They are made newest first, and when the room above the reserve runs
+//! out, **placing stops at the first gap that does not fit**: it and every
+//! older gap are reported as left out, even where a smaller, older segment
+//! would still fit (see [`Budget`]).
+//!
 //! Progress lives on the segment file as the extended attribute
 //! `user.hafill.progress`:
 //!
@@ -56,8 +62,8 @@ pub struct Placed {
 }
 
 /// Creates placeholders for `sources` (the peer's metadata, and the peer),
-/// newest first, as far as the free space above the reserve allows, as one
-/// batch: files (in parallel), one `syncfs`, then the index appended and
+/// newest first, as far as the free space above the reserve allows (the
+/// rule is [`Budget`]'s), as one batch: files (in parallel), one `syncfs`, then the index appended and
 /// made durable by a second `syncfs`. A file already there with the same
 /// source hash (an earlier run's placeholder or partial) is kept with its
 /// progress; a complete segment is never touched.
@@ -84,7 +90,7 @@ pub fn create(
     }
     dirs.par_iter_mut()
         .for_each(|(_, d)| d.exists = d.path.is_dir());
-    let mut budget = store.free_bytes()?.saturating_sub(opts.reserve_bytes);
+    let mut budget = Budget::new(store.free_bytes()?.saturating_sub(opts.reserve_bytes));
     let mut out = Placed::default();
     let mut pending: Vec<((&CameraId, i64), SegmentMeta)> = Vec::new();
     for (src, peer) in order {
@@ -106,12 +112,10 @@ pub fn create(
                 }
             }
         }
-        let cost = space_cost(src.len);
-        if cost > budget {
+        if !budget.take(space_cost(src.len)) {
             out.no_room.push(((*src).clone(), peer.to_string()));
             continue;
         }
-        budget -= cost;
         dir.used = true;
         pending.push((
             (&src.camera, hour_number(src.start)),
@@ -189,6 +193,42 @@ pub fn create(
     Ok(out)
 }
 
+/// The free space above the reserve, spent on new placeholders in the
+/// order they are offered (newest first).
+///
+/// The rule when it runs out: **placing stops at the first gap that does
+/// not fit.** Everything older is left out and reported, even a smaller
+/// segment that would still fit. The timeline is then whole from now back to
+/// one moment, never a scatter of older pieces bought with the room a newer
+/// gap needed; and what is left of the free space stays with live recording.
+/// A placeholder an earlier run made already holds its space and is kept
+/// whatever its age.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    left: u64,
+    exhausted: bool,
+}
+
+impl Budget {
+    pub(crate) fn new(bytes: u64) -> Self {
+        Budget {
+            left: bytes,
+            exhausted: false,
+        }
+    }
+
+    /// Takes `cost` bytes for the next (older) placeholder, or refuses it
+    /// and every one after it.
+    pub(crate) fn take(&mut self, cost: u64) -> bool {
+        if self.exhausted || cost > self.left {
+            self.exhausted = true;
+            return false;
+        }
+        self.left -= cost;
+        true
+    }
+}
+
 /// A segment folder of the batch.
 struct Dir {
     path: PathBuf,
@@ -201,7 +241,7 @@ struct Dir {
 /// its blocks (rounded up to 4 KiB, the common filesystem block), plus a
 /// block for its inode, attribute, directory entry and index record, so the
 /// reserve holds even on a small filesystem.
-fn space_cost(len: u64) -> u64 {
+pub(crate) fn space_cost(len: u64) -> u64 {
     const BLOCK: u64 = 4096;
     len.div_ceil(BLOCK)
         .saturating_mul(BLOCK)
@@ -209,7 +249,7 @@ fn space_cost(len: u64) -> u64 {
 }
 
 /// Gives a placeholder its size: allocated blocks (`fallocate`), or holes.
-fn reserve_space(f: &File, path: &Path, len: u64, sparse: bool) -> Result<(), StoreError> {
+pub(crate) fn reserve_space(f: &File, path: &Path, len: u64, sparse: bool) -> Result<(), StoreError> {
     if !sparse && len > 0 {
         match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, len) {
             Ok(()) => return Ok(()),
@@ -399,5 +439,21 @@ mod tests {
         assert_eq!(Progress::decode(&p.encode()), Some(p.clone()));
         assert_eq!(Progress::decode(&p.encode()[1..]), None);
         assert_eq!(p.durable_count(), 5);
+    }
+
+    #[test]
+    fn placing_stops_at_the_first_gap_that_does_not_fit() {
+        let mut b = Budget::new(100);
+        assert!(b.take(60));
+        assert!(!b.take(50), "the newer gap does not fit");
+        assert!(!b.take(10), "an older, smaller gap must not take its place");
+        assert!(!b.take(0));
+    }
+
+    #[test]
+    fn a_budget_spent_exactly_refuses_the_next() {
+        let mut b = Budget::new(100);
+        assert!(b.take(40) && b.take(60));
+        assert!(!b.take(1));
     }
 }

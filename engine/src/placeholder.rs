@@ -249,7 +249,12 @@ pub(crate) fn space_cost(len: u64) -> u64 {
 }
 
 /// Gives a placeholder its size: allocated blocks (`fallocate`), or holes.
-pub(crate) fn reserve_space(f: &File, path: &Path, len: u64, sparse: bool) -> Result<(), StoreError> {
+pub(crate) fn reserve_space(
+    f: &File,
+    path: &Path,
+    len: u64,
+    sparse: bool,
+) -> Result<(), StoreError> {
     if !sparse && len > 0 {
         match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, len) {
             Ok(()) => return Ok(()),

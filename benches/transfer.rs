@@ -154,9 +154,9 @@ fn loopback(c: &mut Criterion) {
     let c2 = Config::load(&dir.path().join("rs02/hafill.toml")).expect("config");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(backfill::serve(
+    let server = rt.spawn(hafill_engine::daemon::serve(
         c1.clone(),
-        backfill::ServeOptions::default(),
+        hafill_engine::daemon::ServeOptions::default(),
         std::sync::Arc::new(std::sync::RwLock::new(c1.throttle.clone())),
         async {
             let _ = stopped.await;

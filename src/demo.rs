@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use hafill_engine::backfill::{self, BackfillOptions};
+use hafill_engine::backfill::BackfillOptions;
 use hafill_engine::config::Config;
 use hafill_engine::sim::{self, RecordSpec};
 use hafill_engine::store::Store;
@@ -135,9 +135,9 @@ pub fn run(a: DemoArgs) -> CmdResult {
     let config2 = Config::load(&c2)?;
     let rt = tokio::runtime::Runtime::new()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(backfill::serve(
+    let server = rt.spawn(hafill_engine::daemon::serve(
         config1.clone(),
-        backfill::ServeOptions::default(),
+        hafill_engine::daemon::ServeOptions::default(),
         Arc::new(std::sync::RwLock::new(config1.throttle.clone())),
         async {
             let _ = stop_rx.await;

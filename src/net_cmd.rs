@@ -117,11 +117,11 @@ pub fn serve(a: ServeArgs) -> CmdResult {
             }
             tracing::info!("shutting down");
         };
-        let opts = backfill::ServeOptions {
+        let opts = hafill_engine::daemon::ServeOptions {
             scrub_every,
             status_every: std::time::Duration::from_micros(a.status_every.max(1_000_000)),
         };
-        backfill::serve(config, opts, throttle, shutdown).await
+        hafill_engine::daemon::serve(config, opts, throttle, shutdown).await
     })?;
     Ok(Outcome::Ok)
 }
@@ -258,8 +258,26 @@ pub fn backfill(a: BackfillArgs) -> CmdResult {
     } else {
         print_report(&report);
     }
+    if report.nothing_checked() {
+        eprintln!(
+            "error: no peer could be asked what it holds, so the timeline was not checked: {}",
+            if report.unasked().is_empty() {
+                "no [[peer]] in the config (or none selected)".to_string()
+            } else {
+                report
+                    .unasked()
+                    .iter()
+                    .map(|(p, why)| format!("{p} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
+        );
+    }
     Ok(
-        if report.failed.is_empty() && report.placement.no_room_segments == 0 {
+        if report.failed.is_empty()
+            && report.placement.no_room_segments == 0
+            && !report.nothing_checked()
+        {
             Outcome::Ok
         } else {
             Outcome::Problems

@@ -79,7 +79,7 @@ fn print_table(s: &SiteStatus) {
     );
     println!();
     println!(
-        "{:<20} {:<14} {:<10} {:<4} {:<27} {:>8} {:>10} {:<27} {:>6} {:>8}",
+        "{:<20} {:<14} {:<22} {:<4} {:<27} {:>8} {:>10} {:<27} {:>6} {:>8}",
         "CAMERA",
         "HA",
         "SERVER",
@@ -103,11 +103,16 @@ fn print_table(s: &SiteStatus) {
                 Some(false) => "no",
                 None => "?",
             };
+            // A camera the server names otherwise: "rs02 (lobby-2)".
+            let server = match &v.name_there {
+                Some(n) => format!("{} ({n})", v.server),
+                None => v.server.clone(),
+            };
             println!(
-                "{:<20} {:<14} {:<10} {:<4} {:<27} {:>8} {:>10} {:<27} {:>6} {:>8}",
+                "{:<20} {:<14} {:<22} {:<4} {:<27} {:>8} {:>10} {:<27} {:>6} {:>8}",
                 cam,
                 ha,
-                v.server,
+                server,
                 rec,
                 v.last_segment_end.as_deref().unwrap_or("-"),
                 v.gaps_pending.segments,
@@ -183,8 +188,12 @@ pub fn locate(a: LocateArgs) -> CmdResult {
     if a.json {
         print_json(&l)?;
     } else {
+        let there = match &l.name_there {
+            Some(n) => format!(", as {n}"),
+            None => String::new(),
+        };
         println!(
-            "{} {} ({}; segment from {}; held by {})",
+            "{} {} ({}{there}; segment from {}; held by {})",
             l.server,
             l.addr,
             if l.primary { "primary" } else { "alternative" },

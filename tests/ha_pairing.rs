@@ -93,14 +93,19 @@ fn pair_matches_by_ip_reports_conflicts_and_writes_a_loadable_camera_section() {
         .iter()
         .map(|f| f["kind"].as_str().unwrap())
         .collect();
-    assert!(kinds.contains(&"ip-conflict"), "{kinds:?}"); // 10.0.0.4: cam-gate vs cam-gate-2
+    // 10.0.0.4 is cam-gate on rs01 and cam-gate-2 on rs02: one camera,
+    // named per server.
+    assert!(kinds.contains(&"named-per-server"), "{kinds:?}");
     assert!(kinds.contains(&"duplicate-ip"), "{kinds:?}"); // 10.0.0.9 twice on rs01
     assert_eq!(
         kinds.iter().filter(|k| **k == "mismatch").count(),
         2,
         "{kinds:?}"
     ); // roof, yard
-    assert!(stderr.contains("IP conflict: 10.0.0.4"), "{stderr}");
+    assert!(
+        stderr.contains("named per server: 10.0.0.4 is cam-gate on rs01, cam-gate-2 on rs02"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("mismatch: cam-yard (10.0.0.7) is on rs03 only"),
         "{stderr}"
@@ -114,7 +119,15 @@ fn pair_matches_by_ip_reports_conflicts_and_writes_a_loadable_camera_section() {
         .collect();
     assert_eq!(
         by_id.keys().collect::<Vec<_>>(),
-        ["cam-dock", "cam-lobby", "cam-roof", "cam-yard"]
+        ["cam-dock", "cam-gate", "cam-lobby", "cam-roof", "cam-yard"]
+    );
+    assert_eq!(
+        by_id["cam-gate"]["servers"],
+        serde_json::json!(["rs01", "rs02"])
+    );
+    assert_eq!(
+        by_id["cam-gate"]["names"],
+        serde_json::json!({"rs02": "cam-gate-2"})
     );
     assert_eq!(
         by_id["cam-lobby"]["servers"],
@@ -127,7 +140,10 @@ fn pair_matches_by_ip_reports_conflicts_and_writes_a_loadable_camera_section() {
     // The written section loads as config: `hafill status` on a config
     // holding it gets past loading (it then fails on the missing certificate).
     let cameras = std::fs::read_to_string(&out).unwrap();
-    assert!(cameras.contains("# - IP conflict: 10.0.0.4"), "{cameras}");
+    assert!(
+        cameras.contains("# - named per server: 10.0.0.4"),
+        "{cameras}"
+    );
     let cfg = config_with(d, "rs01", &cameras);
     let r = run(&["status", "--config", p(&cfg)]);
     let err = String::from_utf8_lossy(&r.stderr);

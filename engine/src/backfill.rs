@@ -13,14 +13,15 @@ use serde::Serialize;
 
 use crate::camera::CameraId;
 use crate::config::Config;
-use crate::identity::{self, Identity, IdentityError};
+use crate::identity::{self, IdentityError};
 use crate::io::{DiskWriter, IoBackend, IoChoice, IoSetupError};
 use crate::jobs::{Job, JobQueue};
 use crate::metrics::Metrics;
 use crate::placeholder;
 use crate::plan::{Plan, PlanOptions, Planner};
-use crate::segment::{Origin, SegmentMeta, SegmentState};
-use crate::store::{Store, StoreError};
+use crate::segment::{Origin, SegmentMeta};
+use crate::store::traits::{Matching, Recorder};
+use crate::store::StoreError;
 use crate::throttle::governor::{self, Rates, SharedThrottle};
 use crate::throttle::schedule::Limits;
 use crate::transfer::client::{self, FetchContext, FetchError};
@@ -112,6 +113,9 @@ pub struct Failure {
 pub struct PeerStatus {
     pub peer: String,
     pub connected: bool,
+    /// Whether the peer said what it holds (its coverage): only then was the
+    /// timeline checked against it.
+    pub asked: bool,
     pub error: Option<String>,
     pub segments_offered: usize,
 }
@@ -132,6 +136,24 @@ pub struct BackfillReport {
     pub peers: Vec<PeerStatus>,
 }
 
+impl BackfillReport {
+    /// The peers that could not be asked what they hold (down, refused,
+    /// or failed to answer), with why.
+    pub fn unasked(&self) -> Vec<(&str, &str)> {
+        self.peers
+            .iter()
+            .filter(|p| !p.asked)
+            .map(|p| (p.peer.as_str(), p.error.as_deref().unwrap_or("not asked")))
+            .collect()
+    }
+
+    /// Whether no peer at all could be asked: nothing was checked, so
+    /// nobody knows whether the timeline is whole.
+    pub fn nothing_checked(&self) -> bool {
+        self.peers.iter().all(|p| !p.asked)
+    }
+}
+
 /// Progress for a bar or a log line.
 #[derive(Debug, Clone, Copy)]
 pub struct Tick {
@@ -146,7 +168,7 @@ pub struct Tick {
 pub struct Session {
     config: Config,
     opts: BackfillOptions,
-    store: Arc<Store>,
+    recorder: Arc<dyn Recorder>,
     writer: DiskWriter,
     endpoints: Vec<quinn::Endpoint>,
     conns: HashMap<String, Vec<quinn::Connection>>,
@@ -211,7 +233,8 @@ impl Session {
         opts: &BackfillOptions,
     ) -> Result<Session, BackfillError> {
         let me = Arc::new(identity::load(&config.cert, &config.key)?);
-        let store = Arc::new(Store::open_writer(&config.store, true)?);
+        let recorder = crate::store::open_recorder(config, true)?;
+        tracing::debug!("recorder: {}", recorder.describe());
         let writer = DiskWriter::start(opts.io)?;
         tracing::info!(io = %writer.backend(), "writing with {}", writer.backend());
         for p in &opts.peers {
@@ -262,6 +285,7 @@ impl Session {
                     statuses.push(PeerStatus {
                         peer: p.name.clone(),
                         connected: false,
+                        asked: false,
                         error: Some(e.to_string()),
                         segments_offered: 0,
                     });
@@ -271,7 +295,7 @@ impl Session {
         Ok(Session {
             config: config.clone(),
             opts: opts.clone(),
-            store,
+            recorder,
             writer,
             endpoints,
             conns,
@@ -327,6 +351,7 @@ impl Session {
                     self.statuses.push(PeerStatus {
                         peer: name.clone(),
                         connected: true,
+                        asked: true,
                         error: None,
                         segments_offered: n,
                     });
@@ -337,6 +362,7 @@ impl Session {
                     self.statuses.push(PeerStatus {
                         peer: name.clone(),
                         connected: false,
+                        asked: false,
                         error: Some(e.to_string()),
                         segments_offered: 0,
                     });
@@ -347,13 +373,21 @@ impl Session {
         let t_coverage = t0.elapsed();
         // Plan, camera by camera, reading only the window of the index.
         let mut planner = Planner::new(plan_opts.clone());
+        let matching = self.recorder.matching();
+        let seam_us = match &self.config.recorder {
+            crate::config::RecorderConfig::Segments { seam_us, .. } => *seam_us,
+            _ => 0,
+        };
         for (camera, per_peer) in &holdings {
-            let local = self.store.segments(camera, from, to)?;
+            let local = self.recorder.segments(camera, from, to)?;
             let views: Vec<(&str, &[SegmentMeta])> = per_peer
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_slice()))
                 .collect();
-            planner.add_camera(camera, &local, &views);
+            match matching {
+                Matching::Identical => planner.add_camera(camera, &local, &views),
+                Matching::ByTime => planner.add_camera_by_time(camera, &local, &views, seam_us),
+            }
         }
         let plan = planner.finish();
         for c in &plan.conflicts {
@@ -368,12 +402,12 @@ impl Session {
         };
         let plan = Arc::new(plan);
         let placed = {
-            let store = self.store.clone();
+            let recorder = self.recorder.clone();
             let plan = plan.clone();
             tokio::task::spawn_blocking(move || {
                 let sources: Vec<(&SegmentMeta, &str)> =
                     plan.iter().map(|p| (&p.source, p.peer.as_str())).collect();
-                placeholder::create(&store, &sources, place)
+                recorder.reserve(&sources, place)
             })
             .await
             .map_err(|e| StoreError::Io {
@@ -444,11 +478,16 @@ impl Session {
             planned.insert(key);
             jobs.push(Job::new(m.clone(), sources));
         }
-        for m in placeholder::outstanding(&self.store, from, to)? {
+        for m in self.recorder.outstanding(from, to)? {
             if planned.contains(&(m.camera.clone(), m.start.0)) {
                 continue;
             }
-            if !self.opts.cameras.is_empty() && !self.opts.cameras.contains(&m.camera) {
+            if !self.opts.cameras.is_empty()
+                && !self
+                    .opts
+                    .cameras
+                    .contains(&self.config.id_of_local(&m.camera))
+            {
                 continue;
             }
             // Any connected peer holding exactly these bytes may serve it,
@@ -482,7 +521,7 @@ impl Session {
         })
     }
 
-    /// Keeps a peer's coverage (see [`peer_segments`]).
+    /// Keeps a peer's coverage (see [`crate::plan::peer_segments`]).
     fn take_coverage(
         &self,
         peer: &str,
@@ -490,8 +529,13 @@ impl Session {
         holdings: &mut BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
     ) -> usize {
         let mut n = 0;
-        for (c, segs) in peer_segments(&self.config, peer, entries) {
+        for (id, mut segs) in crate::plan::peer_segments(&self.config, peer, entries) {
             n += segs.len();
+            // From here on a camera goes by its name on this server.
+            let c = self.config.local_name(&id);
+            for s in &mut segs {
+                s.camera = c.clone();
+            }
             holdings
                 .entry(c)
                 .or_default()
@@ -526,15 +570,15 @@ impl Session {
         // Completed segments go to the index in batches, from one task.
         let (commit_tx, mut commit_rx) = tokio::sync::mpsc::channel::<SegmentMeta>(1024);
         let committer = {
-            let store = self.store.clone();
+            let recorder = self.recorder.clone();
             tokio::spawn(async move {
                 while let Some(first) = commit_rx.recv().await {
                     let mut batch = vec![first];
                     while let Ok(m) = commit_rx.try_recv() {
                         batch.push(m);
                     }
-                    let s = store.clone();
-                    match tokio::task::spawn_blocking(move || s.append_index(&batch)).await {
+                    let r = recorder.clone();
+                    match tokio::task::spawn_blocking(move || r.commit(&batch)).await {
                         Ok(Ok(())) => {}
                         // The files are complete and carry their record; a
                         // rebuild or the next run indexes them.
@@ -569,20 +613,29 @@ impl Session {
                 let conn = cs[w % cs.len()].clone();
                 let all = cs.clone();
                 let peer = peer.clone();
-                let (queue, ctx, store, stop) =
-                    (queue.clone(), ctx.clone(), self.store.clone(), stop.clone());
+                let (queue, ctx, recorder, stop) = (
+                    queue.clone(),
+                    ctx.clone(),
+                    self.recorder.clone(),
+                    stop.clone(),
+                );
+                let config = self.config.clone();
                 let (done_segments, done_bytes, commit_tx) =
                     (done_segments.clone(), done_bytes.clone(), commit_tx.clone());
                 let metrics = self.opts.metrics.clone();
                 workers.push(tokio::spawn(async move {
                     while let Some(job) = queue.next(&peer, &stop).await {
-                        let path = store.segment_path(&job.meta.camera, job.meta.start);
                         let meta = SegmentMeta {
                             origin: Origin::Peer(peer.clone()),
                             ..job.meta.clone()
                         };
+                        let wire = config.id_of_local(&job.meta.camera);
                         let leave_early = || queue.end_game_for(&job, &peer);
-                        match client::fetch_segment(&ctx, &conn, path, &meta, &leave_early).await {
+                        let fetched = match recorder.sink(&meta) {
+                            Ok(sink) => client::fetch_segment(&ctx, &conn, wire.as_str(), Arc::from(sink), &meta, &leave_early).await,
+                            Err(e) => Err(e.into()),
+                        };
+                        match fetched {
                             Ok(m) => {
                                 done_segments.fetch_add(1, Ordering::Relaxed);
                                 done_bytes.fetch_add(m.len, Ordering::Relaxed);
@@ -704,7 +757,7 @@ impl Session {
             ctx.rates.clone(),
             throttle,
             cli,
-            self.config.store.clone(),
+            self.recorder.data_dir().to_path_buf(),
             governor_stop.clone(),
         ));
         let fetched = self.fetch(&prepared, stop, ctx.clone(), on_tick).await;
@@ -744,51 +797,6 @@ impl Session {
     }
 }
 
-/// A peer's coverage as segments per camera, sorted by start. Camera ids
-/// from the wire are checked before they go near a path, and only cameras
-/// this server pairs with that peer are kept.
-pub fn peer_segments(
-    config: &Config,
-    peer: &str,
-    entries: Vec<hafill_protocol::CoverageEntry>,
-) -> BTreeMap<CameraId, Vec<SegmentMeta>> {
-    let mut by_cam: BTreeMap<CameraId, Vec<SegmentMeta>> = BTreeMap::new();
-    // Each camera's name is checked (valid, paired with this peer) once:
-    // coverage holds hundreds of thousands of entries for a few hundred
-    // cameras.
-    let mut kept: HashMap<&str, Option<CameraId>> = HashMap::new();
-    for e in &entries {
-        let camera = kept.entry(e.camera.as_str()).or_insert_with(|| {
-            let Ok(camera) = CameraId::new(e.camera.clone()) else {
-                tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
-                return None;
-            };
-            config.paired_with(&camera, peer).then_some(camera)
-        });
-        let Some(camera) = camera else { continue };
-        if e.duration_us > crate::store::MAX_SEGMENT_DURATION_US {
-            continue;
-        }
-        let segs = match by_cam.get_mut(camera) {
-            Some(v) => v,
-            None => by_cam.entry(camera.clone()).or_default(),
-        };
-        segs.push(SegmentMeta {
-            camera: camera.clone(),
-            start: Timestamp(e.start_us),
-            duration_us: e.duration_us,
-            len: e.len,
-            blake3: blake3::Hash::from_bytes(e.blake3),
-            state: SegmentState::Complete,
-            origin: Origin::Peer(peer.to_string()),
-        });
-    }
-    for segs in by_cam.values_mut() {
-        segs.sort_by_key(|s| s.start);
-    }
-    by_cam
-}
-
 /// The plan window of a backfill: the options' bounds within retention.
 pub fn plan_options(config: &Config, opts: &BackfillOptions) -> PlanOptions {
     PlanOptions {
@@ -811,171 +819,4 @@ pub async fn backfill(
     Ok(session
         .run(prepared, Arc::new(AtomicBool::new(false)), t0, on_tick)
         .await)
-}
-
-/// The daemon's own backfill: at start and then every `every`, plan against
-/// every peer and fetch what is missing, so a recorder started without the
-/// gate still gets a whole timeline and servers stay in equilibrium both
-/// ways. A round that finds the store locked (the gate or a manual
-/// `hafill backfill` is at work) or a peer down is logged and retried next
-/// round. Returns when `stop` is set.
-pub async fn scrub_loop(
-    config: Arc<Config>,
-    every: Duration,
-    throttle: SharedThrottle,
-    metrics: Option<Arc<Metrics>>,
-    stop: Arc<AtomicBool>,
-) {
-    let opts = BackfillOptions {
-        live_throttle: Some(throttle),
-        metrics,
-        ..BackfillOptions::default()
-    };
-    while !stop.load(Ordering::Relaxed) {
-        let t0 = Instant::now();
-        let round = async {
-            // Dialling a peer that is down takes its full timeout; a
-            // shutdown does not wait for it (nothing is written yet).
-            let mut session = tokio::select! {
-                s = Session::connect(&config, &opts) => s?,
-                _ = stopped(&stop) => return Ok(None),
-            };
-            let prepared = session.prepare(&plan_options(&config, &opts), t0).await?;
-            if prepared.jobs() == 0 {
-                session.close().await;
-                return Ok(None);
-            }
-            Ok::<_, BackfillError>(Some(session.run(prepared, stop.clone(), t0, |_| {}).await))
-        };
-        match round.await {
-            Ok(Some(r)) => tracing::info!(
-                segments = r.segments,
-                bytes = r.bytes,
-                failed = r.failed.len(),
-                seconds = format!("{:.1}", r.seconds),
-                "scrub: backfilled"
-            ),
-            Ok(None) => tracing::debug!("scrub: nothing missing"),
-            Err(BackfillError::Store(StoreError::Locked(_))) => {
-                tracing::info!(
-                    "scrub: the store is busy with another backfill; next round in {every:?}"
-                )
-            }
-            Err(e) => tracing::warn!("scrub: {e}; next round in {every:?}"),
-        }
-        sleep_unless_stopped(every, &stop).await;
-    }
-}
-
-/// Sleeps for `every`, or until `stop` is set (looked at five times a
-/// second): the pause between the daemon's periodic rounds.
-pub(crate) async fn sleep_unless_stopped(every: Duration, stop: &AtomicBool) {
-    tokio::select! {
-        _ = tokio::time::sleep(every) => {}
-        _ = stopped(stop) => {}
-    }
-}
-
-/// Resolves once `stop` is set (looked at five times a second).
-pub(crate) async fn stopped(stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// How the daemon runs besides serving.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    /// Backfill by itself this often ([`scrub_loop`]); None: only serve.
-    pub scrub_every: Option<Duration>,
-    /// How often the HTTP side's status (and alert gauges) is taken.
-    pub status_every: Duration,
-}
-
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions {
-            scrub_every: None,
-            status_every: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Runs the server side until `shutdown` resolves; with `scrub_every`, the
-/// daemon also backfills by itself ([`scrub_loop`]); with `[server]
-/// status`, it answers `/metrics` and `/status` over HTTP.
-pub async fn serve(
-    config: Arc<Config>,
-    opts: ServeOptions,
-    throttle: SharedThrottle,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), BackfillError> {
-    let me: Identity = identity::load(&config.cert, &config.key)?;
-    if !config.store.join(crate::store::layout::MARKER).exists() {
-        // A new server: an empty store to serve from and fill.
-        drop(Store::open_writer(&config.store, true)?);
-    }
-    let store = Store::open(&config.store)?;
-    let (endpoint, peers) = crate::transfer::server_endpoint(&config, &me)?;
-    tracing::info!(name = %config.name, listen = %config.listen, id = %me.id, congestion = %config.congestion, "serving");
-    let state = Arc::new(crate::transfer::server::ServerState::new(
-        config.clone(),
-        store,
-        peers,
-    ));
-    let ep = endpoint.clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let metrics = Arc::new(Metrics::new());
-    let meter = tokio::spawn(metrics.clone().meter_rate());
-    let caps = tokio::spawn(metrics.clone().meter_caps(throttle.clone()));
-    let board = Arc::new(crate::http::Board::new(metrics.clone()));
-    // Metrics are for operators; a port already taken must not stop backfill.
-    let listener = config
-        .status
-        .and_then(|addr| match crate::http::listen(addr, board.clone()) {
-            Ok(l) => {
-                tracing::info!(addr = %l.addr, "metrics and status on http://{}/", l.addr);
-                Some(l)
-            }
-            Err(e) => {
-                tracing::error!("{e}; serving without /metrics and /status");
-                None
-            }
-        });
-    let status = listener.as_ref().map(|_| {
-        tokio::spawn(crate::http::status_loop(
-            config.clone(),
-            board.clone(),
-            opts.status_every,
-            stop.clone(),
-        ))
-    });
-    let scrub = opts.scrub_every.map(|every| {
-        tokio::spawn(scrub_loop(
-            config.clone(),
-            every,
-            throttle,
-            Some(metrics.clone()),
-            stop.clone(),
-        ))
-    });
-    tokio::select! {
-        _ = crate::transfer::server::run(endpoint, state) => {}
-        _ = shutdown => {
-            ep.close(0u32.into(), b"shutting down");
-        }
-    }
-    // A safe point for the scrub: segments in flight finish and checkpoint.
-    stop.store(true, Ordering::Relaxed);
-    if let Some(s) = scrub {
-        let _ = s.await;
-    }
-    if let Some(s) = status {
-        let _ = s.await;
-    }
-    meter.abort();
-    caps.abort();
-    drop(listener);
-    ep.wait_idle().await;
-    Ok(())
 }

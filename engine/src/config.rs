@@ -2,6 +2,7 @@
 //! the TOML parser can, the line; relative paths resolve against the
 //! config file's folder.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -10,8 +11,8 @@ use serde::Deserialize;
 
 use crate::camera::CameraId;
 use crate::identity::valid_id;
+use crate::store::pattern::SegmentPattern;
 use crate::throttle::schedule::{self, Limits, Schedule, Window};
-use crate::transfer::Congestion;
 use crate::units;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,22 @@ struct File {
     camera: Vec<CameraSection>,
     #[serde(default)]
     throttle: ThrottleSection,
+    recorder: Option<RecorderSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecorderSection {
+    #[serde(default = "default_kind")]
+    kind: String,
+    path: Option<PathBuf>,
+    pattern: Option<String>,
+    seam: Option<String>,
+    settle: Option<String>,
+}
+
+fn default_kind() -> String {
+    "native".into()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,7 +82,8 @@ struct WindowSection {
 struct ServerSection {
     name: String,
     listen: SocketAddr,
-    store: PathBuf,
+    store: Option<PathBuf>,
+    state: Option<PathBuf>,
     key: PathBuf,
     cert: PathBuf,
     #[serde(default = "default_retention")]
@@ -110,6 +128,32 @@ struct CameraSection {
     ha: HaMode,
     name: Option<String>,
     ip: Option<IpAddr>,
+    #[serde(default)]
+    names: BTreeMap<String, String>,
+}
+
+/// The congestion controller of the sending side (the serving peer sends
+/// the bulk of the bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Less than best effort: yields to live streams ([`crate::transfer::ledbat`]).
+    #[default]
+    Ledbat,
+    /// quinn's CUBIC: competes as TCP does.
+    Cubic,
+    /// quinn's BBR (experimental in quinn).
+    Bbr,
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Congestion::Ledbat => "ledbat",
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+        })
+    }
 }
 
 /// How a camera's recording is shared among its servers.
@@ -157,7 +201,12 @@ pub struct Config {
     pub path: PathBuf,
     pub name: String,
     pub listen: SocketAddr,
+    /// The native store's folder; with another recorder, the recorder's
+    /// folder (whose device the disk throttle watches).
     pub store: PathBuf,
+    /// hafill's own state beside the recorder (`[server] state`).
+    pub state: PathBuf,
+    pub recorder: RecorderConfig,
     pub key: PathBuf,
     pub cert: PathBuf,
     pub retention_us: u64,
@@ -190,6 +239,29 @@ impl Default for Throttle {
     }
 }
 
+/// Which recorder's files hafill works beside (`[recorder]`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecorderConfig {
+    /// hafill's own store at `[server] store`.
+    Native,
+    /// A folder of segment files named by `pattern`.
+    Segments {
+        path: PathBuf,
+        pattern: SegmentPattern,
+        /// Holes in the local recording shorter than this are seams, not
+        /// gaps.
+        seam_us: u64,
+        /// A camera's newest file is offered only once it has not changed
+        /// for this long (before, the recorder may still be writing it).
+        settle_us: u64,
+    },
+}
+
+/// Default of `[recorder] seam`.
+pub const DEFAULT_SEAM: &str = "2s";
+/// Default of `[recorder] settle`.
+pub const DEFAULT_SETTLE: &str = "30s";
+
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub name: String,
@@ -207,6 +279,8 @@ pub struct CameraRule {
     pub ha: HaMode,
     pub name: Option<String>,
     pub ip: Option<IpAddr>,
+    /// The camera's name on each server where it is not `pattern`.
+    pub names: BTreeMap<String, CameraId>,
 }
 
 /// A server name: 1 to 64 ASCII letters, digits, `-`, `_` or `.`, not
@@ -303,6 +377,24 @@ impl Config {
                 }
                 seen.push(srv);
             }
+            let mut local_names = BTreeMap::new();
+            for (srv, local) in &c.names {
+                if !names.contains(srv) {
+                    return Err(invalid(format!(
+                        "[[camera]] {}: names: server {srv:?} is neither [server] nor a [[peer]]",
+                        c.id
+                    )));
+                }
+                if c.id.contains(['*', '?', '[', '{']) {
+                    return Err(invalid(format!(
+                        "[[camera]] {}: names apply to one camera; give its exact id instead of a pattern",
+                        c.id
+                    )));
+                }
+                let local = CameraId::new(local.clone())
+                    .map_err(|e| invalid(format!("[[camera]] {}: names.{srv}: {e}", c.id)))?;
+                local_names.insert(srv.clone(), local);
+            }
             cameras.push(CameraRule {
                 pattern: c.id,
                 matcher: glob.compile_matcher(),
@@ -310,6 +402,7 @@ impl Config {
                 ha: c.ha,
                 name: c.name,
                 ip: c.ip,
+                names: local_names,
             });
         }
         let throttle =
@@ -322,11 +415,38 @@ impl Config {
                 ))
             })?),
         };
+        let state = s.state.as_deref().map(resolve);
+        let (recorder, store) = match file.recorder {
+            None => (RecorderConfig::Native, None),
+            Some(r) => {
+                parse_recorder(r, &resolve).map_err(|m| invalid(format!("[recorder] {m}")))?
+            }
+        };
+        let store = match (store, &s.store) {
+            (Some(dir), _) => dir,
+            (None, Some(st)) => resolve(st),
+            (None, None) => {
+                return Err(invalid(
+                    "[server] store is missing: the native store's folder (or give a [recorder] section with kind and path)".into(),
+                ))
+            }
+        };
+        let state = match (&recorder, state) {
+            (_, Some(st)) => st,
+            (RecorderConfig::Native, None) => store.join("hafill-state"),
+            (_, None) => {
+                return Err(invalid(
+                    "[server] state is missing: the folder for hafill's own state beside the recorder (hashes, reservations, partial fetches), on the recorder's filesystem".into(),
+                ))
+            }
+        };
         Ok(Config {
             path: path.to_path_buf(),
             name: s.name,
             listen: s.listen,
-            store: resolve(&s.store),
+            store,
+            state,
+            recorder,
             key: resolve(&s.key),
             cert: resolve(&s.cert),
             retention_us,
@@ -363,10 +483,74 @@ impl Config {
             .collect()
     }
 
+    /// The name `server` gives the camera whose id is `id`.
+    pub fn name_on(&self, id: &CameraId, server: &str) -> CameraId {
+        self.rule_of(id)
+            .and_then(|r| r.names.get(server))
+            .cloned()
+            .unwrap_or_else(|| id.clone())
+    }
+
+    /// This server's own name for the camera whose id is `id`.
+    pub fn local_name(&self, id: &CameraId) -> CameraId {
+        self.name_on(id, &self.name)
+    }
+
+    /// The id of the camera this server calls `local`.
+    pub fn id_of_local(&self, local: &CameraId) -> CameraId {
+        self.cameras
+            .iter()
+            .find(|r| r.names.get(&self.name) == Some(local))
+            .and_then(|r| CameraId::new(r.pattern.clone()).ok())
+            .unwrap_or_else(|| local.clone())
+    }
+
     /// Whether `camera` is paired between this server and `peer`.
     pub fn paired_with(&self, camera: &CameraId, peer: &str) -> bool {
         self.servers_of(camera)
             .is_some_and(|s| s.contains(&self.name) && s.iter().any(|x| x == peer))
+    }
+}
+
+fn parse_recorder(
+    r: RecorderSection,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<(RecorderConfig, Option<PathBuf>), String> {
+    match r.kind.as_str() {
+        "native" => {
+            if r.pattern.is_some() {
+                return Err("pattern: only for kind = \"segments\"".into());
+            }
+            Ok((RecorderConfig::Native, r.path.as_deref().map(resolve)))
+        }
+        "segments" => {
+            let path = resolve(
+                r.path
+                    .as_deref()
+                    .ok_or("path is missing: the recorder's folder")?,
+            );
+            let text = r.pattern.as_deref().ok_or(
+                "pattern is missing: how the recorder names its files, e.g. \"{camera}/%Y%m%d-%H%M%S.ts\"",
+            )?;
+            let pattern = SegmentPattern::parse(text).map_err(|e| format!("pattern: {e}"))?;
+            let dur = |key: &str, v: Option<&str>, default: &str| {
+                units::parse_duration_micros(v.unwrap_or(default)).map_err(|e| format!("{key}: {e}"))
+            };
+            let seam_us = dur("seam", r.seam.as_deref(), DEFAULT_SEAM)?;
+            let settle_us = dur("settle", r.settle.as_deref(), DEFAULT_SETTLE)?;
+            Ok((
+                RecorderConfig::Segments {
+                    path: path.clone(),
+                    pattern,
+                    seam_us,
+                    settle_us,
+                },
+                Some(path),
+            ))
+        }
+        other => Err(format!(
+            "kind {other:?}: expected \"native\" (hafill's own store) or \"segments\" (a folder of files named by a pattern: ffmpeg, MediaMTX)"
+        )),
     }
 }
 
@@ -489,5 +673,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("foo"), "{e}");
+    }
+
+    fn segments_cfg(recorder: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[server]\nname = \"rs02\"\nlisten = \"127.0.0.1:7402\"\nstate = \"state\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\n\n\
+             [[peer]]\nname = \"rs01\"\naddr = \"127.0.0.1:7401\"\nid = \"{ID}\"\n\n[recorder]\n{recorder}\n\n\
+             [[camera]]\nid = \"c-lobby\"\nservers = [\"rs01\", \"rs02\"]\nnames = {{ rs02 = \"lobby-2\" }}\n"
+        );
+        Config::parse(&text, Path::new("/etc/hafill/rs02.toml"))
+    }
+
+    #[test]
+    fn a_segments_recorder_and_names_per_server() {
+        let c = segments_cfg(
+            "kind = \"segments\"\npath = \"/srv/rec\"\npattern = \"{camera}/%Y%m%d-%H%M%S.ts\"",
+        )
+        .unwrap();
+        assert_eq!(c.state, Path::new("/etc/hafill/state"));
+        assert_eq!(c.store, Path::new("/srv/rec"));
+        let RecorderConfig::Segments { seam_us, .. } = &c.recorder else {
+            panic!("{:?}", c.recorder)
+        };
+        assert_eq!(*seam_us, 2_000_000);
+        let id = CameraId::new("c-lobby").unwrap();
+        let local = CameraId::new("lobby-2").unwrap();
+        assert_eq!(c.local_name(&id), local);
+        assert_eq!(c.name_on(&id, "rs01"), id);
+        assert_eq!(c.id_of_local(&local), id);
+        assert!(c.paired_with(&id, "rs01"));
+    }
+
+    #[test]
+    fn a_bad_recorder_section_names_the_key() {
+        for (rec, key) in [
+            ("kind = \"segments\"\npath = \"/srv\"\npattern = \"%Y%m%d-%H%M%S.ts\"", "{camera}"),
+            ("kind = \"segments\"\npath = \"/srv\"\npattern = \"{camera}/%Y.ts\"", "%m, %d, %H, %M, %S"),
+            ("kind = \"segments\"\npattern = \"{camera}/%Y%m%d-%H%M%S.ts\"", "path is missing"),
+            ("kind = \"milestone\"", "kind \"milestone\""),
+            ("kind = \"segments\"\npath = \"/srv\"\npattern = \"{camera}/%Y%m%d-%H%M%S.ts\"\nseam = \"soon\"", "seam"),
+        ] {
+            let e = segments_cfg(rec).unwrap_err().to_string();
+            assert!(e.contains("rs02.toml") && e.contains("[recorder]") && e.contains(key), "{e}");
+        }
     }
 }

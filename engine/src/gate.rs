@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crate::backfill::{BackfillError, BackfillOptions, BackfillReport, Placement, Session, Tick};
 use crate::config::Config;
 use crate::plan::PlanOptions;
-use crate::store::{Store, StoreError};
+use crate::store::traits::Recorder;
+use crate::store::StoreError;
 use crate::units::Timestamp;
 
 /// Where the window of a boot starts: where local recording stopped (the
@@ -18,7 +19,7 @@ use crate::units::Timestamp;
 /// than `lookback`; `now - lookback` for an empty store. Reads only the last
 /// day of each camera's index.
 pub fn window_start(
-    store: &Store,
+    store: &dyn Recorder,
     now: Timestamp,
     lookback_us: u64,
 ) -> Result<Timestamp, StoreError> {
@@ -51,11 +52,8 @@ pub async fn prepare(
     let started = Instant::now();
     let now = Timestamp::now();
     let from = {
-        let store = Store::open(&config.store).or_else(|_| {
-            drop(Store::open_writer(&config.store, true)?);
-            Store::open(&config.store)
-        })?;
-        window_start(&store, now, lookback_us)?
+        let recorder = crate::store::open_recorder(config, false)?;
+        window_start(&*recorder, now, lookback_us)?
     };
     let window = PlanOptions {
         now,

@@ -19,7 +19,7 @@ use crate::config::{Config, HaMode};
 use crate::identity::{self, IdentityError};
 use crate::interval::IntervalSet;
 use crate::segment::{Origin, SegmentMeta, SegmentState};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::transfer::{client, client_endpoint, TransferError};
 use crate::units::Timestamp;
 
@@ -109,6 +109,10 @@ pub struct Gaps {
 #[derive(Debug, Clone, Serialize)]
 pub struct CameraOnServer {
     pub server: String,
+    /// What that server calls the camera, where it is not the camera's id
+    /// (`[[camera]] names`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_there: Option<CameraId>,
     pub reachable: bool,
     /// Unknown (null) when the server could not be asked.
     pub recording: Option<bool>,
@@ -321,6 +325,7 @@ pub fn assess(
             per_server.push((
                 CameraOnServer {
                     server: s.clone(),
+                    name_there: Some(config.name_on(&camera, s)).filter(|n| *n != camera),
                     reachable,
                     recording,
                     last_segment_end: last.map(|l| Timestamp(l.end).to_string()),
@@ -480,14 +485,18 @@ pub fn local_view(
         cameras: BTreeMap::new(),
     };
     let mut work = LocalWork::default();
-    if !config.store.join(crate::store::layout::MARKER).exists() {
+    if config.recorder == crate::config::RecorderConfig::Native
+        && !config.store.join(crate::store::layout::MARKER).exists()
+    {
         // A new server that has not recorded yet.
         return Ok((view, work));
     }
-    let store = Store::open(&config.store)?;
-    for camera in store.cameras()? {
+    let recorder = crate::store::open_recorder(config, false)?;
+    for local in recorder.cameras()? {
+        // Health speaks of cameras by id, as the peers' coverage does.
+        let camera = config.id_of_local(&local);
         let mut slots = Vec::new();
-        for m in store.segments(&camera, window.0, window.1)? {
+        for m in recorder.segments(&local, window.0, window.1)? {
             if m.state == SegmentState::Complete {
                 slots.push(Slot::from(&m));
                 if matches!(m.origin, Origin::Peer(_)) {
@@ -553,7 +562,7 @@ pub async fn peer_views(
             };
             match got.await {
                 Ok(entries) => {
-                    let cameras = crate::backfill::peer_segments(config, &p.name, entries)
+                    let cameras = crate::plan::peer_segments(config, &p.name, entries)
                         .into_iter()
                         .map(|(c, segs)| (c, segs.iter().map(Slot::from).collect()))
                         .collect();
@@ -605,6 +614,9 @@ pub struct Location {
     pub at: String,
     /// The server to view it from.
     pub server: String,
+    /// What that server calls the camera, where it is not the camera's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_there: Option<CameraId>,
     pub addr: SocketAddr,
     /// Whether that is the camera's first (primary) server.
     pub primary: bool,
@@ -689,6 +701,7 @@ pub async fn locate(
             camera: camera.clone(),
             at: at.to_string(),
             primary: server == rule.servers[0],
+            name_there: Some(config.name_on(camera, &server)).filter(|n| n != camera),
             server,
             addr,
             segment_start: start.map(|t| Timestamp(t).to_string()).unwrap_or_default(),

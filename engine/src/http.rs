@@ -155,7 +155,7 @@ pub async fn status_loop(
     while !stop.load(Ordering::Relaxed) {
         let taken = tokio::select! {
             s = health::status(&config, None, Duration::from_secs(10)) => s,
-            _ = crate::backfill::stopped(&stop) => return,
+            _ = crate::daemon::stopped(&stop) => return,
         };
         match taken {
             Ok(s) => {
@@ -167,6 +167,6 @@ pub async fn status_loop(
             }
             Err(e) => tracing::warn!("status: {e}; next in {every:?}"),
         }
-        crate::backfill::sleep_unless_stopped(every, &stop).await;
+        crate::daemon::sleep_unless_stopped(every, &stop).await;
     }
 }

@@ -1,9 +1,10 @@
 //! hafill engine: everything between the command line and the disk or the wire.
 //!
-//! Data flows one way through the modules: `store` (what we hold) and the
-//! peers' coverage feed `plan` (what is missing), whose segments later feed the
-//! transfer. `sim` writes synthetic recordings through the same `store` API a
-//! real recorder adapter would use.
+//! Data flows one way through the modules: the recorder adapter
+//! (`store::traits::Recorder`: what we hold) and the peers' coverage feed
+//! `plan` (what is missing), whose segments the transfer fetches into the
+//! adapter's sinks. `state` is hafill's own state beside a recorder. `sim`
+//! writes synthetic recordings into the native store.
 
 // Nothing from outside the process may panic us: errors are typed instead.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -11,6 +12,7 @@
 pub mod backfill;
 pub mod camera;
 pub mod config;
+pub mod daemon;
 pub mod gate;
 pub mod health;
 pub mod http;
@@ -24,6 +26,7 @@ pub mod placeholder;
 pub mod plan;
 pub mod segment;
 pub mod sim;
+pub mod state;
 pub mod store;
 pub mod throttle;
 pub mod transfer;

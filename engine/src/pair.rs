@@ -6,9 +6,10 @@
 //! An inventory is CSV (a header row naming the columns `id`, `ip`, and
 //! optionally `name` and `ha`) or JSON (an array of objects with those
 //! fields, or an object whose `cameras` field is one). The IP address is
-//! what identifies a camera across servers; the id is what the stores and
-//! the wire call it, so a group pairs only when every server uses the same
-//! id for that address.
+//! what identifies a camera across servers: each server names its cameras
+//! itself, so one address under different ids is one camera. Its `id` (what
+//! the wire calls it) is the primary's (the first inventory's) name, and
+//! `names` gives each other server's own name for it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -233,6 +234,9 @@ pub struct Paired {
     pub ip: IpAddr,
     pub servers: Vec<String>,
     pub ha: HaMode,
+    /// The camera's name on each server that calls it other than `id`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub names: BTreeMap<String, CameraId>,
 }
 
 /// Something an operator should look at; the TOML says it too.
@@ -245,9 +249,11 @@ pub enum Finding {
         ip: IpAddr,
         server: String,
     },
-    /// One IP address under different ids: left out (the stores could not
-    /// match its recordings).
-    IpConflict {
+    /// One IP address under different ids: one camera that the servers
+    /// name differently, paired with `names` (not a problem; said so that
+    /// a typo in an inventory shows).
+    NamedPerServer {
+        camera: CameraId,
         ip: IpAddr,
         ids: Vec<(String, CameraId)>,
     },
@@ -284,9 +290,9 @@ impl std::fmt::Display for Finding {
             Finding::Mismatch { camera, ip, server } => {
                 write!(f, "mismatch: {camera} ({ip}) is on {server} only")
             }
-            Finding::IpConflict { ip, ids } => write!(
+            Finding::NamedPerServer { camera, ip, ids } => write!(
                 f,
-                "IP conflict: {ip} is {}; left out, give it one id everywhere",
+                "named per server: {ip} is {}; paired as {camera} with names",
                 pairs(ids)
             ),
             Finding::IdConflict { camera, ips } => write!(
@@ -380,19 +386,20 @@ pub fn pair(inventories: &[Inventory]) -> Result<Pairing, PairError> {
             by_ip.entry(ip).or_default().push((&inv.server, es[0]));
         }
     }
-    // Groups; an id claimed by two groups pairs neither.
+    // Groups, one per address, named by the first server's id; an id
+    // claimed by two groups pairs neither.
     let mut groups = Vec::new();
     for (ip, members) in by_ip {
         let first = &members[0].1.id;
         if members.iter().any(|(_, e)| &e.id != first) {
-            out.findings.push(Finding::IpConflict {
+            out.findings.push(Finding::NamedPerServer {
+                camera: first.clone(),
                 ip,
                 ids: members
                     .iter()
                     .map(|(s, e)| (s.to_string(), e.id.clone()))
                     .collect(),
             });
-            continue;
         }
         groups.push((ip, members));
     }
@@ -440,6 +447,11 @@ pub fn pair(inventories: &[Inventory]) -> Result<Pairing, PairError> {
             ip: *ip,
             servers: members.iter().map(|(s, _)| s.to_string()).collect(),
             ha,
+            names: members
+                .iter()
+                .filter(|(_, e)| &e.id != *id)
+                .map(|(s, e)| (s.to_string(), e.id.clone()))
+                .collect(),
         });
     }
     Ok(out)
@@ -536,7 +548,14 @@ mod tests {
         ])
         .unwrap();
         let ids: Vec<&str> = p.cameras.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, ["cam-1", "cam-2"]);
+        assert_eq!(ids, ["cam-1", "cam-2", "cam-3"]);
+        // 10.0.0.3 is cam-3 on rs01 and cam-9 on rs02: one camera.
+        assert_eq!(p.cameras[2].servers, ["rs01", "rs02"]);
+        assert_eq!(
+            p.cameras[2].names.get("rs02").map(CameraId::as_str),
+            Some("cam-9")
+        );
+        assert!(p.cameras[0].names.is_empty());
         assert_eq!(p.cameras[0].servers, ["rs01", "rs02"]);
         assert_eq!(p.cameras[0].ha, HaMode::ActiveActive);
         assert_eq!(p.cameras[1].ha, HaMode::ActivePassive);
@@ -553,7 +572,7 @@ mod tests {
         // cam-5 and cam-6 share an IP on rs01; 10.0.0.3 is cam-3 and cam-9;
         // cam-4 moved address.
         assert!(kinds.contains(&"duplicate-ip".into()), "{kinds:?}");
-        assert!(kinds.contains(&"ip-conflict".into()), "{kinds:?}");
+        assert!(kinds.contains(&"named-per-server".into()), "{kinds:?}");
         assert!(kinds.contains(&"id-conflict".into()), "{kinds:?}");
         assert!(!kinds.contains(&"ha-conflict".into()), "{kinds:?}");
     }

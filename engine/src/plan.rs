@@ -5,14 +5,24 @@
 //! over the network) and returns a plan. Where two peers hold the same
 //! segment (same camera, start, length and BLAKE3) one is chosen, spreading
 //! bytes across peers, and the others are kept as fallbacks.
+//!
+//! Two ways to find a gap, after the recorder ([`crate::store::traits::Matching`]):
+//! - **identical** (the native store): two servers cut the same segments
+//!   and hold the same bytes; a gap is a peer's segment we lack.
+//! - **by time** (real recorders): each cuts its own segments and their
+//!   bytes differ. A gap is time a peer recorded and we did not, less the
+//!   seams shorter than a tolerance; it is filled with the fewest peer
+//!   segments that cover it ([`Planner::add_camera_by_time`]), each fetched
+//!   whole and installed at its own start.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use crate::camera::CameraId;
+use crate::config::Config;
 use crate::interval::IntervalSet;
-use crate::segment::{SegmentMeta, SegmentState};
+use crate::segment::{Origin, SegmentMeta, SegmentState};
 use crate::store::{Store, StoreError};
 use crate::units::Timestamp;
 
@@ -172,6 +182,86 @@ impl Planner {
         }
     }
 
+    /// Plans one camera by time: `local` is what we hold (any state), each
+    /// peer's segments are cut where that peer cut them. Holes in our time
+    /// shorter than `seam_us` are not gaps. Each gap is covered greedily:
+    /// from its start, the peer segment that reaches furthest, and so on.
+    /// A peer segment starting where we hold a segment is never planned
+    /// (its name would be taken).
+    pub fn add_camera_by_time(
+        &mut self,
+        camera: &CameraId,
+        local: &[SegmentMeta],
+        peers: &[(&str, &[SegmentMeta])],
+        seam_us: u64,
+    ) {
+        let (from, to) = self.opts.window();
+        let held = IntervalSet::from_intervals(local.iter().map(SegmentMeta::interval));
+        let taken: std::collections::HashSet<i64> = local.iter().map(|s| s.start.0).collect();
+        let mut candidates: Vec<(&SegmentMeta, &str)> = peers
+            .iter()
+            .flat_map(|(p, segs)| segs.iter().map(move |s| (s, *p)))
+            .filter(|(s, _)| {
+                s.state == SegmentState::Complete
+                    && s.start >= from
+                    && s.start < to
+                    && s.duration_us > 0
+                    && !taken.contains(&s.start.0)
+            })
+            .collect();
+        candidates.sort_by_key(|(s, _)| (s.start, std::cmp::Reverse(s.end())));
+        let recorded = IntervalSet::from_intervals(candidates.iter().map(|(s, _)| s.interval()));
+        let gaps: Vec<(i64, i64)> = recorded
+            .difference(&held)
+            .runs()
+            .filter(|r| (r.end - r.start) as u64 >= seam_us.max(1))
+            .map(|r| (r.start, r.end))
+            .collect();
+        let mut keep: Vec<Candidate> = Vec::new();
+        for (a, b) in gaps {
+            let mut point = a;
+            while b - point >= seam_us.max(1) as i64 {
+                // The segment that covers `point` and reaches furthest; if
+                // none does, the next one to start.
+                let best = candidates
+                    .iter()
+                    .filter(|(s, _)| s.start.0 <= point && s.end().0 > point)
+                    .max_by_key(|(s, _)| s.end())
+                    .or_else(|| {
+                        candidates
+                            .iter()
+                            .find(|(s, _)| s.start.0 > point && s.start.0 < b)
+                    });
+                let Some((s, peer)) = best else { break };
+                if keep.last().is_some_and(|(k, _)| k.start == s.start) {
+                    break;
+                }
+                let holders: Vec<String> = candidates
+                    .iter()
+                    .filter(|(o, p)| o.start == s.start && (p == peer || same_bytes(o, s)))
+                    .map(|(_, p)| p.to_string())
+                    .fold(Vec::new(), |mut v, p| {
+                        if !v.contains(&p) {
+                            v.push(p);
+                        }
+                        v
+                    });
+                // The chosen peer first.
+                let mut holders = holders;
+                if let Some(i) = holders.iter().position(|p| p == peer) {
+                    holders.swap(0, i);
+                }
+                point = s.end().0;
+                keep.push(((*s).clone(), holders));
+            }
+        }
+        keep.sort_by_key(|(m, _)| m.start);
+        keep.dedup_by_key(|(m, _)| m.start);
+        if !keep.is_empty() {
+            self.chosen.push((camera.clone(), keep));
+        }
+    }
+
     /// Assigns sources and groups the segments into gaps, newest first.
     pub fn finish(self) -> Plan {
         let Planner {
@@ -293,8 +383,13 @@ pub fn plan_stores(
     Ok(planner.finish())
 }
 
+/// Whether two segments are known to hold the same bytes: a hash not yet
+/// known proves nothing.
 fn same_bytes(a: &SegmentMeta, b: &SegmentMeta) -> bool {
-    a.len == b.len && a.blake3 == b.blake3 && a.duration_us == b.duration_us
+    a.len == b.len
+        && a.blake3 == b.blake3
+        && a.blake3 != crate::store::traits::UNKNOWN_HASH
+        && a.duration_us == b.duration_us
 }
 
 #[derive(Serialize)]
@@ -351,6 +446,51 @@ impl Plan {
         };
         serde_json::to_value(j).unwrap_or_default()
     }
+}
+
+/// A peer's coverage as segments per camera, sorted by start. Camera ids
+/// from the wire are checked before they go near a path, and only cameras
+/// this server pairs with that peer are kept.
+pub fn peer_segments(
+    config: &Config,
+    peer: &str,
+    entries: Vec<hafill_protocol::CoverageEntry>,
+) -> BTreeMap<CameraId, Vec<SegmentMeta>> {
+    let mut by_cam: BTreeMap<CameraId, Vec<SegmentMeta>> = BTreeMap::new();
+    // Each camera's name is checked (valid, paired with this peer) once:
+    // coverage holds hundreds of thousands of entries for a few hundred
+    // cameras.
+    let mut kept: HashMap<&str, Option<CameraId>> = HashMap::new();
+    for e in &entries {
+        let camera = kept.entry(e.camera.as_str()).or_insert_with(|| {
+            let Ok(camera) = CameraId::new(e.camera.clone()) else {
+                tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
+                return None;
+            };
+            config.paired_with(&camera, peer).then_some(camera)
+        });
+        let Some(camera) = camera else { continue };
+        if e.duration_us > crate::store::MAX_SEGMENT_DURATION_US {
+            continue;
+        }
+        let segs = match by_cam.get_mut(camera) {
+            Some(v) => v,
+            None => by_cam.entry(camera.clone()).or_default(),
+        };
+        segs.push(SegmentMeta {
+            camera: camera.clone(),
+            start: Timestamp(e.start_us),
+            duration_us: e.duration_us,
+            len: e.len,
+            blake3: blake3::Hash::from_bytes(e.blake3),
+            state: SegmentState::Complete,
+            origin: Origin::Peer(peer.to_string()),
+        });
+    }
+    for segs in by_cam.values_mut() {
+        segs.sort_by_key(|s| s.start);
+    }
+    by_cam
 }
 
 #[cfg(test)]
@@ -495,5 +635,137 @@ mod tests {
         let p = plan(&holdings(local), &[("p1".into(), holdings(peer))], &opts());
         let froms: Vec<_> = p.gaps.iter().map(|g| g.from.0 / MIN).collect();
         assert_eq!(froms, vec![6, 2]);
+    }
+
+    const SEC: i64 = 1_000_000;
+
+    /// A recorder's own segment of `cam`: from `a` to `b` seconds, its bytes
+    /// not hashed yet.
+    fn cut(cam: &str, a: i64, b: i64) -> SegmentMeta {
+        SegmentMeta {
+            camera: CameraId::new(cam).unwrap(),
+            start: Timestamp(a * SEC),
+            duration_us: ((b - a) * SEC) as u64,
+            len: (b - a) as u64 * 1000,
+            blake3: crate::store::traits::UNKNOWN_HASH,
+            state: SegmentState::Complete,
+            origin: Origin::Local,
+        }
+    }
+
+    fn by_time(
+        local: &[SegmentMeta],
+        peers: &[(&str, Vec<SegmentMeta>)],
+        seam_s: i64,
+    ) -> Vec<(i64, String)> {
+        let mut p = Planner::new(PlanOptions {
+            now: Timestamp(100_000 * SEC),
+            retention_us: 100_000 * SEC as u64,
+            from: None,
+            to: None,
+        });
+        let views: Vec<(&str, &[SegmentMeta])> =
+            peers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        p.add_camera_by_time(
+            &CameraId::new("a").unwrap(),
+            local,
+            &views,
+            (seam_s * SEC) as u64,
+        );
+        let mut out: Vec<(i64, String)> = p
+            .finish()
+            .iter()
+            .map(|s| (s.source.start.0 / SEC, s.peer.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn by_time_seams_under_the_tolerance_are_not_gaps() {
+        // We recorded 0-10 and 11-20 and 30-43 (cut at other moments than
+        // the peer); the peer 3-43 in 10 s pieces.
+        let local = [cut("a", 0, 10), cut("a", 11, 20), cut("a", 30, 43)];
+        let peer: Vec<_> = (0..5).map(|k| cut("a", k * 10 - 7, k * 10 + 3)).collect();
+        // The 1 s seam at 10 is under 2 s; 20-30 is a gap, covered by the
+        // peer's 13-23 and 23-33.
+        assert_eq!(
+            by_time(&local, &[("p", peer.clone())], 2),
+            vec![(13, "p".into()), (23, "p".into())]
+        );
+        // With no tolerance, the seam at 10 is a gap too (the peer's 3-13).
+        assert_eq!(
+            by_time(&local, &[("p", peer)], 0),
+            vec![(3, "p".into()), (13, "p".into()), (23, "p".into())]
+        );
+    }
+
+    #[test]
+    fn by_time_overlapping_peer_segments_take_the_fewest() {
+        // The peer's segments overlap each other (a restart): 0-10, 5-15,
+        // 10-20. A gap of 0-20 needs 0-10 and 10-20 only.
+        let peer = vec![cut("a", 0, 10), cut("a", 5, 15), cut("a", 10, 20)];
+        assert_eq!(
+            by_time(&[], &[("p", peer)], 2),
+            vec![(0, "p".into()), (10, "p".into())]
+        );
+        // A long segment that reaches furthest wins over short ones.
+        let peer = vec![cut("a", 0, 5), cut("a", 0, 20), cut("a", 5, 10)];
+        assert_eq!(by_time(&[], &[("p", peer)], 2), vec![(0, "p".into())]);
+    }
+
+    #[test]
+    fn by_time_a_segment_straddling_the_gap_edge_is_fetched_whole() {
+        // We lack 25-45; the peer cut at 20, 30, 40, 50.
+        let local = [cut("a", 0, 25), cut("a", 45, 60)];
+        let peer: Vec<_> = (0..6).map(|k| cut("a", k * 10, k * 10 + 10)).collect();
+        assert_eq!(
+            by_time(&local, &[("p", peer)], 2),
+            vec![(20, "p".into()), (30, "p".into()), (40, "p".into())]
+        );
+    }
+
+    #[test]
+    fn by_time_two_peers_each_cover_half_of_a_gap() {
+        let local = [cut("a", 0, 10), cut("a", 70, 80)];
+        let p1 = vec![cut("a", 8, 28), cut("a", 28, 41)];
+        let p2 = vec![cut("a", 39, 59), cut("a", 59, 72)];
+        assert_eq!(
+            by_time(&local, &[("p1", p1), ("p2", p2)], 2),
+            vec![
+                (8, "p1".into()),
+                (28, "p1".into()),
+                (39, "p2".into()),
+                (59, "p2".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn by_time_never_plans_a_start_we_hold_nor_unknown_hashes_as_the_same_bytes() {
+        // The peer's 10-20 starts where our 10-12 does: its name is taken.
+        let local = [cut("a", 10, 12)];
+        let p1 = vec![cut("a", 10, 20), cut("a", 20, 30)];
+        let p2 = vec![cut("a", 20, 30)];
+        let mut p = Planner::new(PlanOptions {
+            now: Timestamp(100_000 * SEC),
+            retention_us: 100_000 * SEC as u64,
+            from: None,
+            to: None,
+        });
+        p.add_camera_by_time(
+            &CameraId::new("a").unwrap(),
+            &local,
+            &[("p1", &p1), ("p2", &p2)],
+            2 * SEC as u64,
+        );
+        let plan = p.finish();
+        let got: Vec<_> = plan
+            .iter()
+            .map(|s| (s.source.start.0 / SEC, s.fallback.clone()))
+            .collect();
+        // 20-30 from one peer, no fallback: the other's bytes are not known
+        // to be the same.
+        assert_eq!(got, vec![(20, Vec::<String>::new())]);
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use crate::backfill::BackfillError;
 use crate::config::Config;
 use crate::identity;
-use crate::store::Store;
 use crate::transfer::server::{self, Lie, ServerState};
 
 /// Serves `config`'s store with `lie` until `shutdown` resolves.
@@ -18,10 +17,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), BackfillError> {
     let me = identity::load(&config.cert, &config.key)?;
-    let store = Store::open(&config.store)?;
+    let recorder = crate::store::open_recorder(&config, false)?;
     let (endpoint, peers) = crate::transfer::server_endpoint(&config, &me)?;
     tracing::warn!(name = %config.name, listen = %config.listen, ?lie, "serving as a HOSTILE peer (sim hostile): every segment served is a lie");
-    let mut state = ServerState::new(config, store, peers);
+    let mut state = ServerState::new(config, recorder, peers);
     state.lie = Some(lie);
     let ep = endpoint.clone();
     tokio::select! {

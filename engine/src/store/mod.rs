@@ -9,6 +9,11 @@
 mod file;
 pub mod layout;
 pub mod log;
+pub mod media;
+pub mod native;
+pub mod pattern;
+pub mod segments;
+pub mod traits;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +33,42 @@ pub use file::LogFile;
 /// Longest segment the store accepts; queries look back this far for
 /// segments that began before the window and reach into it.
 pub const MAX_SEGMENT_DURATION_US: u64 = 6 * 3600 * 1_000_000;
+
+/// Opens the recorder `config` names. A `writer` (backfill, gate, scrub)
+/// holds the lock that keeps a second hafill from filling at the same time;
+/// the recorder itself never needs it. A native store that does not exist
+/// yet is made (a new server that has not recorded).
+pub fn open_recorder(
+    config: &crate::config::Config,
+    writer: bool,
+) -> Result<std::sync::Arc<dyn traits::Recorder>> {
+    use crate::config::RecorderConfig;
+    Ok(match &config.recorder {
+        RecorderConfig::Native => {
+            let store = if writer {
+                Store::open_writer(&config.store, true)?
+            } else {
+                if !config.store.join(MARKER).exists() {
+                    drop(Store::open_writer(&config.store, true)?);
+                }
+                Store::open(&config.store)?
+            };
+            std::sync::Arc::new(native::NativeRecorder::new(store))
+        }
+        RecorderConfig::Segments {
+            path,
+            pattern,
+            settle_us,
+            ..
+        } => std::sync::Arc::new(segments::SegmentsRecorder::open(
+            path,
+            pattern.clone(),
+            *settle_us,
+            &config.state,
+            writer,
+        )?),
+    })
+}
 
 /// Extended attribute that carries a segment's record on its file, so the
 /// index can be rebuilt from the segment files alone.

@@ -2,9 +2,7 @@
 //! into its placeholder. Every block is verified against the segment's
 //! BLAKE3 (on the rayon pool) before it is written and counted.
 
-use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +14,14 @@ use hafill_protocol::{
     ErrorCode, Message, MAX_BLOCK_SIZE, MAX_COVERAGE_ENTRIES, MAX_FRAME_LEN, VERSION,
 };
 
+use super::fetch::BlockFetch;
 use super::{client_config, read_incoming, read_message, write_message, Incoming, TransferError};
 use crate::config::Peer;
 use crate::identity::Identity;
 use crate::io::DiskWriter;
-use crate::placeholder::{self, Progress};
+use crate::placeholder::Progress;
 use crate::segment::SegmentMeta;
+use crate::store::traits::{SegmentSink, UNKNOWN_HASH};
 use crate::store::StoreError;
 use crate::throttle::governor::Rates;
 
@@ -258,9 +258,11 @@ async fn read_within<T>(
         .unwrap_or(Err(TransferError::Stalled(stall)))
 }
 
-/// Fetches the missing blocks of the placeholder at `path` for `meta` (the
-/// source's length and BLAKE3) from `conn`, then re-hashes the file and
-/// marks it complete. Returns the segment, complete, for the index.
+/// Fetches the missing blocks of the reserved segment `meta` (the source's
+/// length and BLAKE3; a BLAKE3 still [`UNKNOWN_HASH`] is taken from the
+/// peer's fetch header) of camera `wire_camera` (its id on the wire) from
+/// `conn` into `sink`, then re-hashes what was written and has the sink
+/// install it. Returns the segment as installed.
 ///
 /// `leave_early` says whether the run is in its end game for this segment
 /// (see [`END_GAME_PATIENCE`]); it is asked about once a second while
@@ -268,57 +270,55 @@ async fn read_within<T>(
 pub async fn fetch_segment(
     ctx: &FetchContext,
     conn: &quinn::Connection,
-    path: PathBuf,
+    wire_camera: &str,
+    sink: Arc<dyn SegmentSink>,
     meta: &SegmentMeta,
     leave_early: &(dyn Fn() -> bool + Sync),
 ) -> Result<SegmentMeta, FetchError> {
-    let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
-    if file.metadata()?.len() != meta.len {
-        file.set_len(meta.len)?;
-    }
-    let mut progress = match placeholder::read_progress(&path)? {
+    let mut meta = meta.clone();
+    let mut progress = match sink.progress()? {
         Some(p) if p.blocks as u64 == block_count(meta.len, p.block_size) => p,
         _ => Progress::new(ctx.block_size, block_count(meta.len, ctx.block_size) as u32),
     };
-    let missing = progress.missing_ranges();
-    if !missing.is_empty() {
-        receive_blocks(
+    if !progress.missing_ranges().is_empty() || meta.blake3 == UNKNOWN_HASH {
+        let fetch = BlockFetch::new(progress, ctx.window);
+        progress = receive_blocks(
             ctx,
             conn,
-            &file,
-            &path,
-            meta,
-            &mut progress,
-            missing,
+            wire_camera,
+            &*sink,
+            &mut meta,
+            fetch,
             leave_early,
         )
         .await?;
     }
-    finish(ctx, file, path, meta, progress).await
+    finish(sink, &meta, progress).await
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Asks for the blocks `fetch` lacks, verifies and writes each as it
+/// comes, checkpoints every window; returns the progress once every block
+/// asked for is durable.
 async fn receive_blocks(
     ctx: &FetchContext,
     conn: &quinn::Connection,
-    file: &Arc<File>,
-    path: &Path,
-    meta: &SegmentMeta,
-    progress: &mut Progress,
-    missing: Vec<(u32, u32)>,
+    wire_camera: &str,
+    sink: &dyn SegmentSink,
+    meta: &mut SegmentMeta,
+    mut fetch: BlockFetch,
     leave_early: &(dyn Fn() -> bool + Sync),
-) -> Result<(), FetchError> {
+) -> Result<Progress, FetchError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| TransferError::Connection(e, "peer".into()))?;
-    let wanted: HashSet<u32> = missing.iter().flat_map(|&(f, c)| f..f + c).collect();
+    let block_size = fetch.progress().block_size;
     let request = Message::FetchRequest {
-        camera: meta.camera.as_str().to_string(),
+        camera: wire_camera.to_string(),
         start_us: meta.start.0,
-        block_size: progress.block_size,
+        block_size,
         compression: ctx.compression,
-        ranges: missing,
+        ranges: fetch.ranges().to_vec(),
     };
     write_message(&mut send, &request)
         .await
@@ -343,14 +343,22 @@ async fn receive_blocks(
     let tree = match header {
         Some(Message::FetchHeader {
             len,
-            blake3: _,
-            block_size,
+            blake3,
+            block_size: got_block_size,
             cvs,
         }) => {
-            if block_size != progress.block_size {
+            if meta.blake3 == UNKNOWN_HASH {
+                // Not hashed when the peer listed it: the header says.
+                meta.blake3 = blake3::Hash::from_bytes(blake3);
+                if meta.blake3 == UNKNOWN_HASH {
+                    return Err(FetchError::Integrity(
+                        "the peer sent no BLAKE3 for the segment".into(),
+                    ));
+                }
+            }
+            if got_block_size != block_size {
                 return Err(TransferError::Protocol(format!(
-                    "asked for {} byte blocks, got {block_size}",
-                    progress.block_size
+                    "asked for {block_size} byte blocks, got {got_block_size}"
                 ))
                 .into());
             }
@@ -388,59 +396,51 @@ async fn receive_blocks(
         }
     });
     let _abort_reader = AbortOnDrop(reader);
+    let file = sink.file();
+    let meta = &*meta;
 
-    let mut received: HashSet<u32> = HashSet::with_capacity(wanted.len());
     let mut in_flight = FuturesUnordered::new();
-    let mut unsynced = 0u64;
-    let mut done = false;
     let mut last_frame = std::time::Instant::now();
-    while !done || !in_flight.is_empty() {
+    // A block verified and written: counted, and recorded as seen.
+    let written = |fetch: &mut BlockFetch, (index, n): (u32, u64)| {
+        if fetch.handle_written(index, n) {
+            ctx.refetched_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        ctx.verified_bytes.fetch_add(n, Ordering::Relaxed);
+    };
+    while !fetch.ended() || !in_flight.is_empty() {
         tokio::select! {
             biased;
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {
                 // Our own verification and writes count as progress too.
                 last_frame = std::time::Instant::now();
-                let (index, n): (u32, u64) = r?;
-                if progress.was_seen(index) {
-                    ctx.refetched_bytes.fetch_add(n, Ordering::Relaxed);
-                }
-                progress.mark_seen(index);
-                ctx.verified_bytes.fetch_add(n, Ordering::Relaxed);
-                unsynced += n;
-                placeholder::write_seen(file, path, progress)?;
-                if unsynced >= ctx.window {
+                written(&mut fetch, r?);
+                sink.record_seen(fetch.progress())?;
+                if fetch.checkpoint_due() {
                     // Drain what is in flight so every seen block is written.
                     while let Some(r) = in_flight.next().await {
-                        let (index, n) = r?;
-                        if progress.was_seen(index) {
-                            ctx.refetched_bytes.fetch_add(n, Ordering::Relaxed);
-                        }
-                        progress.mark_seen(index);
-                        ctx.verified_bytes.fetch_add(n, Ordering::Relaxed);
+                        written(&mut fetch, r?);
                     }
-                    checkpoint(ctx, file, path, meta, progress, &received).await?;
-                    unsynced = 0;
+                    checkpoint(ctx, sink, meta, &mut fetch).await?;
                 }
             }
-            msg = frames.recv(), if !done && in_flight.len() < ctx.pipeline => {
+            msg = frames.recv(), if !fetch.ended() && in_flight.len() < ctx.pipeline => {
                 last_frame = std::time::Instant::now();
                 let msg = msg.unwrap_or_else(|| Err(TransferError::Protocol("the stream reader stopped".into())));
                 match msg? {
                     Some(Incoming::Block(BlockHeader { index, encoding, raw_len, .. }, data)) => {
-                        if !wanted.contains(&index) || !received.insert(index) {
-                            return Err(TransferError::Protocol(format!("block {index} was not asked for or came twice")).into());
-                        }
+                        fetch.handle_arrival(index).map_err(|e| TransferError::Protocol(e.to_string()))?;
                         ctx.wire_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                         ctx.rates.net.acquire(data.len() as u64).await;
                         in_flight.push(verify_and_write(ctx, tree.clone(), file.clone(), index, encoding, raw_len, data));
                     }
-                    Some(Incoming::Message(Message::FetchEnd)) => done = true,
+                    Some(Incoming::Message(Message::FetchEnd)) => fetch.handle_end(),
                     Some(Incoming::Message(Message::Error { code, message })) => return Err(TransferError::Remote { code, message }.into()),
                     Some(Incoming::Message(other)) => return Err(TransferError::Protocol(format!("unexpected 0x{:02x} in a fetch", other.type_byte())).into()),
                     None => return Err(TransferError::Protocol("fetch ended without FetchEnd".into()).into()),
                 }
             }
-            _ = tokio::time::sleep(Duration::from_secs(1)), if !done => {
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !fetch.ended() => {
                 if last_frame.elapsed() >= END_GAME_PATIENCE && leave_early() {
                     // What is in flight was verified: let it land first.
                     while let Some(r) = in_flight.next().await {
@@ -451,23 +451,18 @@ async fn receive_blocks(
             }
         }
     }
-    if received.len() != wanted.len() {
-        checkpoint(ctx, file, path, meta, progress, &received).await?;
-        return Err(TransferError::Protocol(format!(
-            "peer sent {} of {} blocks",
-            received.len(),
-            wanted.len()
-        ))
-        .into());
+    if let Some((arrived, asked)) = fetch.shortfall() {
+        checkpoint(ctx, sink, meta, &mut fetch).await?;
+        return Err(
+            TransferError::Protocol(format!("peer sent {arrived} of {asked} blocks")).into(),
+        );
     }
     // Every block is in: make the bytes durable; `finish` re-hashes them and
-    // marks the segment complete with one fsync. (A crash before that leaves
-    // the last checkpoint, so at most the window is fetched again.)
+    // installs the segment. (A crash before that leaves the last checkpoint,
+    // so at most the window is fetched again.)
     ctx.writer.sync_data(file.clone()).await?;
-    for &i in &received {
-        progress.mark_durable(i);
-    }
-    Ok(())
+    fetch.handle_synced();
+    Ok(fetch.into_progress())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -526,33 +521,20 @@ async fn verify_and_write(
 /// Makes written blocks durable, then records them as such.
 async fn checkpoint(
     ctx: &FetchContext,
-    file: &Arc<File>,
-    path: &Path,
+    sink: &dyn SegmentSink,
     meta: &SegmentMeta,
-    progress: &mut Progress,
-    received: &HashSet<u32>,
+    fetch: &mut BlockFetch,
 ) -> Result<(), FetchError> {
-    ctx.writer.sync_data(file.clone()).await?;
-    for &i in received {
-        if progress.was_seen(i) {
-            progress.mark_durable(i);
-        }
-    }
-    let (f, p, m, pr) = (
-        file.clone(),
-        path.to_path_buf(),
-        meta.clone(),
-        progress.clone(),
-    );
-    tokio::task::spawn_blocking(move || {
-        placeholder::write_durable(&f, &p, &m, &pr)?;
-        if m.len > REHASH_FROM_CACHE_MAX {
-            crate::io::drop_cached(&f);
+    ctx.writer.sync_data(sink.file().clone()).await?;
+    fetch.handle_synced();
+    // Attributes and an fsync: small, but blocking.
+    tokio::task::block_in_place(|| {
+        sink.record_durable(meta, fetch.progress())?;
+        if meta.len > REHASH_FROM_CACHE_MAX {
+            crate::io::drop_cached(sink.file());
         }
         Ok::<_, StoreError>(())
-    })
-    .await
-    .map_err(std::io::Error::other)??;
+    })?;
     Ok(())
 }
 
@@ -567,35 +549,30 @@ const REHASH_FROM_CACHE_MAX: u64 = 64 << 20;
 
 /// Every block is durable: re-hash the whole file (through the page cache
 /// for segments up to [`REHASH_FROM_CACHE_MAX`], from disk for larger ones)
-/// and mark it complete only if it is exactly the source's bytes.
+/// and install it only if it is exactly the source's bytes.
 async fn finish(
-    _ctx: &FetchContext,
-    file: Arc<File>,
-    path: PathBuf,
+    sink: Arc<dyn SegmentSink>,
     meta: &SegmentMeta,
     progress: Progress,
 ) -> Result<SegmentMeta, FetchError> {
     let m = meta.clone();
     tokio::task::spawn_blocking(move || -> Result<SegmentMeta, FetchError> {
+        let file: &File = sink.file();
         let mut h = blake3::Hasher::new();
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, &*file);
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
         h.update_reader(&mut reader)?;
         let got = h.finalize();
         if got != m.blake3 {
             // Start this segment over: its bytes on disk are not the source's.
             let fresh = Progress::new(progress.block_size, progress.blocks);
-            placeholder::write_durable(&file, &path, &m, &fresh)?;
+            sink.record_durable(&m, &fresh)?;
             return Err(FetchError::Rehash(format!(
                 "written file hashes to {got}, source says {}",
                 m.blake3
             )));
         }
-        placeholder::mark_complete(&file, &path, &m)?;
-        crate::io::drop_cached(&file);
-        Ok(SegmentMeta {
-            state: crate::segment::SegmentState::Complete,
-            ..m
-        })
+        crate::io::drop_cached(file);
+        Ok(sink.install(&m)?)
     })
     .await
     .map_err(std::io::Error::other)?

@@ -2,6 +2,7 @@
 //! serving side and the fetching side.
 
 pub mod client;
+pub mod fetch;
 pub mod ledbat;
 pub mod server;
 
@@ -73,29 +74,7 @@ impl TransferError {
     }
 }
 
-/// The congestion controller of the sending side (the serving peer sends
-/// the bulk of the bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Congestion {
-    /// Less than best effort: yields to live streams ([`ledbat`]).
-    #[default]
-    Ledbat,
-    /// quinn's CUBIC: competes as TCP does.
-    Cubic,
-    /// quinn's BBR (experimental in quinn).
-    Bbr,
-}
-
-impl std::fmt::Display for Congestion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Congestion::Ledbat => "ledbat",
-            Congestion::Cubic => "cubic",
-            Congestion::Bbr => "bbr",
-        })
-    }
-}
+pub use crate::config::Congestion;
 
 /// The largest UDP payload MTU discovery may reach. quinn sends up to
 /// [`GSO_BATCH`] packets in one `sendmsg` (UDP segmentation offload), and

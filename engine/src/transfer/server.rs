@@ -19,7 +19,7 @@ use crate::camera::CameraId;
 use crate::config::Config;
 use crate::identity::id_of_cert;
 use crate::segment::SegmentState;
-use crate::store::Store;
+use crate::store::traits::{Recorder, UNKNOWN_HASH};
 use crate::units::Timestamp;
 
 /// Why a request is refused: the code and message of the `Error` frame.
@@ -29,7 +29,7 @@ type Refusal = (ErrorCode, String);
 #[derive(Debug)]
 pub struct ServerState {
     pub config: Arc<Config>,
-    pub store: Store,
+    pub recorder: Arc<dyn Recorder>,
     /// Certificate ID to peer name.
     pub peers: Arc<HashMap<String, String>>,
     /// Connections open per peer, against [`MAX_CONNECTIONS_PER_PEER`].
@@ -40,10 +40,14 @@ pub struct ServerState {
 }
 
 impl ServerState {
-    pub fn new(config: Arc<Config>, store: Store, peers: Arc<HashMap<String, String>>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        recorder: Arc<dyn Recorder>,
+        peers: Arc<HashMap<String, String>>,
+    ) -> Self {
         ServerState {
             config,
-            store,
+            recorder,
             peers,
             open: std::sync::Mutex::new(HashMap::new()),
             lie: None,
@@ -277,11 +281,12 @@ async fn handle_stream(
 }
 
 /// Checks a camera id from the wire: a valid id, paired with the asker.
+/// Returns the id and this server's name for the camera.
 fn paired_camera(
     state: &ServerState,
     peer: &str,
     camera: &str,
-) -> Result<CameraId, (ErrorCode, String)> {
+) -> Result<(CameraId, CameraId), (ErrorCode, String)> {
     let id = CameraId::new(camera).map_err(|e| (ErrorCode::BadRequest, e.to_string()))?;
     if !state.config.paired_with(&id, peer) {
         return Err((
@@ -292,7 +297,8 @@ fn paired_camera(
             ),
         ));
     }
-    Ok(id)
+    let local = state.config.local_name(&id);
+    Ok((id, local))
 }
 
 async fn coverage(
@@ -303,11 +309,13 @@ async fn coverage(
     to_us: i64,
     cameras: Vec<String>,
 ) -> Result<(), TransferError> {
-    let list: Vec<CameraId> = if cameras.is_empty() {
-        match state.store.cameras() {
+    // (id on the wire, name here)
+    let list: Vec<(CameraId, CameraId)> = if cameras.is_empty() {
+        match state.recorder.cameras() {
             Ok(all) => all
                 .into_iter()
-                .filter(|c| state.config.paired_with(c, peer))
+                .map(|local| (state.config.id_of_local(&local), local))
+                .filter(|(id, _)| state.config.paired_with(id, peer))
                 .collect(),
             Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
         }
@@ -315,7 +323,7 @@ async fn coverage(
         let mut v = Vec::new();
         for c in &cameras {
             match paired_camera(state, peer, c) {
-                Ok(id) => v.push(id),
+                Ok(names) => v.push(names),
                 Err((code, msg)) => return send_error(send, code, msg).await,
             }
         }
@@ -324,15 +332,15 @@ async fn coverage(
     let st = state.clone();
     let entries = tokio::task::spawn_blocking(move || -> Result<Vec<CoverageEntry>, String> {
         let mut out = Vec::new();
-        for c in &list {
+        for (id, local) in &list {
             for s in st
-                .store
-                .segments(c, Timestamp(from_us), Timestamp(to_us))
+                .recorder
+                .segments(local, Timestamp(from_us), Timestamp(to_us))
                 .map_err(|e| e.to_string())?
             {
                 if s.state == SegmentState::Complete {
                     out.push(CoverageEntry {
-                        camera: c.as_str().to_string(),
+                        camera: id.as_str().to_string(),
                         start_us: s.start.0,
                         duration_us: s.duration_us,
                         len: s.len,
@@ -404,7 +412,7 @@ async fn fetch(
     compression: Compression,
     ranges: Vec<(u32, u32)>,
 ) -> Result<(), TransferError> {
-    let camera = match paired_camera(state, peer, &camera) {
+    let (camera, local) = match paired_camera(state, peer, &camera) {
         Ok(c) => c,
         Err((code, msg)) => return send_error(send, code, msg).await,
     };
@@ -417,32 +425,37 @@ async fn fetch(
         .await;
     }
     let start = Timestamp(start_us);
-    let meta = match state.store.segments(&camera, start, start.add_micros(1)) {
-        Ok(v) => v
-            .into_iter()
-            .find(|s| s.start == start && s.state == SegmentState::Complete),
+    let n_blocks = {
+        let st = state.clone();
+        let local = local.clone();
+        tokio::task::spawn_blocking(move || st.recorder.open(&local, start))
+            .await
+            .map_err(|e| TransferError::Protocol(e.to_string()))?
+    };
+    let (file, mut meta) = match n_blocks {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            return send_error(
+                send,
+                ErrorCode::NotFound,
+                format!("no complete segment {camera} {start}"),
+            )
+            .await
+        }
         Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
     };
-    let Some(meta) = meta else {
-        return send_error(
-            send,
-            ErrorCode::NotFound,
-            format!("no complete segment {camera} {start}"),
-        )
-        .await;
-    };
-    let path = state.store.segment_path(&camera, start);
     let n_blocks = block_count(meta.len, block_size);
     // The block list: read the file (once, when it fits in memory), hash its
     // blocks in parallel, and refuse to serve a file that no longer matches
-    // its own index.
+    // its own record. A recorder's file not hashed before is hashed now,
+    // once: the adapter keeps its BLAKE3.
     let header = {
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || -> Result<(Source, Vec<[u8; 32]>), Refusal> {
-            let file = File::open(&path).map_err(|e| (ErrorCode::NotFound, format!("{}: {e}", path.display())))?;
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || -> Result<(Source, Vec<[u8; 32]>, blake3::Hash), Refusal> {
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             if len != meta.len {
-                return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: {len} bytes on disk, index says {}", meta.len)));
+                return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: {len} bytes on disk, expected {}", meta.len)));
             }
             let internal = |e: std::io::Error| (ErrorCode::Internal, e.to_string());
             let (source, cvs) = if len <= IN_MEMORY_MAX {
@@ -457,17 +470,23 @@ async fn fetch(
                 let cvs = block_cvs_of_file(&file, meta.len, block_size).map_err(internal)?;
                 (Source::File(file), cvs)
             };
-            if tree::root_of(&cvs) != Some(meta.blake3) {
+            let root = tree::root_of(&cvs).unwrap_or(UNKNOWN_HASH);
+            if meta.blake3 == UNKNOWN_HASH {
+                st.recorder.note_hash(&meta, root);
+            } else if root != meta.blake3 {
                 tracing::error!(%camera, %start, "source segment does not match its BLAKE3; not serving it");
                 return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: file on disk does not match its BLAKE3")));
             }
-            Ok((source, cvs))
+            Ok((source, cvs, root))
         })
         .await
         .map_err(|e| TransferError::Protocol(e.to_string()))?
     };
     let (source, mut cvs) = match header {
-        Ok(h) => h,
+        Ok((source, cvs, root)) => {
+            meta.blake3 = root;
+            (source, cvs)
+        }
         Err((code, msg)) => return send_error(send, code, msg).await,
     };
     let lie = state.lie;

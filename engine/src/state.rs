@@ -1,0 +1,231 @@
+//! hafill's own state beside a recorder (`[server] state`), never inside
+//! the recorder's folder:
+//!
+//! ```text
+//! STATE/
+//!   lock               held by the one hafill that fills (backfill, gate, scrub)
+//!   segments.jsonl     what each recorder file was found to be, by path, length and mtime:
+//!                      its duration, its BLAKE3 once hashed, or why it is not a segment
+//!   origins.jsonl      each backfilled segment: where it was installed, from which peer
+//!   staging/<camera>/<start_us>.part
+//!                      reservations for gaps, filled in place, renamed into the
+//!                      recorder's folder once verified
+//! ```
+//!
+//! The two logs are append-only JSON lines; a torn last line (a crash mid
+//! append) is skipped when read. `segments.jsonl` is only a cache: losing it
+//! costs one more hash of each file. `origins.jsonl` is fsynced after each
+//! append. Nothing here is a lock the recorder needs.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a recorder file was found to be, valid while its length and
+/// modification time stay the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileFacts {
+    #[serde(rename = "p")]
+    pub path: PathBuf,
+    pub len: u64,
+    pub mtime_ns: i64,
+    /// Read from the container; None where the container is not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// Why the file is not a segment, though its name says it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_a_segment: Option<String>,
+}
+
+/// A backfilled segment: where it went and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginRecord {
+    #[serde(rename = "p")]
+    pub path: PathBuf,
+    pub camera: String,
+    pub start_us: i64,
+    pub len: u64,
+    pub blake3: String,
+    pub peer: String,
+}
+
+#[derive(Debug)]
+pub struct State {
+    dir: PathBuf,
+    facts: Mutex<HashMap<PathBuf, FileFacts>>,
+    origins: Mutex<HashMap<PathBuf, String>>,
+}
+
+fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, StoreError> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    let mut out = Vec::new();
+    for line in io::BufReader::new(f).split(b'\n') {
+        let line = line.map_err(io_at(path))?;
+        // A torn or foreign line is skipped: the logs only ever add.
+        if let Ok(v) = serde_json::from_slice(&line) {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+fn append_line<T: Serialize>(path: &Path, v: &T, sync: bool) -> Result<(), StoreError> {
+    let mut line = serde_json::to_vec(v).map_err(|e| io_at(path)(io::Error::other(e)))?;
+    line.push(b'\n');
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_at(path))?;
+    // One write of one line: O_APPEND keeps lines of two writers whole.
+    f.write_all(&line).map_err(io_at(path))?;
+    if sync {
+        f.sync_data().map_err(io_at(path))?;
+    }
+    Ok(())
+}
+
+impl State {
+    /// Opens (making it if needed) the state folder `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        fs::create_dir_all(dir.join("staging")).map_err(io_at(dir))?;
+        let mut facts = HashMap::new();
+        for f in read_lines::<FileFacts>(&dir.join("segments.jsonl"))? {
+            facts.insert(f.path.clone(), f);
+        }
+        let mut origins = HashMap::new();
+        for o in read_lines::<OriginRecord>(&dir.join("origins.jsonl"))? {
+            origins.insert(o.path, o.peer);
+        }
+        Ok(State {
+            dir: dir.to_path_buf(),
+            facts: Mutex::new(facts),
+            origins: Mutex::new(origins),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn staging_dir(&self) -> PathBuf {
+        self.dir.join("staging")
+    }
+
+    /// Takes the state's lock for a writer; fails at once if another holds
+    /// it.
+    pub fn lock(&self) -> Result<File, StoreError> {
+        let p = self.dir.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_at(&p))?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked(self.dir.clone())),
+            Err(fs::TryLockError::Error(e)) => Err(io_at(&p)(e)),
+        }
+    }
+
+    /// What is known of the file at `path`, if it has not changed since.
+    pub fn facts(&self, path: &Path, len: u64, mtime_ns: i64) -> Option<FileFacts> {
+        let facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+        facts
+            .get(path)
+            .filter(|f| f.len == len && f.mtime_ns == mtime_ns)
+            .cloned()
+    }
+
+    /// Remembers what a file was found to be.
+    pub fn remember(&self, f: FileFacts) -> Result<(), StoreError> {
+        {
+            let mut facts = self.facts.lock().unwrap_or_else(|p| p.into_inner());
+            if facts.get(&f.path) == Some(&f) {
+                return Ok(());
+            }
+            facts.insert(f.path.clone(), f.clone());
+        }
+        append_line(&self.dir.join("segments.jsonl"), &f, false)
+    }
+
+    /// The peer a file was backfilled from, if it was.
+    pub fn origin_of(&self, path: &Path) -> Option<String> {
+        let origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        origins.get(path).cloned()
+    }
+
+    /// Records, durably, that `o.path` was backfilled.
+    pub fn record_origin(&self, o: OriginRecord) -> Result<(), StoreError> {
+        append_line(&self.dir.join("origins.jsonl"), &o, true)?;
+        let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
+        origins.insert(o.path, o.peer);
+        Ok(())
+    }
+}
+
+/// A file's modification time in nanoseconds since the epoch.
+pub fn mtime_ns(m: &fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_and_origins_survive_a_reopen_and_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let f = FileFacts {
+            path: "/r/a.ts".into(),
+            len: 10,
+            mtime_ns: 5,
+            duration_us: Some(2_000_000),
+            blake3: None,
+            not_a_segment: None,
+        };
+        s.remember(f.clone()).unwrap();
+        s.record_origin(OriginRecord {
+            path: "/r/a.ts".into(),
+            camera: "a".into(),
+            start_us: 1,
+            len: 10,
+            blake3: "00".into(),
+            peer: "rs01".into(),
+        })
+        .unwrap();
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("segments.jsonl"))
+            .unwrap();
+        log.write_all(b"{\"p\":\"/r/b.ts\",\"len\"").unwrap();
+        let s = State::open(dir.path()).unwrap();
+        assert_eq!(s.facts(Path::new("/r/a.ts"), 10, 5), Some(f));
+        assert_eq!(s.facts(Path::new("/r/a.ts"), 11, 5), None);
+        assert_eq!(s.origin_of(Path::new("/r/a.ts")).as_deref(), Some("rs01"));
+        let _lock = s.lock().unwrap();
+        assert!(matches!(s.lock(), Err(StoreError::Locked(_))));
+    }
+}

@@ -135,6 +135,12 @@ fn plan_and_place(
     };
     let gated = rt.block_on(gate::prepare(&config, &opts, a.lookback))?;
     let p = &gated.placement.summary;
+    if !config.peers.is_empty() && gated.unreachable.len() == config.peers.len() {
+        tracing::error!(
+            "gate: no peer could be asked what it holds ({}): the timeline is not known to be whole; the background asks them again every 10 s",
+            gated.unreachable.join(", ")
+        );
+    }
     tracing::info!(
         placeholders = p.placeholders_created,
         bytes = p.planned_bytes,

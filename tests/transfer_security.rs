@@ -31,6 +31,14 @@ fn a_peer_with_an_unknown_key_is_refused_with_clear_errors_at_both_ends() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let peer = &report["peers"][0];
     assert_eq!(peer["connected"], false);
+    // No peer could be asked: nothing was checked, and the exit status and
+    // standard error say so.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no peer could be asked") && stderr.contains("rs01 ("),
+        "{stderr}"
+    );
     let err = peer["error"].as_str().unwrap();
     assert!(
         err.contains("rs01") && err.contains("TLS"),

@@ -271,3 +271,58 @@ fn a_gate_that_cannot_plan_still_starts_the_service() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// The gate starts a recorder that writes into the same native store while
+/// the gate's backfill fills it: the recorder is never locked out, and both
+/// end whole.
+#[test]
+fn the_gate_starts_sim_live_which_records_into_the_store_while_the_backfill_fills_it() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    sim_record(&a, 2, "128kbit", "60s", t0, t0 + 1200, 4);
+    sim_record(&b, 2, "128kbit", "60s", t0, t0 + 600, 4);
+    // Capped (about 19 MB at 8 Mbit/s) so that it is still filling while
+    // the recorder records its 6 s.
+    let rs02 = c.server("rs02");
+    c.write_config(
+        rs02,
+        "[throttle]\nmax_rate = \"8Mbit\"\n\n[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n",
+    );
+    c.serve("rs01");
+    let cfg = c.server("rs02").config();
+    let out = hafill()
+        .args(["gate", "--config", p(&cfg), "--deadline", "10s", "--"])
+        .arg(env!("CARGO_BIN_EXE_hafill"))
+        .args(["sim", "live", "--store", p(&b), "--cameras", "2"])
+        .args([
+            "--bitrate",
+            "1Mbit",
+            "--segment",
+            "2s",
+            "--for",
+            "6s",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The gate exits with the recorder's status: it recorded, not locked out.
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("locked"), "{stderr}");
+    let live: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(live["segments"].as_u64().unwrap() >= 4, "{live}");
+
+    // What the gate left, the next backfill fills; then the store holds
+    // the recorder's segments and every gap, all whole.
+    run_ok(&["backfill", "--config", p(&cfg), "--json"]);
+    run_ok(&["store", "verify", "--store", p(&b)]);
+    let held = listing(&json(&["store", "ls", "--store", p(&b), "--json"]));
+    let complete = |cam: &str| {
+        held.iter()
+            .filter(|(c, _, s, _)| c == cam && s == "complete")
+            .count()
+    };
+    assert_eq!(complete("cam-0001"), 20, "{held:?}");
+    assert!(complete("live-0001") >= 2, "{held:?}");
+}

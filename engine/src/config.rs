@@ -348,6 +348,19 @@ impl Config {
                     p.name
                 )));
             }
+            if let Some(other) = peers.iter().find(|o: &&Peer| o.id == p.id) {
+                // One key under two names would get the pairings of one of
+                // them only: refuse, and say where.
+                let line = text
+                    .match_indices(p.id.as_str())
+                    .nth(1)
+                    .map(|(at, _)| text[..at].lines().count().max(1))
+                    .map_or(String::new(), |l| format!(" (line {l})"));
+                return Err(invalid(format!(
+                    "[[peer]] {}{line}: id is also peer {}'s; each peer has its own key (`hafill keygen` on that server prints it)",
+                    p.name, other.name
+                )));
+            }
             names.push(p.name.clone());
             peers.push(Peer {
                 name: p.name,
@@ -394,6 +407,18 @@ impl Config {
                 let local = CameraId::new(local.clone())
                     .map_err(|e| invalid(format!("[[camera]] {}: names.{srv}: {e}", c.id)))?;
                 local_names.insert(srv.clone(), local);
+            }
+            for (srv, local) in &local_names {
+                let clash = cameras.iter().find(|r: &&CameraRule| {
+                    r.names.get(srv) == Some(local)
+                        || (r.pattern == local.as_str() && !r.names.contains_key(srv))
+                });
+                if let Some(other) = clash {
+                    return Err(invalid(format!(
+                        "[[camera]] {}: names.{srv} = {local:?} is also what {srv} calls {}; one name on a server is one camera",
+                        c.id, other.pattern
+                    )));
+                }
             }
             cameras.push(CameraRule {
                 pattern: c.id,
@@ -483,9 +508,12 @@ impl Config {
             .collect()
     }
 
-    /// The name `server` gives the camera whose id is `id`.
+    /// The name `server` gives the camera whose id is `id`: its
+    /// `[[camera]]` rule's `names`, wherever that rule stands.
     pub fn name_on(&self, id: &CameraId, server: &str) -> CameraId {
-        self.rule_of(id)
+        self.cameras
+            .iter()
+            .find(|r| r.pattern == id.as_str())
             .and_then(|r| r.names.get(server))
             .cloned()
             .unwrap_or_else(|| id.clone())
@@ -673,6 +701,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn a_peer_id_given_twice_is_refused_with_its_line() {
+        let e = cfg(&format!(
+            "\n[[peer]]\nname = \"rs03\"\naddr = \"127.0.0.1:7403\"\nid = \"{ID}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("rs02.toml")
+                && e.contains("rs03")
+                && e.contains("line 16")
+                && e.contains("rs01"),
+            "{e}"
+        );
     }
 
     fn segments_cfg(recorder: &str) -> Result<Config, ConfigError> {

@@ -46,7 +46,7 @@ pub fn open_recorder(
     Ok(match &config.recorder {
         RecorderConfig::Native => {
             let store = if writer {
-                Store::open_writer(&config.store, true)?
+                Store::open_filler(&config.store, true)?
             } else {
                 if !config.store.join(MARKER).exists() {
                     drop(Store::open_writer(&config.store, true)?);
@@ -123,8 +123,12 @@ impl<T> IoContext<T> for io::Result<T> {
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    /// Held by a writer for as long as the store is open.
+    /// Held by the recorder (`sim record`, `sim live`, `store rebuild`) for
+    /// as long as the store is open: one recorder at a time.
     lock: Option<File>,
+    /// Held by a filler (backfill, gate, scrub) for as long as the store is
+    /// open: one filler at a time, beside the recorder, never in its way.
+    filler: Option<File>,
 }
 
 /// A segment to write: what is known before its bytes are.
@@ -167,13 +171,25 @@ impl Store {
     pub fn open(root: impl AsRef<Path>) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         check_marker(&root)?;
-        let store = Store { root, lock: None };
-        if store.journal_pending()? {
-            match Store::lock(&store.root) {
+        let store = Store {
+            root,
+            lock: None,
+            filler: None,
+        };
+        store.recover_if_no_recorder()?;
+        Ok(store)
+    }
+
+    /// If a recorder crashed mid-batch and none holds the lock now, its
+    /// batch is recovered.
+    fn recover_if_no_recorder(&self) -> Result<()> {
+        if self.journal_pending()? {
+            match Store::lock(&self.root, "lock") {
                 Ok(lock) => {
                     let w = Store {
-                        root: store.root.clone(),
+                        root: self.root.clone(),
                         lock: Some(lock),
+                        filler: None,
                     };
                     w.recover()?;
                 }
@@ -181,6 +197,26 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+
+    /// Opens a store to fill gaps in (backfill, gate, scrub), creating it
+    /// if `create` and it does not exist. A recorder may write the store at
+    /// the same time: the two share only the index lock, held for the
+    /// moments of an index append.
+    pub fn open_filler(root: impl AsRef<Path>, create: bool) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        if create && !root.join(MARKER).exists() {
+            init_store(&root)?;
+        }
+        check_marker(&root)?;
+        let filler = Store::lock(&root, "fill.lock")?;
+        let store = Store {
+            root,
+            lock: None,
+            filler: Some(filler),
+        };
+        store.recover_if_no_recorder()?;
         Ok(store)
     }
 
@@ -191,17 +227,18 @@ impl Store {
             init_store(&root)?;
         }
         check_marker(&root)?;
-        let lock = Store::lock(&root)?;
+        let lock = Store::lock(&root, "lock")?;
         let store = Store {
             root,
             lock: Some(lock),
+            filler: None,
         };
         store.recover()?;
         Ok(store)
     }
 
-    fn lock(root: &Path) -> Result<File> {
-        let p = root.join("lock");
+    fn lock(root: &Path, name: &str) -> Result<File> {
+        let p = root.join(name);
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -368,10 +405,24 @@ impl Store {
     }
 
     fn require_writer(&self) -> Result<()> {
-        if self.lock.is_none() {
+        if self.lock.is_none() && self.filler.is_none() {
             return Err(StoreError::Locked(self.root.clone()));
         }
         Ok(())
+    }
+
+    /// The index lock, waited for: a recorder and a filler append to the
+    /// same day logs, one at a time; a rebuild holds it throughout.
+    fn index_guard(&self) -> Result<File> {
+        let p = self.root.join("index.lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .at(&p)?;
+        f.lock().at(&p)?;
+        Ok(f)
     }
 
     /// Appends records to the index, one durable append per camera-day.
@@ -388,6 +439,7 @@ impl Store {
 
     fn append_index_as(&self, metas: &[SegmentMeta], by_syncfs: bool) -> Result<()> {
         self.require_writer()?;
+        let _index = self.index_guard()?;
         let mut by_day: BTreeMap<(CameraId, i64), Vec<Record>> = BTreeMap::new();
         for m in metas {
             by_day
@@ -673,6 +725,7 @@ impl Store {
     /// The new index is built beside the old one and swapped in at the end.
     pub fn rebuild(&self) -> Result<RebuildReport> {
         self.require_writer()?;
+        let _index = self.index_guard()?;
         let seg_root = self.root.join("segments");
         let mut report = RebuildReport::default();
         let mut by_camera: BTreeMap<CameraId, Vec<SegmentMeta>> = BTreeMap::new();

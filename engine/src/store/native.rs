@@ -93,6 +93,31 @@ impl Recorder for NativeRecorder {
 
     fn sink(&self, meta: &SegmentMeta) -> Result<Box<dyn SegmentSink>, StoreError> {
         let path = self.store.segment_path(&meta.camera, meta.start);
+        // Only a placeholder (or partial) of these bytes is written into: a
+        // file the recorder wrote meanwhile, or one already complete, is
+        // never touched.
+        let bad = |reason: String| StoreError::BadSegment {
+            camera: meta.camera.clone(),
+            start: meta.start,
+            reason,
+        };
+        match super::read_xattr_record(&path)? {
+            Some(r) if r.state == SegmentState::Complete => {
+                return Err(bad("already complete; not written into".into()))
+            }
+            Some(r) if r.len != meta.len || r.blake3 != meta.blake3 => {
+                return Err(bad(
+                    "the placeholder is for other bytes; not written into".into()
+                ))
+            }
+            Some(_) => {}
+            None => {
+                return Err(bad(format!(
+                    "{} is not a placeholder (no record); not written into",
+                    path.display()
+                )))
+            }
+        }
         Ok(Box::new(FileSink::open(path, meta.len)?))
     }
 

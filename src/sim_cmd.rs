@@ -38,7 +38,7 @@ pub struct HostileArgs {
     /// How it lies: wrong-hash, wrong-size, bad-block, oversized, extra,
     /// stall or drip.
     #[arg(long, value_name = "LIE")]
-    lie: hafill_engine::transfer::server::Lie,
+    lie: hafill_engine::sim::hostile::Lie,
 }
 
 fn hostile(a: HostileArgs) -> CmdResult {

@@ -128,25 +128,45 @@ fn ffprobe_duration(path: &Path) -> f64 {
         .unwrap_or_else(|_| panic!("no duration for {}", path.display()))
 }
 
-/// The camera section both servers share: `c-lobby` is `lobby-2` on rs02.
-const CAMERAS: &str = r#"[[camera]]
-id = "c-lobby"
-servers = ["rs01", "rs02"]
-names = { rs02 = "lobby-2" }
-
-[[camera]]
-id = "c-dock"
-servers = ["rs01", "rs02"]
-"#;
+/// The camera section both servers share, as `hafill pair` writes it from
+/// their inventories: the camera at 10.0.0.1 is `c-lobby` on rs01 and
+/// `lobby-2` on rs02.
+fn cameras(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let inv = |server: &str, text: &str| {
+        let f = dir.join(format!("{server}.csv"));
+        std::fs::write(&f, text).unwrap();
+        format!("{server}={}", f.display())
+    };
+    let (a, b) = (
+        inv("rs01", "id,ip\nc-lobby,10.0.0.1\nc-dock,10.0.0.2\n"),
+        inv("rs02", "id,ip\nlobby-2,10.0.0.1\nc-dock,10.0.0.2\n"),
+    );
+    let out = dir.join("cameras.toml");
+    // Exit status 1: "named per server" is reported as a finding.
+    run(&[
+        "pair",
+        "--inventory",
+        &a,
+        "--inventory",
+        &b,
+        "--out",
+        p(&out),
+    ]);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("lobby-2"), "{text}");
+    text
+}
 
 /// Points each server's config at its recorder folder `rec/` (the
 /// `segments` layout) with its state in `state/`, plus `extra` sections.
 fn configure(c: &Cluster, server: &str, extra: &str) -> PathBuf {
     let s = c.server(server);
+    let cams = cameras(&c.root.path().join("pairing"));
     c.write_config(
         s,
         &format!(
-            "[recorder]\nkind = \"segments\"\npath = \"rec\"\npattern = \"{PATTERN}\"\nsettle = \"0s\"\n\n{extra}{CAMERAS}"
+            "[recorder]\nkind = \"segments\"\npath = \"rec\"\npattern = \"{PATTERN}\"\nsettle = \"0s\"\n\n{extra}{cams}"
         ),
     );
     let cfg = s.config();

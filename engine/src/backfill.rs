@@ -386,7 +386,10 @@ impl Session {
                 .collect();
             match matching {
                 Matching::Identical => planner.add_camera(camera, &local, &views),
-                Matching::ByTime => planner.add_camera_by_time(camera, &local, &views, seam_us),
+                Matching::ByTime => {
+                    let since = self.recorder.recording_since(camera)?;
+                    planner.add_camera_by_time(camera, &local, &views, seam_us, since)
+                }
             }
         }
         let plan = planner.finish();
@@ -497,7 +500,9 @@ impl Session {
                 sources.push(p.clone());
             }
             for (peer, segs) in holdings.get(&m.camera).into_iter().flatten() {
+                // Exactly these bytes: a hash not known yet proves nothing.
                 if !sources.contains(peer)
+                    && m.blake3 != crate::store::traits::UNKNOWN_HASH
                     && segs
                         .iter()
                         .any(|s| s.start == m.start && s.blake3 == m.blake3)

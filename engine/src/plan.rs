@@ -188,15 +188,27 @@ impl Planner {
     /// from its start, the peer segment that reaches furthest, and so on.
     /// A peer segment starting where we hold a segment is never planned
     /// (its name would be taken).
+    ///
+    /// `recording_since`: the start of the segment the local recorder may
+    /// still be writing; everything from there on counts as held. A peer
+    /// segment that ends in the future (a clock ahead, or a lie) is never
+    /// planned.
     pub fn add_camera_by_time(
         &mut self,
         camera: &CameraId,
         local: &[SegmentMeta],
         peers: &[(&str, &[SegmentMeta])],
         seam_us: u64,
+        recording_since: Option<Timestamp>,
     ) {
         let (from, to) = self.opts.window();
-        let held = IntervalSet::from_intervals(local.iter().map(SegmentMeta::interval));
+        let now = self.opts.now;
+        let held = IntervalSet::from_intervals(
+            local
+                .iter()
+                .map(SegmentMeta::interval)
+                .chain(recording_since.map(|t| (t.0, crate::units::MAX_TIME.0))),
+        );
         let taken: std::collections::HashSet<i64> = local.iter().map(|s| s.start.0).collect();
         let mut candidates: Vec<(&SegmentMeta, &str)> = peers
             .iter()
@@ -206,6 +218,7 @@ impl Planner {
                     && s.start >= from
                     && s.start < to
                     && s.duration_us > 0
+                    && s.end() <= now
                     && !taken.contains(&s.start.0)
             })
             .collect();
@@ -233,8 +246,10 @@ impl Planner {
                             .find(|(s, _)| s.start.0 > point && s.start.0 < b)
                     });
                 let Some((s, peer)) = best else { break };
-                if keep.last().is_some_and(|(k, _)| k.start == s.start) {
-                    break;
+                if keep.iter().any(|(k, _)| k.start == s.start) {
+                    // Chosen for an earlier gap already: it covers this far.
+                    point = point.max(s.end().0);
+                    continue;
                 }
                 let holders: Vec<String> = candidates
                     .iter()
@@ -461,6 +476,7 @@ pub fn peer_segments(
     // coverage holds hundreds of thousands of entries for a few hundred
     // cameras.
     let mut kept: HashMap<&str, Option<CameraId>> = HashMap::new();
+    let mut implausible = 0u64;
     for e in &entries {
         let camera = kept.entry(e.camera.as_str()).or_insert_with(|| {
             let Ok(camera) = CameraId::new(e.camera.clone()) else {
@@ -470,7 +486,12 @@ pub fn peer_segments(
             config.paired_with(&camera, peer).then_some(camera)
         });
         let Some(camera) = camera else { continue };
-        if e.duration_us > crate::store::MAX_SEGMENT_DURATION_US {
+        // No camera writes more than a gigabit a second: a larger length is
+        // a lie or a fault, and would crowd out every gap placed after it.
+        if e.duration_us > crate::store::MAX_SEGMENT_DURATION_US
+            || e.len > e.duration_us.saturating_mul(MAX_BYTES_PER_US) + (1 << 20)
+        {
+            implausible += 1;
             continue;
         }
         let segs = match by_cam.get_mut(camera) {
@@ -487,11 +508,17 @@ pub fn peer_segments(
             origin: Origin::Peer(peer.to_string()),
         });
     }
+    if implausible > 0 {
+        tracing::warn!(%peer, segments = implausible, "ignored coverage entries longer than 6 h or faster than 1 Gbit/s");
+    }
     for segs in by_cam.values_mut() {
         segs.sort_by_key(|s| s.start);
     }
     by_cam
 }
+
+/// Bytes per microsecond of the fastest camera believed: 1 Gbit/s.
+const MAX_BYTES_PER_US: u64 = 125;
 
 #[cfg(test)]
 mod tests {
@@ -671,6 +698,7 @@ mod tests {
             local,
             &views,
             (seam_s * SEC) as u64,
+            None,
         );
         let mut out: Vec<(i64, String)> = p
             .finish()
@@ -758,6 +786,7 @@ mod tests {
             &local,
             &[("p1", &p1), ("p2", &p2)],
             2 * SEC as u64,
+            None,
         );
         let plan = p.finish();
         let got: Vec<_> = plan
@@ -767,5 +796,39 @@ mod tests {
         // 20-30 from one peer, no fallback: the other's bytes are not known
         // to be the same.
         assert_eq!(got, vec![(20, Vec::<String>::new())]);
+    }
+
+    #[test]
+    fn by_time_a_segment_chosen_for_one_gap_does_not_end_the_next() {
+        // We hold 40-50; the peer's 0-60 covers both gaps' edges, and its
+        // 60-120 the rest of the second gap.
+        let local = [cut("a", 40, 50)];
+        let peer = vec![cut("a", 0, 60), cut("a", 60, 120)];
+        assert_eq!(
+            by_time(&local, &[("p", peer)], 2),
+            vec![(0, "p".into()), (60, "p".into())]
+        );
+    }
+
+    #[test]
+    fn by_time_what_is_being_recorded_and_the_future_are_never_gaps() {
+        let mut p = Planner::new(PlanOptions {
+            now: Timestamp(1000 * SEC),
+            retention_us: 100_000 * SEC as u64,
+            from: None,
+            to: None,
+        });
+        // We recorded up to 900 and are writing a segment since 900; the
+        // peer cut at 890 and 950, and has one "from the future".
+        let local = [cut("a", 800, 900)];
+        let peer = vec![cut("a", 890, 950), cut("a", 950, 990), cut("a", 990, 1060)];
+        p.add_camera_by_time(
+            &CameraId::new("a").unwrap(),
+            &local,
+            &[("p", &peer)],
+            2 * SEC as u64,
+            Some(Timestamp(900 * SEC)),
+        );
+        assert_eq!(p.finish().segments(), 0);
     }
 }

@@ -91,6 +91,7 @@ fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>, Store
 fn append_line<T: Serialize>(path: &Path, v: &T, sync: bool) -> Result<(), StoreError> {
     let mut line = serde_json::to_vec(v).map_err(|e| io_at(path)(io::Error::other(e)))?;
     line.push(b'\n');
+    let new = !path.exists();
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
@@ -100,6 +101,12 @@ fn append_line<T: Serialize>(path: &Path, v: &T, sync: bool) -> Result<(), Store
     f.write_all(&line).map_err(io_at(path))?;
     if sync {
         f.sync_data().map_err(io_at(path))?;
+        if new {
+            // The log's name is durable too.
+            if let Some(dir) = path.parent() {
+                crate::store::sync_dir(dir)?;
+            }
+        }
     }
     Ok(())
 }
@@ -187,7 +194,9 @@ impl State {
 /// A file's modification time in nanoseconds since the epoch.
 pub fn mtime_ns(m: &fs::Metadata) -> i64 {
     use std::os::unix::fs::MetadataExt;
-    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+    m.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec())
 }
 
 #[cfg(test)]

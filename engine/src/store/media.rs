@@ -1,7 +1,8 @@
 //! A segment file's duration, read cheaply from its container: MP4 from its
 //! `mvhd` box (mp4-atom), MPEG-TS from the first and last video
-//! timestamps in its head and tail (mpeg2ts-reader). Reads at most a
-//! megabyte of any file; never panics on bad input.
+//! timestamps in its head and tail (mpeg2ts-reader). Reads an MPEG-TS
+//! file's first and last 512 KiB, and of an MP4 its box headers and its
+//! `moov` (at most 16 MiB); never panics on bad input.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -50,7 +51,8 @@ const MAX_MOOV: u64 = 16 << 20;
 
 fn mp4_duration_us(f: &mut File, len: u64) -> Result<u64, String> {
     let err = |e: mp4_atom::Error| format!("not an MP4 segment: {e}");
-    loop {
+    // A segment has a handful of top-level boxes; thousands is not one.
+    for _ in 0..4096 {
         let header = <Option<Header> as ReadFrom>::read_from(&mut *f)
             .map_err(err)?
             .ok_or(
@@ -100,6 +102,7 @@ fn mp4_duration_us(f: &mut File, len: u64) -> Result<u64, String> {
         }
         return Err("MP4 moov has no mvhd".into());
     }
+    Err("not an MP4 segment: no moov among its first 4096 boxes".into())
 }
 
 /// How much of the head and of the tail of an MPEG-TS file is read.

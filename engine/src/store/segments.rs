@@ -164,8 +164,14 @@ impl SegmentsRecorder {
         k
     }
 
-    /// The finished segments of `camera`, with their durations.
-    fn finished(&self, camera: &CameraId) -> Result<Vec<(RecFile, SegmentMeta)>, StoreError> {
+    /// The finished segments of `camera` that may overlap `[from, to)`,
+    /// with their durations.
+    fn finished(
+        &self,
+        camera: &CameraId,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Vec<(RecFile, SegmentMeta)>, StoreError> {
         let files = self.files_of(camera)?;
         let spacing: Vec<i64> = files
             .windows(2)
@@ -174,9 +180,12 @@ impl SegmentsRecorder {
         let usual = median(&spacing);
         let now_ns = Timestamp::now().0.saturating_mul(1000);
         let mut out = Vec::new();
+        let longest = super::MAX_SEGMENT_DURATION_US as i64;
         for (i, f) in files.iter().enumerate() {
-            let newest = i + 1 == files.len();
-            if newest && now_ns - f.mtime_ns < self.settle_us as i64 * 1000 {
+            if f.start.0 >= to.0 || f.start.0.saturating_add(longest) <= from.0 {
+                continue; // outside the window: not even read
+            }
+            if self.unsettled(f, now_ns) {
                 continue; // the recorder may still be writing it
             }
             let k = self.facts(f);
@@ -214,6 +223,13 @@ impl SegmentsRecorder {
             out.push((f.clone(), meta));
         }
         Ok(out)
+    }
+
+    /// Whether the recorder may still be writing `f`: changed within
+    /// `settle`.
+    fn unsettled(&self, f: &RecFile, now_ns: i64) -> bool {
+        self.settle_us > 0
+            && now_ns.saturating_sub(f.mtime_ns) < (self.settle_us as i64).saturating_mul(1000)
     }
 
     fn staging_path(&self, camera: &CameraId, start: Timestamp) -> PathBuf {
@@ -355,7 +371,7 @@ impl Recorder for SegmentsRecorder {
         to: Timestamp,
     ) -> Result<Vec<SegmentMeta>, StoreError> {
         let mut out: Vec<SegmentMeta> = self
-            .finished(camera)?
+            .finished(camera, from, to)?
             .into_iter()
             .map(|(_, m)| m)
             .chain(self.reservations(Some(camera))?)
@@ -366,7 +382,21 @@ impl Recorder for SegmentsRecorder {
     }
 
     fn last_segment_end(&self, camera: &CameraId) -> Result<Option<Timestamp>, StoreError> {
-        Ok(self.finished(camera)?.iter().map(|(_, m)| m.end()).max())
+        Ok(self
+            .finished(camera, crate::units::MIN_TIME, crate::units::MAX_TIME)?
+            .iter()
+            .map(|(_, m)| m.end())
+            .max())
+    }
+
+    fn recording_since(&self, camera: &CameraId) -> Result<Option<Timestamp>, StoreError> {
+        let now_ns = Timestamp::now().0.saturating_mul(1000);
+        Ok(self
+            .files_of(camera)?
+            .iter()
+            .filter(|f| self.unsettled(f, now_ns))
+            .map(|f| f.start)
+            .min())
     }
 
     fn open(
@@ -375,7 +405,7 @@ impl Recorder for SegmentsRecorder {
         start: Timestamp,
     ) -> Result<Option<(File, SegmentMeta)>, StoreError> {
         let Some((f, meta)) = self
-            .finished(camera)?
+            .finished(camera, start, start.add_micros(1))?
             .into_iter()
             .find(|(_, m)| m.start == start)
         else {
@@ -387,7 +417,7 @@ impl Recorder for SegmentsRecorder {
 
     fn note_hash(&self, meta: &SegmentMeta, hash: blake3::Hash) {
         let Ok(Some((f, _))) = self
-            .finished(&meta.camera)
+            .finished(&meta.camera, meta.start, meta.start.add_micros(1))
             .map(|v| v.into_iter().find(|(_, m)| m.start == meta.start))
         else {
             return;
@@ -413,9 +443,23 @@ impl Recorder for SegmentsRecorder {
         let mut out = Placed::default();
         let mut made = Vec::new();
         for (src, peer) in order {
+            let target = self
+                .path
+                .join(self.pattern.expand(src.camera.as_str(), src.start));
+            if target.exists() {
+                // The recorder holds a file of that name (one it cannot
+                // finish, or cut within the same second): never replaced.
+                tracing::warn!(camera = %src.camera, start = %src.start, "not reserved: {} exists", target.display());
+                continue;
+            }
             let path = self.staging_path(&src.camera, src.start);
             if let Some(existing) = read_xattr_record(&path)? {
-                if existing.len == src.len && existing.state != SegmentState::Complete {
+                // An earlier run's reservation is kept only for the same
+                // peer's same bytes: another peer cuts other bytes.
+                let same = existing.len == src.len
+                    && existing.origin == Origin::Peer(peer.to_string())
+                    && (existing.blake3 == src.blake3 || src.blake3 == UNKNOWN_HASH);
+                if same && existing.state != SegmentState::Complete {
                     out.placed.push(existing.into_meta(src.camera.clone()));
                     continue;
                 }
@@ -521,9 +565,21 @@ impl SegmentSink for InstallSink {
             let _ = fs::remove_file(staged);
             return Err(taken("already exists"));
         }
-        // The installed file carries nothing of hafill's.
-        let _ = xattr::FileExt::remove_xattr(&**file, PROGRESS_XATTR);
-        let _ = xattr::FileExt::remove_xattr(&**file, XATTR_NAME);
+        // A file that says it is shorter or longer than the peer claimed is
+        // not installed: the gap would stay and come back every round.
+        if let Ok(Some(d)) = media::duration_us(staged) {
+            if d.abs_diff(meta.duration_us) > 1_000_000 {
+                let _ = fs::remove_file(staged);
+                return Err(StoreError::BadSegment {
+                    camera: meta.camera.clone(),
+                    start: meta.start,
+                    reason: format!(
+                        "the peer said {} µs, the file holds {d} µs; not installed",
+                        meta.duration_us
+                    ),
+                });
+            }
+        }
         file.sync_all().map_err(io_at(staged))?;
         let Some(dir) = self.target.parent() else {
             return Err(taken("has no folder"));
@@ -554,6 +610,11 @@ impl SegmentSink for InstallSink {
             Err(e) => return Err(io_at(&self.target)(io::Error::from(e))),
         }
         super::sync_dir(dir)?;
+        // Renamed with its record on, so a crash before this point leaves a
+        // reservation that the next run installs; now it carries nothing
+        // of hafill's.
+        let _ = xattr::FileExt::remove_xattr(&**file, PROGRESS_XATTR);
+        let _ = xattr::FileExt::remove_xattr(&**file, XATTR_NAME);
         tracing::info!(camera = %meta.camera, start = %meta.start, "installed {}", self.target.display());
         for nd in new_dirs.iter().rev() {
             if let Some(p) = nd.parent() {

@@ -59,6 +59,12 @@ pub trait Recorder: Send + Sync + std::fmt::Debug {
     /// The end of `camera`'s newest finished segment.
     fn last_segment_end(&self, camera: &CameraId) -> Result<Option<Timestamp>, StoreError>;
 
+    /// The start of the segment the recorder may still be writing, if any:
+    /// the time from there on is recorded here, though not offered yet.
+    fn recording_since(&self, _camera: &CameraId) -> Result<Option<Timestamp>, StoreError> {
+        Ok(None)
+    }
+
     /// Opens `camera`'s finished segment that starts at `start`, to serve.
     /// None: there is none.
     fn open(

@@ -36,7 +36,7 @@ pub struct ServerState {
     pub open: std::sync::Mutex<HashMap<String, usize>>,
     /// Only `hafill sim hostile`: how this server lies when asked for a
     /// segment. None for every real server.
-    pub lie: Option<Lie>,
+    pub hook: Option<Arc<dyn FetchHook>>,
 }
 
 impl ServerState {
@@ -50,7 +50,7 @@ impl ServerState {
             recorder,
             peers,
             open: std::sync::Mutex::new(HashMap::new()),
-            lie: None,
+            hook: None,
         }
     }
 }
@@ -60,46 +60,40 @@ pub const MAX_CONNECTIONS_PER_PEER: usize = 32;
 /// How long a peer may take to send its request once it opened a stream.
 pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How a hostile peer (`hafill sim hostile`) answers a fetch: the
-/// coverage is honest, the segment is not. The receiver must refuse every
-/// one of these, keep nothing of it, and cut the peer off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lie {
-    /// A block list whose tree does not hash to the segment's BLAKE3.
-    WrongHash,
-    /// A header claiming another length.
-    WrongSize,
-    /// An honest header, then a block with one bit flipped.
-    BadBlock,
-    /// A frame announcing more than the largest frame allowed.
-    Oversized,
-    /// Every block, then one more that was not asked for.
-    Extra,
-    /// The header, then nothing, with the connection kept alive.
-    Stall,
-    /// The header, then a block one byte at a time.
-    Drip,
+/// What a serving side does to a fetch beyond answering it honestly:
+/// nothing, for every real server (no hook). `hafill sim hostile` installs
+/// one that lies (`sim::hostile`), to prove that receivers refuse the lies.
+pub trait FetchHook: Send + Sync + std::fmt::Debug {
+    /// Bytes to send instead of the header; the stream then hangs.
+    fn instead_of_header(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Changes the header's length or block chaining values before it is
+    /// sent.
+    fn header(&self, _len: &mut u64, _cvs: &mut [[u8; 32]]) {}
+    /// Whether the stream hangs after the header.
+    fn hang_after_header(&self) -> bool {
+        false
+    }
+    /// How the first block is sent.
+    fn first_block(&self, _data: &Bytes) -> FirstBlock {
+        FirstBlock::AsIs
+    }
+    /// Whether the first block is sent once more after the last.
+    fn repeat_first_block(&self) -> bool {
+        false
+    }
 }
 
-impl std::str::FromStr for Lie {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "wrong-hash" => Lie::WrongHash,
-            "wrong-size" => Lie::WrongSize,
-            "bad-block" => Lie::BadBlock,
-            "oversized" => Lie::Oversized,
-            "extra" => Lie::Extra,
-            "stall" => Lie::Stall,
-            "drip" => Lie::Drip,
-            _ => {
-                return Err(
-                    "expected wrong-hash, wrong-size, bad-block, oversized, extra, stall or drip"
-                        .into(),
-                )
-            }
-        })
-    }
+/// How a [`FetchHook`] has the first block sent.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum FirstBlock {
+    AsIs,
+    /// These bytes under the block's header.
+    Replace(Bytes),
+    /// Header and bytes one byte at a time, this far apart.
+    Drip(std::time::Duration),
 }
 
 /// Counts a peer's connection while it lives.
@@ -298,6 +292,17 @@ fn paired_camera(
         ));
     }
     let local = state.config.local_name(&id);
+    // A camera's own name here, asked for as if it were an id, is not that
+    // camera: the id must map back to itself.
+    if state.config.id_of_local(&local) != id {
+        return Err((
+            ErrorCode::NotPaired,
+            format!(
+                "camera {id} is not paired between {} and {peer}",
+                state.config.name
+            ),
+        ));
+    }
     Ok((id, local))
 }
 
@@ -489,30 +494,23 @@ async fn fetch(
         }
         Err((code, msg)) => return send_error(send, code, msg).await,
     };
-    let lie = state.lie;
-    if lie == Some(Lie::Oversized) {
-        let mut prefix = ((hafill_protocol::MAX_FRAME_LEN + 1) as u32)
-            .to_le_bytes()
-            .to_vec();
-        prefix.push(hafill_protocol::types::BLOCK);
-        send.write_all(&prefix).await?;
-        std::future::pending::<()>().await;
-    }
-    if lie == Some(Lie::WrongHash) {
-        cvs[0][0] ^= 1;
+    let hook = state.hook.clone();
+    let mut len = meta.len;
+    if let Some(h) = &hook {
+        if let Some(bytes) = h.instead_of_header() {
+            send.write_all(&bytes).await?;
+            std::future::pending::<()>().await;
+        }
+        h.header(&mut len, &mut cvs);
     }
     let header = Message::FetchHeader {
-        len: if lie == Some(Lie::WrongSize) {
-            meta.len + 1
-        } else {
-            meta.len
-        },
+        len,
         blake3: *meta.blake3.as_bytes(),
         block_size,
         cvs,
     };
     write_message(send, &header).await?;
-    if lie == Some(Lie::Stall) {
+    if hook.as_ref().is_some_and(|h| h.hang_after_header()) {
         std::future::pending::<()>().await;
     }
 
@@ -557,25 +555,23 @@ async fn fetch(
     while let Some(m) = rx.recv().await {
         match m {
             Ok((header, data)) => {
-                if first.is_none() {
+                if let (None, Some(h)) = (&first, &hook) {
                     first = Some((header, data.clone()));
-                    match lie {
-                        Some(Lie::BadBlock) => {
-                            let mut bad = data.to_vec();
-                            bad[0] ^= 1;
-                            write_block(send, header, Bytes::from(bad)).await?;
+                    match h.first_block(&data) {
+                        FirstBlock::AsIs => {}
+                        FirstBlock::Replace(other) => {
+                            write_block(send, header, other).await?;
                             continue;
                         }
-                        Some(Lie::Drip) => {
+                        FirstBlock::Drip(every) => {
                             let mut bytes = header.encode().to_vec();
                             bytes.extend_from_slice(&data);
                             for b in bytes {
                                 send.write_all(&[b]).await?;
-                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                                tokio::time::sleep(every).await;
                             }
                             continue;
                         }
-                        _ => {}
                     }
                 }
                 write_block(send, header, data).await?
@@ -583,8 +579,10 @@ async fn fetch(
             Err(e) => return send_error(send, ErrorCode::Internal, e).await,
         }
     }
-    if let (Some(Lie::Extra), Some((header, data))) = (lie, first) {
-        write_block(send, header, data).await?;
+    if let (Some(h), Some((header, data))) = (&hook, first) {
+        if h.repeat_first_block() {
+            write_block(send, header, data).await?;
+        }
     }
     write_message(send, &Message::FetchEnd).await?;
     send.finish()?;

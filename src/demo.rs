@@ -1,6 +1,8 @@
 //! `hafill demo`: two recording servers in a temporary directory, synthetic
-//! recordings on both, an outage on one, and the backfill over real QUIC on
-//! loopback, verified, with a summary.
+//! recordings on both, an outage on one that has just ended, and its boot:
+//! the gate plans and places, starts a live recorder (`hafill sim live`)
+//! that records while the backfill runs over real QUIC on loopback, and
+//! everything is verified, with a summary.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,9 +14,8 @@ use hafill_engine::config::Config;
 use hafill_engine::sim::{self, RecordSpec};
 use hafill_engine::store::Store;
 use hafill_engine::units::{format_bytes, Timestamp};
-use hafill_engine::{identity, plan};
+use hafill_engine::{gate, identity, plan};
 
-use crate::net_cmd::run_backfill;
 use crate::progress::Progress;
 use crate::{args, CmdResult, Outcome};
 
@@ -83,14 +84,14 @@ pub fn run(a: DemoArgs) -> CmdResult {
         &id2[..16]
     );
 
-    // Recordings: both servers record the same cameras; rs02 was down for
-    // the middle two thirds of the window on half of them.
+    // Recordings: both servers record the same cameras; rs02 has been down
+    // for the last five sixths of the window on half of them, and boots now.
     let now = Timestamp::now();
     let seg = 60_000_000i64;
     let to = Timestamp(now.0 / seg * seg);
     let from = to.add_micros(-(a.minutes as i64) * seg);
     let third = (a.minutes as i64 / 3).max(1) * seg;
-    let outage = (from.add_micros(third / 2), to.add_micros(-third / 2));
+    let outage = (from.add_micros(third / 2), to);
     let spec = RecordSpec {
         cameras: a.cameras,
         first_camera: 1,
@@ -143,13 +144,58 @@ pub fn run(a: DemoArgs) -> CmdResult {
             let _ = stop_rx.await;
         },
     ));
+    println!("== rs02 boots: the gate plans and places, starts its recorder, and backfills from rs01 over QUIC on 127.0.0.1:{p1}");
     let started = Instant::now();
-    println!("== rs02 backfills from rs01 over QUIC on 127.0.0.1:{p1}");
-    let report = run_backfill(&config2, &BackfillOptions::default(), false);
+    let opts = BackfillOptions::default();
+    let gated = rt.block_on(gate::prepare(&config2, &opts, 86_400_000_000));
+    let gated = match gated {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = stop_tx.send(());
+            let _ = rt.block_on(server);
+            return Err(e.into());
+        }
+    };
+    let whole_at = started.elapsed().as_secs_f64();
+    // The recording service: `hafill sim live` into rs02's own store, four
+    // cameras live while the backfill fills the outage beside them.
+    let live = std::process::Command::new(std::env::current_exe()?)
+        .args(["sim", "live", "--store"])
+        .arg(d2.join("store"))
+        .args(["--cameras", "4", "--bitrate", "2Mbit", "--segment", "2s"])
+        .args(["--for", "8s", "--json"])
+        .env("HAFILL_LOG", "error")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let recorder_at = started.elapsed().as_secs_f64();
+    let bar = Arc::new(std::sync::Mutex::new(Progress::new(
+        "backfill", 0, true, false,
+    )));
+    let b = bar.clone();
+    let reports = rt.block_on(gate::backfill_in_background(
+        config2.clone(),
+        opts,
+        gated,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        std::time::Duration::from_secs(10),
+        move |t| {
+            if let Ok(mut p) = b.lock() {
+                p.set(t.bytes_done, t.bytes_total);
+            }
+        },
+    ));
+    if let Ok(mut p) = bar.lock() {
+        p.finish();
+    }
+    let whole = started.elapsed().as_secs_f64();
+    let live = live.wait_with_output()?;
     let _ = stop_tx.send(());
     let _ = rt.block_on(server);
-    let report = report?;
-    let whole = started.elapsed().as_secs_f64();
+    let Some(report) = reports.into_iter().next() else {
+        return Err("the backfill did not run".into());
+    };
+    let live_report: Option<serde_json::Value> = serde_json::from_slice(&live.stdout).ok();
 
     // Verify: every byte re-hashed, and nothing left to plan.
     let store2 = Store::open(d2.join("store"))?;
@@ -174,10 +220,7 @@ pub fn run(a: DemoArgs) -> CmdResult {
         report.placement.planned_segments,
         format_bytes(report.placement.planned_bytes)
     );
-    println!(
-        "  timeline whole (placeholders) after {:.2} s",
-        report.placement.placeholders_seconds
-    );
+    println!("  timeline whole (placeholders) after {whole_at:.2} s; recorder started after {recorder_at:.2} s");
     println!(
         "  backfilled             {} segments, {} ({} on the wire) at {:.1} MiB/s",
         report.segments,
@@ -196,13 +239,25 @@ pub fn run(a: DemoArgs) -> CmdResult {
         verify.problems.len(),
         left.segments()
     );
+    let live_ok = live.status.success() && live_report.is_some();
+    match &live_report {
+        Some(r) if live.status.success() => println!(
+            "  live recording         rs02's recorder (sim live, 4 cameras x 2 Mbit/s), started before the backfill and recording through it: {} segments ({} frames), {} frames late",
+            r["segments"], r["frames"], r["frame_deadline_misses"]
+        ),
+        _ => println!(
+            "  live recording         FAILED: {}",
+            String::from_utf8_lossy(&live.stderr).trim()
+        ),
+    }
     if let Some(d) = &a.keep {
         println!(
             "  kept in {} (configs: rs01/hafill.toml, rs02/hafill.toml)",
             d.display()
         );
     }
-    let ok = report.failed.is_empty() && verify.problems.is_empty() && left.segments() == 0;
+    let ok =
+        report.failed.is_empty() && verify.problems.is_empty() && left.segments() == 0 && live_ok;
     println!(
         "  result                 {}",
         if ok {

@@ -32,11 +32,16 @@ fn inventory(dir: &Path, server: &str, file: &str, text: &str) -> String {
 /// A config of `name` with rs01..rs03 as peers (unused addresses and IDs)
 /// and `cameras` appended.
 fn config_with(dir: &Path, name: &str, cameras: &str) -> std::path::PathBuf {
-    let id = "0".repeat(64);
     let mut text = format!(
         "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:1\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nstatus = \"off\"\n\n"
     );
-    for p in ["rs01", "rs02", "rs03"].iter().filter(|p| **p != name) {
+    for (k, p) in ["rs01", "rs02", "rs03"]
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| **p != name)
+    {
+        // Each peer its own (unused) ID: a config refuses one key twice.
+        let id = k.to_string().repeat(64);
         text += &format!("[[peer]]\nname = \"{p}\"\naddr = \"127.0.0.1:2\"\nid = \"{id}\"\n\n");
     }
     text += cameras;

@@ -293,6 +293,8 @@ fn backfill_fills_exactly_the_missing_minute_of_a_camera_named_per_server() {
             .clone()
     };
     assert_eq!(on("rs02")["name_there"], "lobby-2", "{lobby}");
+    // Cut at other moments than rs01's, rs02 lacks nothing now.
+    assert_eq!(on("rs02")["gaps_pending"]["segments"], 0, "{lobby}");
     assert!(on("rs01").get("name_there").is_none(), "{lobby}");
 
     // Nothing is missing any more: a second run fetches nothing.

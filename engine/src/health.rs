@@ -270,6 +270,10 @@ pub fn assess(
     let mut alerts = Vec::new();
     let mut overview = Overview::default();
     let mut out = Vec::new();
+    let seam_us = match &config.recorder {
+        crate::config::RecorderConfig::Segments { seam_us, .. } => *seam_us,
+        crate::config::RecorderConfig::Native => 0,
+    };
     for camera in cameras {
         let rule = config.rule_of(&camera);
         let servers: Vec<String> = match rule {
@@ -297,7 +301,11 @@ pub fn assess(
             let mut missing: BTreeMap<i64, u64> = BTreeMap::new();
             for o in servers.iter().filter(|o| *o != s) {
                 for x in slots_of(o) {
-                    if held.covered_len(x.start, x.end) < (x.end - x.start) as u64 {
+                    // Recorders cut at their own moments: a hole under the
+                    // seam tolerance is not a gap.
+                    let uncovered =
+                        ((x.end - x.start) as u64).saturating_sub(held.covered_len(x.start, x.end));
+                    if uncovered > seam_us.min(((x.end - x.start) as u64).saturating_sub(1)) {
                         missing.entry(x.start).or_insert(x.len);
                     }
                 }

@@ -60,10 +60,14 @@ fn a_server_whose_id_differs_from_the_pinned_one_is_refused_by_the_client() {
     let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
     record_small(&c.server("rs01").store());
     c.serve("rs01");
-    // rs02's config pins rs03's ID for rs01's address.
+    // rs02's config pins another key's ID for rs01's address.
+    let other = c.root.path().join("other");
+    let other_id = run_ok(&["keygen", "--out", p(&other), "--name", "other"])
+        .trim()
+        .to_string();
     let cfg = c.server("rs02").config();
     let text = std::fs::read_to_string(&cfg).unwrap();
-    let wrong = text.replace(&c.server("rs01").id, &c.server("rs03").id);
+    let wrong = text.replace(&c.server("rs01").id, &other_id);
     std::fs::write(&cfg, wrong).unwrap();
     let out = run(&["backfill", "--config", p(&cfg), "--json", "--from", "rs01"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -41,7 +41,7 @@ pub fn duration_us(path: &Path) -> Result<Option<u64>, String> {
     let mut f = File::open(path).map_err(|e| e.to_string())?;
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     match kind {
-        Container::Mp4 => mp4_duration_us(&mut f, len).map(Some),
+        Container::Mp4 => mp4_duration_us(&mut f, len),
         Container::MpegTs => ts_duration_us(&mut f, len).map(Some),
     }
 }
@@ -49,7 +49,9 @@ pub fn duration_us(path: &Path) -> Result<Option<u64>, String> {
 /// Largest `moov` read whole.
 const MAX_MOOV: u64 = 16 << 20;
 
-fn mp4_duration_us(f: &mut File, len: u64) -> Result<u64, String> {
+/// Ok(None) for a fragmented MP4 (MediaMTX's default): its `mvhd` gives no
+/// duration, and the spacing to the next file stands in.
+fn mp4_duration_us(f: &mut File, len: u64) -> Result<Option<u64>, String> {
     let err = |e: mp4_atom::Error| format!("not an MP4 segment: {e}");
     // A segment has a handful of top-level boxes; thousands is not one.
     for _ in 0..4096 {
@@ -92,9 +94,10 @@ fn mp4_duration_us(f: &mut File, len: u64) -> Result<u64, String> {
                     return Err("MP4 mvhd has a timescale of 0".into());
                 }
                 if m.duration == 0 || m.duration == u32::MAX as u64 || m.duration == u64::MAX {
-                    return Err("MP4 mvhd gives no duration (a fragmented MP4?)".into());
+                    return Ok(None);
                 }
                 return u64::try_from(m.duration as u128 * 1_000_000 / m.timescale as u128)
+                    .map(Some)
                     .map_err(|_| "MP4 duration overflows".to_string());
             }
             let n = child.size.unwrap_or(buf.len());

@@ -17,7 +17,8 @@
 # Run: bash benches/recorder_live.sh
 # Knobs: LIVE_FOR (seconds, 30), STREAMS (4), STREAM_RATE (32M),
 # SOURCE_MIN (minutes of source for the backfill, 8), HAFILL_BENCH_DIR
-# (/var/tmp), MODES ("alone adaptive none").
+# (/var/tmp), MODES ("alone adaptive none"), KEEP (set: keep the work folder
+# with every recorder's and sender's log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LIVE_FOR=${LIVE_FOR:-30}
@@ -35,6 +36,7 @@ W=$(mktemp -d "${HAFILL_BENCH_DIR:-/var/tmp}/hafill-reclive.XXXXXX")
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    [ -n "${KEEP:-}" ] && { echo "kept: $W"; return; }
     rm -rf "$W"
 }
 trap cleanup EXIT
@@ -67,16 +69,6 @@ run_mode() { # mode
     local mode=$1 dir="$W/rec-$1"
     mkdir -p "$dir"
     local rec=() snd=()
-    for i in $(seq 1 "$STREAMS"); do
-        mkdir -p "$dir/cam$i"
-        # Recorders exit 3 s after their stream stops.
-        ffmpeg -hide_banner -loglevel warning -nostdin \
-            -i "udp://127.0.0.1:$((9100 + i))?fifo_size=1000000&overrun_nonfatal=1&timeout=3000000" \
-            -c copy -f segment -segment_time 10 -reset_timestamps 1 -strftime 1 \
-            "$dir/cam$i/%Y%m%d-%H%M%S.ts" 2>"$dir/recorder$i.log" &
-        rec+=($!)
-    done
-    PIDS+=("${rec[@]}")
     local bf="" w0=0 t0 w1 t1
     if [ "$mode" != alone ]; then
         rm -rf "$W/rs02/store"
@@ -89,6 +81,19 @@ run_mode() { # mode
         sleep 3
         w0=$(awk '/^write_bytes/ {print $2}' "/proc/$bf/io" 2>/dev/null || echo 0)
     fi
+    # The recorders start just before their streams (they give up 3 s after
+    # their stream stops, or if it never starts).
+    for i in $(seq 1 "$STREAMS"); do
+        mkdir -p "$dir/cam$i"
+        # Recorders exit 3 s after their stream stops.
+        ffmpeg -hide_banner -loglevel warning -nostdin \
+            -i "udp://127.0.0.1:$((9100 + i))?fifo_size=1000000&overrun_nonfatal=1&timeout=3000000" \
+            -c copy -f segment -segment_time 10 -reset_timestamps 1 -strftime 1 \
+            "$dir/cam$i/%Y%m%d-%H%M%S.ts" 2>"$dir/recorder$i.log" &
+        rec+=($!)
+    done
+    PIDS+=("${rec[@]}")
+    sleep 0.5
     t0=$(date +%s.%N)
     for i in $(seq 1 "$STREAMS"); do
         ffmpeg -hide_banner -loglevel error -nostdin -progress "$dir/sender$i.progress" \
@@ -138,7 +143,7 @@ for m in modes:
     recorded = sum(packets(f) for f in glob.glob(f"{d}/cam*/*.ts"))
     logs = "".join(open(f).read() for f in glob.glob(f"{d}/recorder*.log"))
     cont = len(re.findall(r"[Cc]ontinuity check failed", logs))
-    overrun = len(re.findall(r"[Cc]ircular buffer overrun|overrun", logs))
+    overrun = len(re.findall(r"[Cc]ircular buffer overrun", logs))
     corrupt = len(re.findall(r"[Pp]acket corrupt", logs))
     rate = open(f"{w}/rate-{m}").read().strip()
     lost = sent - recorded

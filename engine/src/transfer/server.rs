@@ -430,14 +430,14 @@ async fn fetch(
         .await;
     }
     let start = Timestamp(start_us);
-    let n_blocks = {
+    let found = {
         let st = state.clone();
         let local = local.clone();
         tokio::task::spawn_blocking(move || st.recorder.open(&local, start))
             .await
             .map_err(|e| TransferError::Protocol(e.to_string()))?
     };
-    let (file, mut meta) = match n_blocks {
+    let (file, mut meta) = match found {
         Ok(Some(found)) => found,
         Ok(None) => {
             return send_error(

@@ -11,37 +11,72 @@
 ///
 /// Call it after any child process that must run normally (the recording
 /// service the gate starts) has been started: children inherit it too.
+///
+/// It also keeps a floor: a process starved of CPU for long runs at
+/// `SCHED_BATCH`, nice 19, until the machine calms (see
+/// [`super::starve`]).
 pub fn yield_to_live() -> usize {
+    let n = set_policy(Policy::Idle);
+    super::starve::keep_floor();
+    n
+}
+
+/// A CPU policy for every thread of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// `SCHED_IDLE` and the idle I/O class.
+    Idle,
+    /// `SCHED_BATCH` at nice 19 (the I/O class stays idle).
+    Floor,
+}
+
+/// Moves every thread of this process to `policy`; returns how many the
+/// kernel took it for.
+pub fn set_policy(policy: Policy) -> usize {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return usize::from(yield_thread(0));
+        return usize::from(set_thread(0, policy));
     };
     tasks
         .filter_map(|t| t.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|tid| yield_thread(*tid))
+        .filter(|tid| set_thread(*tid, policy))
         .count()
 }
 
-/// One thread to `SCHED_IDLE` and the idle I/O class; whether the kernel
-/// took `SCHED_IDLE`.
-fn yield_thread(tid: i32) -> bool {
+/// One thread to `policy`; whether the kernel took it.
+fn set_thread(tid: i32, policy: Policy) -> bool {
     super::disk::set_idle_io(tid);
-    set_idle(tid)
+    match policy {
+        Policy::Idle => set_scheduler(tid, libc::SCHED_IDLE),
+        Policy::Floor => set_scheduler(tid, libc::SCHED_BATCH) && set_nice(tid, 19),
+    }
 }
 
 #[allow(unsafe_code)]
-fn set_idle(tid: i32) -> bool {
+fn set_scheduler(tid: i32, policy: libc::c_int) -> bool {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sched_setscheduler reads the sched_param we pass by
     // reference for the duration of the call; `tid` names one of our own
     // threads (or 0, the calling one).
-    unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) == 0 }
+    unsafe { libc::sched_setscheduler(tid, policy, &param) == 0 }
+}
+
+#[allow(unsafe_code)]
+fn set_nice(tid: i32, nice: libc::c_int) -> bool {
+    // SAFETY: setpriority takes plain integers and touches no memory; on
+    // Linux PRIO_PROCESS with a thread id sets that thread's nice value.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
 }
 
 /// Whether the calling thread runs under `SCHED_IDLE`.
 #[allow(unsafe_code)]
 pub fn is_idle() -> bool {
+    scheduler() == libc::SCHED_IDLE
+}
+
+#[allow(unsafe_code)]
+fn scheduler() -> libc::c_int {
     // SAFETY: sched_getscheduler takes a thread id and touches no memory.
-    unsafe { libc::sched_getscheduler(0) == libc::SCHED_IDLE }
+    unsafe { libc::sched_getscheduler(0) }
 }
 
 #[cfg(test)]
@@ -83,5 +118,15 @@ mod tests {
             "a thread started afterwards inherits SCHED_IDLE and the idle I/O class"
         );
         before.join().unwrap();
+
+        // The floor, and back.
+        assert!(set_policy(Policy::Floor) >= 1);
+        assert_eq!(scheduler(), libc::SCHED_BATCH);
+        // SAFETY: getpriority takes plain integers.
+        #[allow(unsafe_code)]
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert_eq!(nice, 19);
+        assert!(set_policy(Policy::Idle) >= 1);
+        assert!(is_idle());
     }
 }

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod disk;
 pub mod governor;
 pub mod schedule;
+pub mod starve;
 
 use std::time::Duration;
 

@@ -24,6 +24,7 @@ use crate::segment::SegmentMeta;
 use crate::store::traits::{SegmentSink, UNKNOWN_HASH};
 use crate::store::StoreError;
 use crate::throttle::governor::Rates;
+use crate::throttle::starve;
 
 /// Connects to `peer` and says hello; fails within `timeout`.
 pub async fn connect(
@@ -248,14 +249,38 @@ pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
 /// of waiting out the stall timeout.
 pub const END_GAME_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Reads one frame of a fetch within `stall`.
+/// Reads one frame of a fetch within `stall`. The peer is blamed only for
+/// a whole `stall` in which this process waited for a CPU under a tenth of
+/// the time: on a busy machine, under `SCHED_IDLE`, a wait for a core is
+/// ours, not the peer's, and so is the while the peer's sender takes to
+/// recover from the acknowledgements we sent late (see
+/// [`crate::throttle::starve`]).
 async fn read_within<T>(
     stall: Duration,
     read: impl std::future::Future<Output = Result<T, TransferError>>,
 ) -> Result<T, TransferError> {
-    tokio::time::timeout(stall, read)
-        .await
-        .unwrap_or(Err(TransferError::Stalled(stall)))
+    let started = tokio::time::Instant::now();
+    let mut mark = starve::now();
+    tokio::pin!(read);
+    let mut deadline = started + stall;
+    loop {
+        match tokio::time::timeout_at(deadline, &mut read).await {
+            Ok(r) => return r,
+            Err(_) => {
+                let starved = starve::since(mark);
+                if starved < stall / 10 {
+                    tracing::debug!(
+                        waited = ?started.elapsed(),
+                        "no whole frame within the stall timeout"
+                    );
+                    return Err(TransferError::Stalled(stall));
+                }
+                tracing::debug!(?starved, "waited for a CPU: the stall timer starts over");
+                mark = starve::now();
+                deadline = tokio::time::Instant::now() + stall;
+            }
+        }
+    }
 }
 
 /// Fetches the missing blocks of the reserved segment `meta` (the source's

@@ -36,7 +36,7 @@ pub struct HostileArgs {
     #[arg(long, value_name = "FILE", value_parser = args::config_file)]
     config: PathBuf,
     /// How it lies: wrong-hash, wrong-size, bad-block, oversized, extra,
-    /// stall or drip.
+    /// stall, drip, or drip-coverage (a coverage answer that never ends).
     #[arg(long, value_name = "LIE")]
     lie: hafill_engine::sim::hostile::Lie,
 }

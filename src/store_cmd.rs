@@ -1,4 +1,4 @@
-//! `hafill store ls | verify | rebuild`.
+//! `hafill store init | ls | verify | rebuild`.
 
 use std::path::PathBuf;
 
@@ -13,6 +13,10 @@ use crate::{args, print_json, CmdResult, Outcome};
 
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
+    /// Make the store (or, beside a recorder, hafill's state folder) that a
+    /// config names. hafill never makes one on its own: a missing store
+    /// most often means a volume that is not mounted.
+    Init(InitArgs),
     /// List segments and coverage runs.
     Ls(LsArgs),
     /// Re-hash every complete segment (in parallel) and report mismatches;
@@ -20,6 +24,17 @@ pub enum StoreCommand {
     Verify(VerifyArgs),
     /// Rebuild the index from the segment files alone.
     Rebuild(RebuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The server's config file: its `[server] store` (native), or its
+    /// `[server] state` beside the `[recorder] path`.
+    #[arg(long, value_name = "FILE", value_parser = args::config_file, required_unless_present = "store", conflicts_with = "store")]
+    config: Option<PathBuf>,
+    /// A native store folder (new, or empty; its parent must exist).
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +77,7 @@ pub struct RebuildArgs {
 
 pub fn run(cmd: StoreCommand) -> CmdResult {
     match cmd {
+        StoreCommand::Init(a) => init(a),
         StoreCommand::Ls(a) => ls(a),
         StoreCommand::Verify(a) => verify(a),
         StoreCommand::Rebuild(a) => rebuild(a),
@@ -195,8 +211,21 @@ fn verify(a: VerifyArgs) -> CmdResult {
     })
 }
 
+fn init(a: InitArgs) -> CmdResult {
+    let made = match (&a.config, a.store) {
+        (Some(file), _) => store::init(&hafill_engine::config::Config::load(file)?)?,
+        (None, Some(dir)) => store::init_native(&dir)?,
+        (None, None) => unreachable!("clap requires --config or --store"),
+    };
+    match made {
+        store::Init::Made(p) => println!("made {}", p.display()),
+        store::Init::Present(p) => println!("{} is ready already; nothing changed", p.display()),
+    }
+    Ok(Outcome::Ok)
+}
+
 fn rebuild(a: RebuildArgs) -> CmdResult {
-    let store = Store::open_writer(&a.store, false)?;
+    let store = Store::open_to_rebuild(&a.store)?;
     let report = store.rebuild()?;
     if a.json {
         print_json(&report)?;

@@ -122,6 +122,7 @@ fn every_lie_is_refused_the_liar_cut_off_and_the_honest_peer_completes() {
     let (c, source) = liar_site();
     for lie in LIES {
         let _ = std::fs::remove_dir_all(c.server("rs02").store());
+        run_ok(&["store", "init", "--store", p(&c.server("rs02").store())]);
         let hostile = start_hostile(&c, lie);
         let r = backfill_rs02(&c);
         drop(hostile);
@@ -237,4 +238,55 @@ fn a_stream_that_never_finishes_its_request_gets_a_bad_request_error() {
             other => panic!("expected a BadRequest error, got {other:?}"),
         }
     });
+}
+
+/// The gate's promise: every peer asked at once, and the whole of the
+/// planning under `--deadline`. A peer whose coverage answer trickles (a
+/// frame every 10 seconds, each in time) and never ends held the gate, and
+/// the recording service, forever; now it is skipped at the deadline and
+/// the honest peer's segments are placed.
+#[test]
+fn a_peer_whose_coverage_never_ends_is_skipped_at_the_gate_s_deadline() {
+    let (c, _) = liar_site();
+    let hostile = start_hostile(&c, "drip-coverage");
+    let mut child = hafill()
+        .env("HAFILL_LOG", "info")
+        .args([
+            "gate",
+            "--config",
+            p(&c.server("rs02").config()),
+            "--deadline",
+            "3s",
+            "--then-exit",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A hang detector, not a speed target.
+    let hang = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > hang {
+            let _ = child.kill();
+            panic!("the gate waited on a coverage answer that never ends");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(hostile);
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("rs03") && l.contains("coverage failed")),
+        "the skipped peer is named: {log}"
+    );
+    let ls = json(&[
+        "store",
+        "ls",
+        "--store",
+        p(&c.server("rs02").store()),
+        "--json",
+    ]);
+    assert_eq!(ls["segments"], 30, "rs01's segments are placed: {ls:#}");
 }

@@ -101,11 +101,11 @@ fn a_coverage_response_past_the_entry_limit_is_refused() {
         let conn = client::connect(&ep, &me, "rs02", &peer, Duration::from_secs(10))
             .await
             .unwrap();
-        let all = client::coverage_at_most(&conn, 0, i64::MAX, vec![], 30)
+        let all = client::coverage_at_most(&conn, 0, i64::MAX, vec![], 30, client::DEFAULT_STALL)
             .await
             .unwrap();
         assert_eq!(all.len(), 30);
-        let e = client::coverage_at_most(&conn, 0, i64::MAX, vec![], 29)
+        let e = client::coverage_at_most(&conn, 0, i64::MAX, vec![], 29, client::DEFAULT_STALL)
             .await
             .unwrap_err();
         assert!(e.to_string().contains("limit of 29 entries"), "{e}");
@@ -143,7 +143,9 @@ fn unread_fetches_hold_no_more_than_the_flow_control_windows() {
                 let conn = client::connect(&ep, me, "rs02", peer, Duration::from_secs(10))
                     .await
                     .unwrap();
-                let segs = client::coverage(&conn, 0, i64::MAX, vec![]).await.unwrap();
+                let segs = client::coverage(&conn, 0, i64::MAX, vec![], client::DEFAULT_STALL)
+                    .await
+                    .unwrap();
                 let base = conn.stats().udp_rx.bytes;
                 let mut streams = Vec::new();
                 for s in segs.iter().take(n) {

@@ -205,3 +205,116 @@ fn the_source_killed_mid_transfer_loses_nothing_verified() {
     assert!(report["refetched_bytes"].as_u64().unwrap() <= BOUND);
     assert_eq!(file_hashes(&c.server("rs01").store()), file_hashes(&b));
 }
+
+/// A progress record hafill never writes (block size 0, from a damaged
+/// attribute or another tool) made a fetch worker panic on a division by
+/// zero, and the run never ended. Now the segment starts over and the run
+/// completes.
+#[test]
+fn a_damaged_progress_record_starts_its_segment_over() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    // rs02 stopped recording at t0 + 120 s and boots now: the gate
+    // reserves what rs01 holds after that as placeholders, then exits.
+    sim_record(&a, 2, "2Mbit", "60s", t0, t0 + 600, 5);
+    sim_record(&b, 2, "2Mbit", "60s", t0, t0 + 120, 5);
+    c.serve("rs01");
+    let cfg = p(&c.server("rs02").config()).to_string();
+    run_ok(&["gate", "--config", &cfg, "--then-exit"]);
+    let (theirs, ours) = (file_hashes(&a), file_hashes(&b));
+    let placeholder = ours
+        .iter()
+        .find(|(name, hash)| theirs.get(*name) != Some(*hash))
+        .map(|(name, _)| b.join(name))
+        .expect("the gate made placeholders");
+    // Block size 0, 8 blocks: the right length for 8 blocks.
+    let mut record = vec![0u8; 10];
+    record[4..8].copy_from_slice(&8u32.to_le_bytes());
+    xattr::set(&placeholder, "user.hafill.progress", &record).unwrap();
+
+    let mut child = hafill()
+        .args(backfill_args(&cfg))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A hang detector, not a speed target: the backfill takes seconds.
+    let mut waited = Duration::ZERO;
+    while child.try_wait().unwrap().is_none() {
+        if waited > Duration::from_secs(300) {
+            child.kill().unwrap();
+            panic!("the backfill did not end within 5 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        waited += Duration::from_millis(100);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(file_hashes(&a), file_hashes(&b));
+}
+
+/// A crash after a segment's file was marked complete and before the index
+/// append leaves the index saying placeholder. The next run reads the
+/// file's own record first: the segment is indexed complete, not fetched
+/// again (nor refused as "already complete" for ever).
+#[test]
+fn a_segment_complete_on_its_file_but_not_in_the_index_is_indexed() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    sim_record(&a, 2, "2Mbit", "60s", t0, t0 + 600, 5);
+    sim_record(&b, 2, "2Mbit", "60s", t0, t0 + 120, 5);
+    c.serve("rs01");
+    let cfg = p(&c.server("rs02").config()).to_string();
+    run_ok(&["gate", "--config", &cfg, "--then-exit"]);
+    let (theirs, ours) = (file_hashes(&a), file_hashes(&b));
+    let name = ours
+        .iter()
+        .find(|(name, hash)| theirs.get(*name) != Some(*hash))
+        .map(|(name, _)| name.clone())
+        .expect("the gate made placeholders");
+    // The install of `name` finished on the file (its bytes, its record
+    // marked complete), and the process died before the index append.
+    let (src, dst) = (a.join(&name), b.join(&name));
+    std::fs::write(&dst, std::fs::read(&src).unwrap()).unwrap();
+    let record = xattr::get(&src, "user.hafill").unwrap().unwrap();
+    xattr::set(&dst, "user.hafill", &record).unwrap();
+    let _ = xattr::remove(&dst, "user.hafill.progress");
+    let state_of = |ls: &serde_json::Value| -> Vec<String> {
+        ls["cameras"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["segments"].as_array().unwrap().iter())
+            .map(|s| s["state"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = json(&["store", "ls", "--store", p(&b), "--json"]);
+    assert_eq!(
+        state_of(&before)
+            .iter()
+            .filter(|s| *s != "complete")
+            .count(),
+        16
+    );
+
+    let report = json(
+        &backfill_args(&cfg)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(report["failed"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["segments"], 15, "{report:#}");
+    let after = json(&["store", "ls", "--store", p(&b), "--json"]);
+    assert!(
+        state_of(&after).iter().all(|s| s == "complete"),
+        "{after:#}"
+    );
+    assert_eq!(file_hashes(&a), file_hashes(&b));
+}

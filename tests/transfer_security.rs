@@ -97,14 +97,22 @@ fn a_camera_not_paired_with_the_asker_gets_not_paired_and_no_bytes() {
             .unwrap();
 
         // Coverage of everything lists only the paired camera.
-        let all = client::coverage(&conn, 0, i64::MAX, vec![]).await.unwrap();
+        let all = client::coverage(&conn, 0, i64::MAX, vec![], client::DEFAULT_STALL)
+            .await
+            .unwrap();
         assert!(!all.is_empty());
         assert!(all.iter().all(|e| e.camera == "cam-0001"));
 
         // Asking by name for an unpaired camera: a typed error.
-        let err = client::coverage(&conn, 0, i64::MAX, vec!["cam-0002".into()])
-            .await
-            .unwrap_err();
+        let err = client::coverage(
+            &conn,
+            0,
+            i64::MAX,
+            vec!["cam-0002".into()],
+            client::DEFAULT_STALL,
+        )
+        .await
+        .unwrap_err();
         assert!(
             matches!(
                 err,

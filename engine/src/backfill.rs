@@ -51,6 +51,10 @@ pub struct BackfillOptions {
     pub compression: Compression,
     pub io: IoChoice,
     pub connect_timeout: Duration,
+    /// The gate's deadline: connecting and every peer's coverage answer
+    /// must be done this long after the run started; a peer that is not is
+    /// skipped (and asked again in the background).
+    pub plan_deadline: Option<Duration>,
     /// Placeholders as holes instead of allocated space.
     pub sparse: bool,
     /// The daemon's counters, updated as the backfill goes.
@@ -78,6 +82,7 @@ impl Default for BackfillOptions {
             compression: Compression::Auto,
             io: IoChoice::Auto,
             connect_timeout: Duration::from_secs(10),
+            plan_deadline: None,
             sparse: false,
             metrics: None,
             stall: client::DEFAULT_STALL,
@@ -335,17 +340,34 @@ impl Session {
         let to = to.min(plan_opts.now.add_micros(86_400_000_000));
         let mut holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> = BTreeMap::new();
         let names: Vec<String> = self.conns.keys().cloned().collect();
-        for name in names {
-            let Some(cs) = self.conns.get(&name) else {
-                continue;
-            };
-            let cams: Vec<String> = self
-                .opts
-                .cameras
-                .iter()
-                .map(|c| c.as_str().to_string())
-                .collect();
-            match client::coverage(&cs[0], from.0, to.0, cams).await {
+        let cams: Vec<String> = self
+            .opts
+            .cameras
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        // Every peer at once; under the gate, the whole of it within what
+        // is left of the deadline.
+        let left = self
+            .opts
+            .plan_deadline
+            .map(|d| d.saturating_sub(t0.elapsed()));
+        let asks = names.iter().map(|name| {
+            let conn = self.conns[name][0].clone();
+            let (cams, stall) = (cams.clone(), self.opts.stall);
+            async move {
+                let ask = client::coverage(&conn, from.0, to.0, cams, stall);
+                match left {
+                    Some(left) => tokio::time::timeout(left, ask).await.unwrap_or(Err(
+                        TransferError::Timeout("no whole coverage answer within the deadline"),
+                    )),
+                    None => ask.await,
+                }
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        for (name, answer) in names.into_iter().zip(answers) {
+            match answer {
                 Ok(entries) => {
                     let n = self.take_coverage(&name, entries, &mut holdings);
                     self.statuses.push(PeerStatus {
@@ -358,7 +380,11 @@ impl Session {
                 }
                 Err(e) => {
                     tracing::warn!(peer = %name, "coverage failed: {e}");
-                    self.conns.remove(&name);
+                    if let Some(cs) = self.conns.remove(&name) {
+                        for c in cs {
+                            c.close(0u32.into(), b"no coverage");
+                        }
+                    }
                     self.statuses.push(PeerStatus {
                         peer: name.clone(),
                         connected: false,
@@ -636,10 +662,11 @@ impl Session {
                         };
                         let wire = config.id_of_local(&job.meta.camera);
                         let leave_early = || queue.end_game_for(&job, &peer);
-                        let fetched = match recorder.sink(&meta) {
-                            Ok(sink) => client::fetch_segment(&ctx, &conn, wire.as_str(), Arc::from(sink), &meta, &leave_early).await,
-                            Err(e) => Err(e.into()),
-                        };
+                        let fetched = caught(async {
+                            let sink = recorder.sink(&meta)?;
+                            client::fetch_segment(&ctx, &conn, wire.as_str(), Arc::from(sink), &meta, &leave_early).await
+                        })
+                        .await;
                         match fetched {
                             Ok(m) => {
                                 done_segments.fetch_add(1, Ordering::Relaxed);
@@ -824,4 +851,42 @@ pub async fn backfill(
     Ok(session
         .run(prepared, Arc::new(AtomicBool::new(false)), t0, on_tick)
         .await)
+}
+
+/// Runs one segment's fetch. A panic inside it (a bug) fails that segment
+/// instead of killing its worker, whose segment would then never be
+/// finished or failed, and the run would never end.
+async fn caught(
+    fetch: impl std::future::Future<Output = Result<SegmentMeta, FetchError>>,
+) -> Result<SegmentMeta, FetchError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(fetch).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!("fetch panicked (a bug): {what}");
+            Err(FetchError::Internal(what))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_fetch_fails_its_segment_and_returns() {
+        let r = caught(async { panic!("block size 0") }).await;
+        match r {
+            Err(FetchError::Internal(what)) => assert_eq!(what, "block size 0"),
+            other => panic!("expected an internal error, got {other:?}"),
+        }
+        let who = String::from("rs01");
+        let r = caught(async move { panic!("from {who}") }).await;
+        assert!(matches!(r, Err(FetchError::Internal(w)) if w == "from rs01"));
+    }
 }

@@ -62,8 +62,10 @@ pub async fn prepare(
         to: opts.until,
     };
     let mut session = Session::connect(config, opts).await?;
-    let unreachable = session.unreachable();
     let placement = session.place(&window, started).await?;
+    // Not connected, or no whole coverage answer in time: asked again in
+    // the background.
+    let unreachable = session.unreachable();
     Ok(Gated {
         session,
         placement,
@@ -113,11 +115,6 @@ pub async fn backfill_in_background(
         let t0 = Instant::now();
         let attempt = async {
             let mut s = Session::connect(&config, &retry_opts).await?;
-            let heard: Vec<String> = waiting
-                .iter()
-                .filter(|p| !s.unreachable().contains(p))
-                .cloned()
-                .collect();
             let prepared = s
                 .prepare(
                     &PlanOptions {
@@ -127,6 +124,12 @@ pub async fn backfill_in_background(
                     t0,
                 )
                 .await?;
+            // Heard: connected and answered its coverage.
+            let heard: Vec<String> = waiting
+                .iter()
+                .filter(|p| !s.unreachable().contains(p))
+                .cloned()
+                .collect();
             Ok::<_, BackfillError>((
                 heard,
                 s.run(prepared, stop.clone(), t0, on_tick.clone()).await,

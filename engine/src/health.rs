@@ -493,12 +493,6 @@ pub fn local_view(
         cameras: BTreeMap::new(),
     };
     let mut work = LocalWork::default();
-    if config.recorder == crate::config::RecorderConfig::Native
-        && !config.store.join(crate::store::layout::MARKER).exists()
-    {
-        // A new server that has not recorded yet.
-        return Ok((view, work));
-    }
     let recorder = crate::store::open_recorder(config, false)?;
     for local in recorder.cameras()? {
         // Health speaks of cameras by id, as the peers' coverage does.
@@ -561,7 +555,7 @@ pub async fn peer_views(
                 let conn = client::connect(&endpoint, &me, &config.name, p, timeout).await?;
                 let entries = tokio::time::timeout(
                     timeout.max(Duration::from_secs(30)),
-                    client::coverage(&conn, window.0 .0, window.1 .0, cams),
+                    client::coverage(&conn, window.0 .0, window.1 .0, cams, client::DEFAULT_STALL),
                 )
                 .await
                 .map_err(|_| TransferError::Protocol("coverage did not arrive in time".into()))??;

@@ -346,11 +346,15 @@ impl Progress {
         v
     }
 
+    /// A record that is not one hafill writes (a block size that is no
+    /// power of two in the protocol's range, a length that does not match
+    /// the block count) is `None`: the segment starts over.
     pub fn decode(b: &[u8]) -> Option<Self> {
         let block_size = u32::from_le_bytes(b.get(0..4)?.try_into().ok()?);
         let blocks = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
         let n = (blocks as usize).div_ceil(8);
-        if b.len() != 8 + 2 * n {
+        let sizes = hafill_protocol::MIN_BLOCK_SIZE..=hafill_protocol::MAX_BLOCK_SIZE;
+        if b.len() != 8 + 2 * n || !block_size.is_power_of_two() || !sizes.contains(&block_size) {
             return None;
         }
         Some(Progress {
@@ -413,15 +417,42 @@ pub fn outstanding(
     to: crate::Timestamp,
 ) -> Result<Vec<SegmentMeta>, StoreError> {
     let mut out = Vec::new();
+    let mut healed = Vec::new();
     for c in store.cameras()? {
-        out.extend(
-            store
-                .segments(&c, from, to)?
-                .into_iter()
-                .filter(|s| s.state != SegmentState::Complete),
+        for s in store.segments(&c, from, to)? {
+            if s.state == SegmentState::Complete {
+                continue;
+            }
+            match completed_on_file(store, &s) {
+                Some(done) => healed.push(done),
+                None => out.push(s),
+            }
+        }
+    }
+    if !healed.is_empty() {
+        tracing::info!(
+            segments = healed.len(),
+            "complete on their files but not in the index (a crash before the index append): indexed"
         );
+        store.append_index(&healed)?;
     }
     Ok(out)
+}
+
+/// The segment as its file's own record has it, if that record says
+/// complete, for these bytes, and the file has their length: the install
+/// finished (records are marked complete only after the re-hash), and only
+/// its index append was lost.
+fn completed_on_file(store: &Store, s: &SegmentMeta) -> Option<SegmentMeta> {
+    let path = segment_path(store, s);
+    let rec = crate::store::read_xattr_record(&path).ok()??;
+    let len = std::fs::metadata(&path).ok()?.len();
+    (rec.state == SegmentState::Complete
+        && rec.start == s.start
+        && rec.len == s.len
+        && rec.blake3 == s.blake3
+        && len == rec.len)
+        .then(|| rec.into_meta(s.camera.clone()))
 }
 
 pub fn segment_path(store: &Store, meta: &SegmentMeta) -> PathBuf {
@@ -443,6 +474,12 @@ mod tests {
         assert!(p.was_seen(7) && !p.is_durable(7));
         assert_eq!(Progress::decode(&p.encode()), Some(p.clone()));
         assert_eq!(Progress::decode(&p.encode()[1..]), None);
+        // A block size hafill never writes (0 would divide by zero).
+        for bad in [0u32, 512, 3000, 32 << 20] {
+            let mut b = p.encode();
+            b[0..4].copy_from_slice(&bad.to_le_bytes());
+            assert_eq!(Progress::decode(&b), None, "block size {bad}");
+        }
         assert_eq!(p.durable_count(), 5);
     }
 

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! STATE/
+//!   HAFILL-STATE       marker and format version, made by `hafill store init`
 //!   lock               held by the one hafill that fills (backfill, gate, scrub)
 //!   segments.jsonl     what each recorder file was found to be, by path, length and mtime:
 //!                      its duration, its BLAKE3 once hashed, or why it is not a segment
@@ -111,9 +112,40 @@ fn append_line<T: Serialize>(path: &Path, v: &T, sync: bool) -> Result<(), Store
     Ok(())
 }
 
+/// The state folder's marker: hafill writes into a folder only once it
+/// carries this (see [`State::init`]).
+pub const MARKER: &str = "HAFILL-STATE";
+pub const MARKER_CONTENT: &str = "hafill-state 1\n";
+
 impl State {
-    /// Opens (making it if needed) the state folder `dir`.
+    /// Makes the empty folder `dir` hafill's state: its marker (durable),
+    /// then `staging/`.
+    pub fn init(dir: &Path) -> Result<(), StoreError> {
+        fs::create_dir(dir.join("staging")).map_err(io_at(dir))?;
+        let marker = dir.join(MARKER);
+        let tmp = dir.join(format!("{MARKER}.tmp"));
+        let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
+        f.write_all(MARKER_CONTENT.as_bytes())
+            .map_err(io_at(&tmp))?;
+        f.sync_all().map_err(io_at(&tmp))?;
+        fs::rename(&tmp, &marker).map_err(io_at(&marker))?;
+        crate::store::sync_dir(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::store::sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Opens the state folder `dir`, which must carry its marker.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        match fs::read_to_string(dir.join(MARKER)) {
+            Ok(s) if s == MARKER_CONTENT => {}
+            Ok(_) => return Err(StoreError::Version(dir.to_path_buf())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoState(dir.to_path_buf()))
+            }
+            Err(e) => return Err(io_at(&dir.join(MARKER))(e)),
+        }
         fs::create_dir_all(dir.join("staging")).map_err(io_at(dir))?;
         let mut facts = HashMap::new();
         for f in read_lines::<FileFacts>(&dir.join("segments.jsonl"))? {
@@ -206,6 +238,7 @@ mod tests {
     #[test]
     fn facts_and_origins_survive_a_reopen_and_a_torn_line() {
         let dir = tempfile::tempdir().unwrap();
+        State::init(dir.path()).unwrap();
         let s = State::open(dir.path()).unwrap();
         let f = FileFacts {
             path: "/r/a.ts".into(),
@@ -230,6 +263,7 @@ mod tests {
             .open(dir.path().join("segments.jsonl"))
             .unwrap();
         log.write_all(b"{\"p\":\"/r/b.ts\",\"len\"").unwrap();
+        State::init(dir.path()).unwrap();
         let s = State::open(dir.path()).unwrap();
         assert_eq!(s.facts(Path::new("/r/a.ts"), 10, 5), Some(f));
         assert_eq!(s.facts(Path::new("/r/a.ts"), 11, 5), None);

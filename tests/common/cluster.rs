@@ -44,8 +44,8 @@ pub fn free_tcp_port() -> u16 {
 }
 
 impl Cluster {
-    /// `names` servers, each pairing every camera matching `cam-*` with all
-    /// of the others.
+    /// `names` servers, each with an empty store (`hafill store init`),
+    /// pairing every camera matching `cam-*` with all of the others.
     pub fn new(names: &[&str]) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let mut servers = Vec::new();
@@ -54,6 +54,8 @@ impl Cluster {
             let id = run_ok(&["keygen", "--out", p(&dir), "--name", n])
                 .trim()
                 .to_string();
+            // As at installation: hafill never makes a store on its own.
+            run_ok(&["store", "init", "--store", p(&dir.join("store"))]);
             servers.push(Server {
                 name: n.to_string(),
                 dir,

@@ -50,6 +50,9 @@ pub enum Lie {
     Stall,
     /// The header, then a block one byte at a time.
     Drip,
+    /// Coverage answered with an empty chunk every 10 seconds, never
+    /// ending (the coverage is then not honest: there is none).
+    DripCoverage,
 }
 
 impl std::str::FromStr for Lie {
@@ -63,9 +66,10 @@ impl std::str::FromStr for Lie {
             "extra" => Lie::Extra,
             "stall" => Lie::Stall,
             "drip" => Lie::Drip,
+            "drip-coverage" => Lie::DripCoverage,
             _ => {
                 return Err(
-                    "expected wrong-hash, wrong-size, bad-block, oversized, extra, stall or drip"
+                    "expected wrong-hash, wrong-size, bad-block, oversized, extra, stall, drip or drip-coverage"
                         .into(),
                 )
             }
@@ -116,5 +120,9 @@ impl FetchHook for Lie {
 
     fn repeat_first_block(&self) -> bool {
         *self == Lie::Extra
+    }
+
+    fn drip_coverage(&self) -> Option<std::time::Duration> {
+        (*self == Lie::DripCoverage).then_some(std::time::Duration::from_secs(10))
     }
 }

@@ -36,8 +36,10 @@ pub const MAX_SEGMENT_DURATION_US: u64 = 6 * 3600 * 1_000_000;
 
 /// Opens the recorder `config` names. A `writer` (backfill, gate, scrub)
 /// holds the lock that keeps a second hafill from filling at the same time;
-/// the recorder itself never needs it. A native store that does not exist
-/// yet is made (a new server that has not recorded).
+/// the recorder itself never needs it. Nothing is created: a store (or
+/// hafill's state beside a recorder) that lacks its marker is refused, so
+/// an unmounted volume is never filled on the root filesystem; `hafill
+/// store init` ([`init`]) makes one.
 pub fn open_recorder(
     config: &crate::config::Config,
     writer: bool,
@@ -46,11 +48,8 @@ pub fn open_recorder(
     Ok(match &config.recorder {
         RecorderConfig::Native => {
             let store = if writer {
-                Store::open_filler(&config.store, true)?
+                Store::open_filler(&config.store, false)?
             } else {
-                if !config.store.join(MARKER).exists() {
-                    drop(Store::open_writer(&config.store, true)?);
-                }
                 Store::open(&config.store)?
             };
             std::sync::Arc::new(native::NativeRecorder::new(store))
@@ -70,6 +69,82 @@ pub fn open_recorder(
     })
 }
 
+/// What [`init`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Init {
+    /// Made a new store (or state folder) at this path.
+    Made(PathBuf),
+    /// One was there already; nothing changed.
+    Present(PathBuf),
+}
+
+/// Makes what `config` needs before hafill may write: the native store at
+/// `[server] store`, or hafill's state folder beside a recorder (whose own
+/// folder must exist: it is the recorder's to make). The parent folder
+/// must exist, and the folder must be new or empty: nothing is made on a
+/// volume that is not mounted unless its mount point is named.
+pub fn init(config: &crate::config::Config) -> Result<Init> {
+    use crate::config::RecorderConfig;
+    match &config.recorder {
+        RecorderConfig::Native => init_native(&config.store),
+        RecorderConfig::Segments { path, .. } => {
+            segments::check_recorder_folder(path)?;
+            let made = init_at(
+                &config.state,
+                crate::state::MARKER,
+                crate::state::MARKER_CONTENT,
+                crate::state::State::init,
+            )?;
+            segments::SegmentsRecorder::check_same_filesystem(path, &config.state)?;
+            Ok(made)
+        }
+    }
+}
+
+/// [`init`] for a native store at `root`.
+pub fn init_native(root: &Path) -> Result<Init> {
+    init_at(root, MARKER, MARKER_CONTENT, init_store)
+}
+
+fn init_at(
+    root: &Path,
+    marker: &str,
+    content: &str,
+    make: fn(&Path) -> Result<()>,
+) -> Result<Init> {
+    match fs::read_to_string(root.join(marker)) {
+        Ok(s) if s == content => return Ok(Init::Present(root.to_path_buf())),
+        Ok(_) => return Err(StoreError::Version(root.to_path_buf())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).at(&root.join(marker)),
+    }
+    let refuse = |reason: &str| StoreError::Io {
+        path: root.to_path_buf(),
+        source: io::Error::other(reason.to_string()),
+    };
+    match fs::read_dir(root) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(refuse(
+                    "not empty, and not a hafill store: hafill makes one only in a new or empty folder",
+                ));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = root.parent().filter(|p| !p.as_os_str().is_empty());
+            if parent.is_some_and(|p| !p.is_dir()) {
+                return Err(refuse(
+                    "its parent folder does not exist (is the volume mounted?); hafill does not make parents",
+                ));
+            }
+            fs::create_dir(root).at(root)?;
+        }
+        Err(e) => return Err(e).at(root),
+    }
+    make(root)?;
+    Ok(Init::Made(root.to_path_buf()))
+}
+
 /// Extended attribute that carries a segment's record on its file, so the
 /// index can be rebuilt from the segment files alone.
 pub const XATTR_NAME: &str = "user.hafill";
@@ -83,8 +158,10 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("{0}: not a hafill store (no {MARKER} file); create one with `hafill sim record --store DIR ...`")]
+    #[error("{0}: not a hafill store (no {MARKER} file). If it lives on a volume that is not mounted, mount it; to start a new store there, run `hafill store init --config FILE`")]
     NotAStore(PathBuf),
+    #[error("{0}: not hafill's state folder (no {marker} file). If it lives on a volume that is not mounted, mount it; to start one there, run `hafill store init --config FILE`", marker = crate::state::MARKER)]
+    NoState(PathBuf),
     #[error("{0}: store format not supported by this build (it reads '{MARKER}' files that say 'hafill-store 1')")]
     Version(PathBuf),
     #[error("{0}: the store is locked by another writer (hafill sim record, backfill or rebuild); wait for it to finish")]
@@ -218,6 +295,21 @@ impl Store {
         };
         store.recover_if_no_recorder()?;
         Ok(store)
+    }
+
+    /// Opens a store for `hafill store rebuild`: as a writer, without
+    /// journal recovery, which may be what failed (a damaged index log
+    /// named in the journal). The rebuild reads every file's own record,
+    /// so it does what recovery would, then clears the journal.
+    pub fn open_to_rebuild(root: impl AsRef<Path>) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        check_marker(&root)?;
+        let lock = Store::lock(&root, "lock")?;
+        Ok(Store {
+            root,
+            lock: Some(lock),
+            filler: None,
+        })
     }
 
     /// Opens a store to write, creating it if `create` and it does not exist.
@@ -564,6 +656,25 @@ impl Store {
         }
     }
 
+    /// After a rebuild (which indexed every whole file): removes the
+    /// temporary files of a batch a crashed writer left, and clears its
+    /// journal. A journal that cannot be read leaves its temporary files,
+    /// which nothing reads.
+    fn discard_journal(&self) -> Result<()> {
+        match self.read_journal() {
+            Ok(intents) => {
+                for (camera, start) in intents {
+                    let tmp = tmp_path(&self.segment_path(&camera, start));
+                    if tmp.exists() {
+                        fs::remove_file(&tmp).at(&tmp)?;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("journal not read ({e}); cleared"),
+        }
+        self.clear_journal()
+    }
+
     /// Finishes or rolls back the batch a crashed writer left in the journal:
     /// a segment whose file reached its final name (with its record attached)
     /// is indexed; a temporary file is removed.
@@ -770,6 +881,7 @@ impl Store {
         File::create(new_index.join("COMPLETE")).at(&new_index)?;
         sync_dir(&new_index)?;
         swap_in_rebuilt_index(&self.root)?;
+        self.discard_journal()?;
         Ok(report)
     }
 }
@@ -842,6 +954,47 @@ fn finish_interrupted_rebuild(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A store carries `index/` from the moment it is made: one that has its
+/// marker but no `index/` lost it (deleted by hand, a damaged filesystem).
+/// Read as is, it would look empty, and the server would stop offering its
+/// own recordings. So it is rebuilt from the segment files, when no
+/// recorder holds the store; otherwise the open is refused with the
+/// command to run.
+fn heal_lost_index(root: &Path) -> Result<()> {
+    let index = root.join("index");
+    if index.exists() {
+        return Ok(());
+    }
+    let lock = match Store::lock(root, "lock") {
+        Ok(lock) => lock,
+        Err(StoreError::Locked(_)) => {
+            return Err(StoreError::Damaged {
+                path: index,
+                store: root.to_path_buf(),
+                reason: "is missing (the store's marker says it had one), and the recorder holds the store, so it cannot be rebuilt now".into(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    tracing::warn!(
+        "{}: index/ is missing; rebuilding it from the segment files",
+        root.display()
+    );
+    let store = Store {
+        root: root.to_path_buf(),
+        lock: Some(lock),
+        filler: None,
+    };
+    let report = store.rebuild()?;
+    tracing::warn!(
+        segments = report.segments,
+        skipped = report.skipped.len(),
+        "{}: index rebuilt",
+        root.display()
+    );
+    Ok(())
+}
+
 fn init_store(root: &Path) -> Result<()> {
     if root.exists() && !root.is_dir() {
         return Err(StoreError::Io {
@@ -872,7 +1025,10 @@ fn init_store(root: &Path) -> Result<()> {
 fn check_marker(root: &Path) -> Result<()> {
     let marker = root.join(MARKER);
     match fs::read_to_string(&marker) {
-        Ok(s) if s == MARKER_CONTENT => finish_interrupted_rebuild(root),
+        Ok(s) if s == MARKER_CONTENT => {
+            finish_interrupted_rebuild(root)?;
+            heal_lost_index(root)
+        }
         Ok(_) => Err(StoreError::Version(root.to_path_buf())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Err(StoreError::NotAStore(root.to_path_buf()))

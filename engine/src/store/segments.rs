@@ -58,6 +58,26 @@ pub struct SegmentsRecorder {
     _lock: Option<File>,
 }
 
+/// The recorder's folder: it must exist (the recorder makes it; hafill
+/// never does, so an unmounted volume is not filled on the root
+/// filesystem).
+pub fn check_recorder_folder(path: &Path) -> Result<fs::Metadata, StoreError> {
+    let meta = fs::metadata(path).map_err(|e| StoreError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(
+            e.kind(),
+            format!("[recorder] path: the recorder's folder cannot be read ({e}); is its volume mounted?"),
+        ),
+    })?;
+    if !meta.is_dir() {
+        return Err(StoreError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::other("[recorder] path is not a folder"),
+        });
+    }
+    Ok(meta)
+}
+
 impl SegmentsRecorder {
     /// Opens the recorder's folder `path` (which must exist) with hafill's
     /// state in `state`. A `writer` takes the state's lock and checks that
@@ -69,34 +89,12 @@ impl SegmentsRecorder {
         state: &Path,
         writer: bool,
     ) -> Result<Self, StoreError> {
-        let meta = fs::metadata(path).map_err(|e| StoreError::Io {
-            path: path.to_path_buf(),
-            source: io::Error::new(
-                e.kind(),
-                format!("[recorder] path: the recorder's folder cannot be read ({e}); is its volume mounted?"),
-            ),
-        })?;
-        if !meta.is_dir() {
-            return Err(StoreError::Io {
-                path: path.to_path_buf(),
-                source: io::Error::other("[recorder] path is not a folder"),
-            });
-        }
+        let meta = check_recorder_folder(path)?;
         let state = Arc::new(State::open(state)?);
         let lock = if writer {
             let lock = state.lock()?;
-            let state_dev = fs::metadata(state.staging_dir())
-                .map_err(io_at(state.dir()))?
-                .dev();
-            if state_dev != meta.dev() {
-                return Err(StoreError::Io {
-                    path: state.dir().to_path_buf(),
-                    source: io::Error::other(format!(
-                        "[server] state must be on the same filesystem as [recorder] path ({}), so that a backfilled segment is renamed into place atomically",
-                        path.display()
-                    )),
-                });
-            }
+            Self::check_same_filesystem(path, state.dir())?;
+            let _ = meta;
             Some(lock)
         } else {
             None
@@ -108,6 +106,22 @@ impl SegmentsRecorder {
             state,
             _lock: lock,
         })
+    }
+
+    /// Refuses hafill's state on another filesystem than the recorder's
+    /// folder: a backfilled segment must be renamed into place atomically.
+    pub fn check_same_filesystem(path: &Path, state: &Path) -> Result<(), StoreError> {
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).map_err(io_at(p));
+        if dev(state)? != dev(path)? {
+            return Err(StoreError::Io {
+                path: state.to_path_buf(),
+                source: io::Error::other(format!(
+                    "[server] state must be on the same filesystem as [recorder] path ({}), so that a backfilled segment is renamed into place atomically",
+                    path.display()
+                )),
+            });
+        }
+        Ok(())
     }
 
     /// Every file of `camera` the pattern names, sorted by start.

@@ -105,14 +105,16 @@ fn lost_connection(e: &TransferError) -> Option<&quinn::ConnectionError> {
     }
 }
 
-/// Asks for the complete segments a peer holds in `[from, to)`.
+/// Asks for the complete segments a peer holds in `[from, to)`; each frame
+/// of the answer must come within `stall` (see [`read_within`]).
 pub async fn coverage(
     conn: &quinn::Connection,
     from_us: i64,
     to_us: i64,
     cameras: Vec<String>,
+    stall: Duration,
 ) -> Result<Vec<CoverageEntry>, TransferError> {
-    coverage_at_most(conn, from_us, to_us, cameras, MAX_COVERAGE_ENTRIES).await
+    coverage_at_most(conn, from_us, to_us, cameras, MAX_COVERAGE_ENTRIES, stall).await
 }
 
 /// [`coverage`], refusing a response of more than `max_entries`.
@@ -122,6 +124,7 @@ pub async fn coverage_at_most(
     to_us: i64,
     cameras: Vec<String>,
     max_entries: u64,
+    stall: Duration,
 ) -> Result<Vec<CoverageEntry>, TransferError> {
     let (mut send, mut recv) = conn
         .open_bi()
@@ -139,7 +142,7 @@ pub async fn coverage_at_most(
     send.finish()?;
     let mut out = Vec::new();
     loop {
-        match read_within(DEFAULT_STALL, read_message(&mut recv, MAX_FRAME_LEN)).await? {
+        match read_within(stall, read_message(&mut recv, MAX_FRAME_LEN)).await? {
             Some(Message::CoverageChunk { raw_len, zstd }) => {
                 out.extend(decode_coverage_chunk(raw_len, &zstd)?);
                 if out.len() as u64 > max_entries {
@@ -192,6 +195,10 @@ pub enum FetchError {
     /// to the segment's BLAKE3: the local disk, not the peer.
     #[error("re-hash after writing: {0}")]
     Rehash(String),
+    /// A bug in hafill (a panic) while fetching the segment: the segment
+    /// fails, the run goes on.
+    #[error("internal error (a bug in hafill, please report it): {0}")]
+    Internal(String),
 }
 
 impl FetchError {

@@ -83,6 +83,11 @@ pub trait FetchHook: Send + Sync + std::fmt::Debug {
     fn repeat_first_block(&self) -> bool {
         false
     }
+    /// Answer coverage with an empty chunk this often, forever, instead of
+    /// the coverage: each frame comes in time, the answer never ends.
+    fn drip_coverage(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// How a [`FetchHook`] has the first block sent.
@@ -362,6 +367,16 @@ async fn coverage(
         Ok(e) => e,
         Err(msg) => return send_error(send, ErrorCode::Internal, msg).await,
     };
+    if let Some(every) = state.hook.as_ref().and_then(|h| h.drip_coverage()) {
+        let empty = Message::CoverageChunk {
+            raw_len: 0,
+            zstd: zstd::bulk::compress(&[], 3).unwrap_or_default(),
+        };
+        loop {
+            write_message(send, &empty).await?;
+            tokio::time::sleep(every).await;
+        }
+    }
     let n = entries.len() as u64;
     for chunk in encode_coverage_chunks(&entries, 3) {
         write_message(send, &chunk).await?;

@@ -105,6 +105,7 @@ make_set() { # segment length: rs01 holds the recording, rs02 is configured
 run_hafill() { # segment length -> appends "bytes seconds steal%" to set/hafill.runs
   local set=$work/set-$1
   rm -rf "$set/rs02/store"
+  "$hafill" store init --store "$set/rs02/store" >/dev/null
   HAFILL_LOG=warn "$hafill" serve --no-scrub --config "$set/rs01/hafill.toml" & local sp=$!
   sleep 0.5
   drop_caches

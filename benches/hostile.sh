@@ -49,6 +49,7 @@ sleep 1
 backfill() { # label [args] -> prints segments, seconds, MiB/s, who was cut off
   local label=$1; shift
   rm -rf "$work/rs02/store"
+  "$hafill" store init --store "$work/rs02/store" >/dev/null
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
   HAFILL_LOG=error "$hafill" backfill --config "$work/rs02/hafill.toml" --json --stall-timeout "$stall" "$@" > "$work/report.json"
   python3 - "$label" "$work/report.json" <<'PY'

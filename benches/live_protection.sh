@@ -110,6 +110,7 @@ disk_part() {
     # 2026-11-22); later runs had 2 to 67.
     if [ "${WARMUP:-30}" != 0 ]; then
         rm -rf "$W/rs02/store"
+        $B store init --store "$W/rs02/store" >/dev/null
         $B backfill --config "$W/rs02/disk.toml" >/dev/null 2>&1 &
         local warm=$!
         sleep "${WARMUP:-30}"
@@ -125,6 +126,7 @@ disk_part() {
     echo "steal during baseline: $(steal_pct "$c0" "$c1")% of CPU time"
     for mode in ${MODES:-adaptive none}; do
         rm -rf "$W/rs02/store"
+        $B store init --store "$W/rs02/store" >/dev/null
         sync
         wait_for_reported 120
         local flags=""
@@ -215,6 +217,7 @@ net_part() {
         PIDS+=("$server")
         sleep 1
         rm -rf "$W/rs02/store"
+        $B store init --store "$W/rs02/store" >/dev/null
         ip netns exec hfb "$B" backfill --config "$W/rs02/net.toml" --json >"$W/bf-$cc.json" 2>"$W/bf-$cc.log" &
         local bf=$!
         PIDS+=("$bf")

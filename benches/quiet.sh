@@ -31,7 +31,7 @@ wait_for_quiet() {
 # reported; 15 GiB of page cache freed by deleting the previous run's copy
 # went on being reported for about 20 s after the delete, and the live run
 # measured during it had 47 late frames, all while stolen
-# (docs/benchmarks.md, eighth session).
+# (docs/benchmarks.md, "Virtual machine, 2026-11-23").
 reported_kib() { cat /sys/module/page_reporting/parameters/reported_kib 2>/dev/null || echo 0; }
 
 # wait_for_reported MAX: waits (at most MAX seconds) until no memory has

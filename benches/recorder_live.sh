@@ -72,6 +72,7 @@ run_mode() { # mode
     local bf="" w0=0 t0 w1 t1
     if [ "$mode" != alone ]; then
         rm -rf "$W/rs02/store"
+        $B store init --store "$W/rs02/store" >/dev/null
         local flags=""
         [ "$mode" = none ] && flags="--no-adaptive"
         # shellcheck disable=SC2086

@@ -171,6 +171,8 @@ fn loopback(c: &mut Criterion) {
             let mut spent = std::time::Duration::ZERO;
             for _ in 0..iters {
                 let _ = std::fs::remove_dir_all(dir.path().join("rs02/store"));
+                hafill_engine::store::init_native(&dir.path().join("rs02/store"))
+                    .expect("store init");
                 let t = std::time::Instant::now();
                 let r = rt
                     .block_on(backfill::backfill(&c2, &BackfillOptions::default(), |_| {}))

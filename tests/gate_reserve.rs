@@ -92,6 +92,7 @@ fn placeholders_never_cross_the_reserve_and_the_newest_gaps_come_first() {
         .replace("reserve = \"64MiB\"", "reserve = \"8MiB\"");
     assert!(text.contains("reserve = \"8MiB\""), "{text}");
     std::fs::write(&cfg, text).unwrap();
+    run_ok(&["store", "init", "--config", p(&cfg)]);
 
     // 4 cameras x 30 minutes of 2 MB segments: about 230 MB, where 24 MB
     // are free above the reserve.

@@ -150,6 +150,7 @@ fn pair_matches_by_ip_reports_conflicts_and_writes_a_loadable_camera_section() {
         "{cameras}"
     );
     let cfg = config_with(d, "rs01", &cameras);
+    run_ok(&["store", "init", "--config", p(&cfg)]);
     let r = run(&["status", "--config", p(&cfg)]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(

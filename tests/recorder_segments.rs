@@ -175,6 +175,8 @@ fn configure(c: &Cluster, server: &str, extra: &str) -> PathBuf {
         .replace("store = \"store\"\n", "state = \"state\"\n");
     std::fs::write(&cfg, text).unwrap();
     std::fs::create_dir_all(s.dir.join("rec")).unwrap();
+    // As at installation: hafill's state beside the recorder.
+    run_ok(&["store", "init", "--config", p(&cfg)]);
     cfg
 }
 

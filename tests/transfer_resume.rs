@@ -318,3 +318,35 @@ fn a_segment_complete_on_its_file_but_not_in_the_index_is_indexed() {
     );
     assert_eq!(file_hashes(&a), file_hashes(&b));
 }
+
+/// A placeholder file deleted by hand (or lost) while the index still
+/// lists it: every run failed on it ("not a placeholder") and it was never
+/// made again. Now the run drops it from the index, and the next run
+/// places and fills it.
+#[test]
+fn a_deleted_placeholder_is_placed_again_and_filled() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    sim_record(&a, 2, "2Mbit", "60s", t0, t0 + 600, 5);
+    sim_record(&b, 2, "2Mbit", "60s", t0, t0 + 120, 5);
+    c.serve("rs01");
+    let cfg = p(&c.server("rs02").config()).to_string();
+    run_ok(&["gate", "--config", &cfg, "--then-exit"]);
+    let (theirs, ours) = (file_hashes(&a), file_hashes(&b));
+    let gone = ours
+        .iter()
+        .find(|(name, hash)| theirs.get(*name) != Some(*hash))
+        .map(|(name, _)| b.join(name))
+        .expect("the gate made placeholders");
+    std::fs::remove_file(&gone).unwrap();
+
+    let args = backfill_args(&cfg);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = json(&args);
+    assert_eq!(first["failed"], serde_json::json!([]), "{first:#}");
+    assert_eq!(first["segments"], 15, "{first:#}");
+    let second = json(&args);
+    assert_eq!(second["segments"], 1, "{second:#}");
+    assert_eq!(file_hashes(&a), file_hashes(&b));
+}

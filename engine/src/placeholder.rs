@@ -90,9 +90,11 @@ pub fn create(
     }
     dirs.par_iter_mut()
         .for_each(|(_, d)| d.exists = d.path.is_dir());
-    let mut budget = Budget::new(store.free_bytes()?.saturating_sub(opts.reserve_bytes));
+    let mut budget = Budget::on_filesystem(store.root(), opts.reserve_bytes)?;
     let mut out = Placed::default();
     let mut pending: Vec<((&CameraId, i64), SegmentMeta)> = Vec::new();
+    // Placeholders an earlier run made, as their files record them.
+    let mut kept: Vec<SegmentMeta> = Vec::new();
     for (src, peer) in order {
         let Some(dir) = dirs.get_mut(&(&src.camera, hour_number(src.start))) else {
             continue;
@@ -104,9 +106,11 @@ pub fn create(
                     continue;
                 }
                 if existing.blake3 == src.blake3 && existing.len == src.len {
+                    let on_file = existing.into_meta(src.camera.clone());
+                    kept.push(on_file.clone());
                     out.placed.push(SegmentMeta {
                         state: SegmentState::Placeholder,
-                        ..existing.into_meta(src.camera.clone())
+                        ..on_file
                     });
                     continue;
                 }
@@ -190,8 +194,42 @@ pub fn create(
         );
         out.placed.extend(metas);
     }
+    index_the_unindexed(store, kept)?;
     Ok(out)
 }
+
+/// Appends to the index the placeholders among `kept` (found on their
+/// files) that it lacks: a crash between a batch's file `syncfs` and its
+/// index append leaves such files, and nothing else would ever index them.
+fn index_the_unindexed(store: &Store, kept: Vec<SegmentMeta>) -> Result<(), StoreError> {
+    let mut by_day: HashMap<(CameraId, i64), Vec<SegmentMeta>> = HashMap::new();
+    for m in kept {
+        by_day
+            .entry((m.camera.clone(), m.start.0.div_euclid(DAY_US)))
+            .or_default()
+            .push(m);
+    }
+    let mut missing = Vec::new();
+    for ((camera, day), metas) in by_day {
+        let from = crate::Timestamp(day * DAY_US);
+        let indexed: std::collections::HashSet<i64> = store
+            .segments(&camera, from, from.add_micros(DAY_US))?
+            .into_iter()
+            .map(|s| s.start.0)
+            .collect();
+        missing.extend(metas.into_iter().filter(|m| !indexed.contains(&m.start.0)));
+    }
+    if !missing.is_empty() {
+        tracing::warn!(
+            placeholders = missing.len(),
+            "placeholders on disk that the index lacked (a crash before their index append): indexed"
+        );
+        store.append_index(&missing)?;
+    }
+    Ok(())
+}
+
+const DAY_US: i64 = 86_400_000_000;
 
 /// The free space above the reserve, spent on new placeholders in the
 /// order they are offered (newest first).
@@ -203,30 +241,68 @@ pub fn create(
 /// gap needed; and what is left of the free space stays with live recording.
 /// A placeholder an earlier run made already holds its space and is kept
 /// whatever its age.
+///
+/// Each placeholder is a file, so it also takes an inode: files stop where
+/// the filesystem would be left with fewer free inodes than
+/// [`inode_reserve`] (a peer advertising millions of tiny segments cannot
+/// exhaust them; live recording needs them too).
 #[derive(Debug)]
 pub(crate) struct Budget {
     left: u64,
+    inodes_left: u64,
     exhausted: bool,
 }
 
 impl Budget {
+    /// `bytes` of room and no limit on files.
+    #[cfg(test)]
     pub(crate) fn new(bytes: u64) -> Self {
+        Self::with_inodes(bytes, u64::MAX)
+    }
+
+    pub(crate) fn with_inodes(bytes: u64, inodes: u64) -> Self {
         Budget {
             left: bytes,
+            inodes_left: inodes,
             exhausted: false,
         }
     }
 
-    /// Takes `cost` bytes for the next (older) placeholder, or refuses it
-    /// and every one after it.
+    /// The room on the filesystem holding `path`: free bytes above
+    /// `reserve_bytes`, free inodes above [`inode_reserve`] (none counted
+    /// where the filesystem has no fixed number of inodes).
+    pub(crate) fn on_filesystem(path: &Path, reserve_bytes: u64) -> Result<Self, StoreError> {
+        let v = rustix::fs::statvfs(path)
+            .map_err(io::Error::from)
+            .map_err(io_at(path))?;
+        let bytes = v.f_bavail.saturating_mul(v.f_frsize);
+        let inodes = match v.f_files {
+            0 => u64::MAX,
+            total => v.f_favail.saturating_sub(inode_reserve(total)),
+        };
+        Ok(Self::with_inodes(
+            bytes.saturating_sub(reserve_bytes),
+            inodes,
+        ))
+    }
+
+    /// Takes `cost` bytes and one file for the next (older) placeholder,
+    /// or refuses it and every one after it.
     pub(crate) fn take(&mut self, cost: u64) -> bool {
-        if self.exhausted || cost > self.left {
+        if self.exhausted || cost > self.left || self.inodes_left == 0 {
             self.exhausted = true;
             return false;
         }
         self.left -= cost;
+        self.inodes_left -= 1;
         true
     }
+}
+
+/// Free inodes placeholders never take: 1% of the filesystem's, at least
+/// 10,000.
+pub(crate) fn inode_reserve(total: u64) -> u64 {
+    (total / 100).max(10_000)
 }
 
 /// A segment folder of the batch.
@@ -418,9 +494,14 @@ pub fn outstanding(
 ) -> Result<Vec<SegmentMeta>, StoreError> {
     let mut out = Vec::new();
     let mut healed = Vec::new();
+    let mut vanished = Vec::new();
     for c in store.cameras()? {
         for s in store.segments(&c, from, to)? {
             if s.state == SegmentState::Complete {
+                continue;
+            }
+            if !segment_path(store, &s).exists() {
+                vanished.push(s);
                 continue;
             }
             match completed_on_file(store, &s) {
@@ -428,6 +509,14 @@ pub fn outstanding(
                 None => out.push(s),
             }
         }
+    }
+    if !vanished.is_empty() {
+        // Deleted by hand, or lost: the gap is planned and placed anew.
+        tracing::warn!(
+            placeholders = vanished.len(),
+            "placeholder files missing: removed from the index; the next plan places them again"
+        );
+        store.remove_from_index(&vanished)?;
     }
     if !healed.is_empty() {
         tracing::info!(
@@ -497,5 +586,17 @@ mod tests {
         let mut b = Budget::new(100);
         assert!(b.take(40) && b.take(60));
         assert!(!b.take(1));
+    }
+
+    #[test]
+    fn files_stop_at_the_inode_reserve_whatever_their_size() {
+        // Room for any number of bytes, three inodes above the reserve:
+        // the fourth empty placeholder is refused, and so is every later one.
+        let mut b = Budget::with_inodes(u64::MAX, 3);
+        assert!(b.take(4096) && b.take(4096) && b.take(4096));
+        assert!(!b.take(4096));
+        assert!(!b.take(0));
+        assert_eq!(inode_reserve(50_000), 10_000);
+        assert_eq!(inode_reserve(100_000_000), 1_000_000);
     }
 }

@@ -488,7 +488,12 @@ pub fn peer_segments(
         let Some(camera) = camera else { continue };
         // No camera writes more than a gigabit a second: a larger length is
         // a lie or a fault, and would crowd out every gap placed after it.
+        // Nor does any recorder cut segments shorter than a quarter second,
+        // or empty ones: a peer advertising millions of those would have a
+        // file made for each.
         if e.duration_us > crate::store::MAX_SEGMENT_DURATION_US
+            || e.duration_us < MIN_SEGMENT_US
+            || e.len == 0
             || e.len > e.duration_us.saturating_mul(MAX_BYTES_PER_US) + (1 << 20)
         {
             implausible += 1;
@@ -509,13 +514,33 @@ pub fn peer_segments(
         });
     }
     if implausible > 0 {
-        tracing::warn!(%peer, segments = implausible, "ignored coverage entries longer than 6 h or faster than 1 Gbit/s");
+        tracing::warn!(%peer, segments = implausible, "ignored coverage entries that are empty, shorter than 250 ms, longer than 6 h or faster than 1 Gbit/s");
     }
+    let mut overlapping = 0u64;
     for segs in by_cam.values_mut() {
         segs.sort_by_key(|s| s.start);
+        // A camera's segments follow one another: one that starts before
+        // the half of the one kept before it is not a segment of its own
+        // (timestamps may overlap a little at a cut, never by half).
+        let mut next_from = i64::MIN;
+        segs.retain(|s| {
+            let keep = s.start.0 >= next_from;
+            if keep {
+                next_from = s.start.0.saturating_add((s.duration_us / 2) as i64);
+            } else {
+                overlapping += 1;
+            }
+            keep
+        });
+    }
+    if overlapping > 0 {
+        tracing::warn!(%peer, segments = overlapping, "ignored coverage entries that start within the first half of the camera's previous segment");
     }
     by_cam
 }
+
+/// The shortest segment believed: 250 ms.
+const MIN_SEGMENT_US: u64 = 250_000;
 
 /// Bytes per microsecond of the fastest camera believed: 1 Gbit/s.
 const MAX_BYTES_PER_US: u64 = 125;
@@ -526,6 +551,41 @@ mod tests {
     use crate::segment::Origin;
 
     const MIN: i64 = 60_000_000;
+
+    #[test]
+    fn coverage_that_would_make_a_file_per_microsecond_is_ignored() {
+        let text = format!(
+            "[server]\nname = \"rs02\"\nlisten = \"127.0.0.1:7402\"\nstore = \"store\"\nkey = \"k.pem\"\ncert = \"c.pem\"\n\n\
+             [[peer]]\nname = \"rs01\"\naddr = \"127.0.0.1:7401\"\nid = \"{}\"\n\n\
+             [[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n",
+            "ab".repeat(32)
+        );
+        let config = Config::parse(&text, std::path::Path::new("/etc/hafill/rs02.toml")).unwrap();
+        let entry = |start_us: i64, duration_us: u64, len: u64| hafill_protocol::CoverageEntry {
+            camera: "cam-0001".into(),
+            start_us,
+            duration_us,
+            len,
+            blake3: [7; 32],
+        };
+        let mut entries = Vec::new();
+        // A hostile peer: 1-µs segments of 1 byte, 0-byte segments, and
+        // 60-second segments starting a microsecond apart.
+        for i in 0..1_000 {
+            entries.push(entry(i, 1, 1));
+            entries.push(entry(MIN + i, 10_000_000, 0));
+            entries.push(entry(2 * MIN + i, MIN as u64, 1 << 20));
+        }
+        // Honest segments, with a cut that overlaps the next by 400 ms.
+        entries.push(entry(10 * MIN, MIN as u64 + 400_000, 1 << 20));
+        entries.push(entry(11 * MIN, MIN as u64, 1 << 20));
+        let kept = peer_segments(&config, "rs01", entries);
+        let starts: Vec<i64> = kept[&CameraId::new("cam-0001").unwrap()]
+            .iter()
+            .map(|s| s.start.0)
+            .collect();
+        assert_eq!(starts, vec![2 * MIN, 10 * MIN, 11 * MIN]);
+    }
 
     fn seg(cam: &str, start_min: i64, len: u64, tag: u8) -> SegmentMeta {
         SegmentMeta {

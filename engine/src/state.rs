@@ -263,12 +263,20 @@ mod tests {
             .open(dir.path().join("segments.jsonl"))
             .unwrap();
         log.write_all(b"{\"p\":\"/r/b.ts\",\"len\"").unwrap();
-        State::init(dir.path()).unwrap();
         let s = State::open(dir.path()).unwrap();
         assert_eq!(s.facts(Path::new("/r/a.ts"), 10, 5), Some(f));
         assert_eq!(s.facts(Path::new("/r/a.ts"), 11, 5), None);
         assert_eq!(s.origin_of(Path::new("/r/a.ts")).as_deref(), Some("rs01"));
         let _lock = s.lock().unwrap();
         assert!(matches!(s.lock(), Err(StoreError::Locked(_))));
+    }
+
+    #[test]
+    fn a_folder_without_the_marker_is_refused_and_nothing_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        assert!(matches!(State::open(&state), Err(StoreError::NoState(_))));
+        assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0);
     }
 }

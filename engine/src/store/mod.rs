@@ -519,17 +519,27 @@ impl Store {
 
     /// Appends records to the index, one durable append per camera-day.
     pub fn append_index(&self, metas: &[SegmentMeta]) -> Result<()> {
-        self.append_index_as(metas, false)
+        self.append_index_as(metas, RecordKind::Put, false)
+    }
+
+    /// Removes segments from the index (their files are the caller's).
+    pub fn remove_from_index(&self, metas: &[SegmentMeta]) -> Result<()> {
+        self.append_index_as(metas, RecordKind::Remove, false)
     }
 
     /// Appends a large batch of records (hundreds of camera-days) to the
     /// index and makes it durable with one `syncfs` instead of a sync per
     /// log file: everything else written to the filesystem is flushed too.
     pub fn append_index_by_syncfs(&self, metas: &[SegmentMeta]) -> Result<()> {
-        self.append_index_as(metas, true)
+        self.append_index_as(metas, RecordKind::Put, true)
     }
 
-    fn append_index_as(&self, metas: &[SegmentMeta], by_syncfs: bool) -> Result<()> {
+    fn append_index_as(
+        &self,
+        metas: &[SegmentMeta],
+        kind: RecordKind,
+        by_syncfs: bool,
+    ) -> Result<()> {
         self.require_writer()?;
         let _index = self.index_guard()?;
         let mut by_day: BTreeMap<(CameraId, i64), Vec<Record>> = BTreeMap::new();
@@ -537,7 +547,10 @@ impl Store {
             by_day
                 .entry((m.camera.clone(), day_number(m.start)))
                 .or_default()
-                .push(Record::put(m));
+                .push(Record {
+                    kind,
+                    ..Record::put(m)
+                });
         }
         let mut new_dirs = BTreeSet::new();
         let mut logs = Vec::with_capacity(by_day.len());

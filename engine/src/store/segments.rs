@@ -281,13 +281,6 @@ impl SegmentsRecorder {
         out.sort_by_key(|m| m.start);
         Ok(out)
     }
-
-    fn free_bytes(&self) -> Result<u64, StoreError> {
-        let v = rustix::fs::statvfs(&self.path)
-            .map_err(io::Error::from)
-            .map_err(io_at(&self.path))?;
-        Ok(v.f_bavail.saturating_mul(v.f_frsize))
-    }
 }
 
 fn median(v: &[i64]) -> Option<i64> {
@@ -453,7 +446,7 @@ impl Recorder for SegmentsRecorder {
     ) -> Result<Placed, StoreError> {
         let mut order: Vec<&(&SegmentMeta, &str)> = sources.iter().collect();
         order.sort_by_key(|(m, _)| std::cmp::Reverse(m.start));
-        let mut budget = Budget::new(self.free_bytes()?.saturating_sub(opts.reserve_bytes));
+        let mut budget = Budget::on_filesystem(&self.path, opts.reserve_bytes)?;
         let mut out = Placed::default();
         let mut made = Vec::new();
         for (src, peer) in order {

@@ -46,7 +46,22 @@ pub fn status(a: StatusArgs) -> CmdResult {
         .alerts
         .iter()
         .any(|a| a.severity == health::Severity::Critical);
-    Ok(if critical {
+    // Nothing compared against a peer: nobody knows whether the timeline
+    // is whole.
+    let unasked: Vec<&str> = s
+        .peers
+        .iter()
+        .filter(|p| !p.connected)
+        .map(|p| p.peer.as_str())
+        .collect();
+    let none_asked = !s.peers.is_empty() && unasked.len() == s.peers.len();
+    if none_asked {
+        eprintln!(
+            "error: no peer could be asked ({}): nothing was checked against a peer",
+            unasked.join(", ")
+        );
+    }
+    Ok(if critical || none_asked {
         Outcome::Problems
     } else {
         Outcome::Ok

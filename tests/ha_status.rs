@@ -263,3 +263,21 @@ fn locate_prefers_the_primary_and_falls_back_to_a_holder() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [[camera]] rule"));
 }
+
+/// With every peer down, nothing was compared against a peer: status 1,
+/// and the peers that could not be asked are named.
+#[test]
+fn status_with_no_peer_reached_exits_1_and_names_them() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let cfg = c.server("rs02").config();
+    let out = run(&["status", "--config", p(&cfg), "--timeout", "1s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no peer could be asked (rs01)"), "{err}");
+
+    c.serve("rs01");
+    let out = run(&["status", "--config", p(&cfg)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("no peer could be asked"), "{err}");
+}

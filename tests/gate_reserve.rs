@@ -141,3 +141,73 @@ fn placeholders_never_cross_the_reserve_and_the_newest_gaps_come_first() {
     );
     run_ok(&["store", "verify", "--store", p(&store)]);
 }
+
+/// Sparse placeholders hold no blocks, so free space does not go down when
+/// they are made. A second gate used to budget the same free space again
+/// and reserve older gaps on top: twice the room, promised twice. Now
+/// what sparse placeholders still lack is charged against the free space.
+#[test]
+fn sparse_placeholders_are_charged_so_a_second_gate_does_not_budget_their_space_again() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let small = c.server("rs02").dir.join("small");
+    let _mount = match mount_small_tmpfs(&small, "32m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED sparse_placeholders_are_charged: needs root to mount a tmpfs ({why})"
+            );
+            return;
+        }
+    };
+    let cfg = c.server("rs02").config();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "store = \"store\"",
+            &format!("store = \"{}\"", p(&small.join("store"))),
+        )
+        .replace("reserve = \"64MiB\"", "reserve = \"8MiB\"");
+    std::fs::write(&cfg, text).unwrap();
+    run_ok(&["store", "init", "--config", p(&cfg)]);
+    // About 230 MB of gaps; 24 MB free above the reserve.
+    let t0 = base_time();
+    sim_record(
+        &c.server("rs01").store(),
+        4,
+        "256kbit",
+        "60s",
+        t0,
+        t0 + 1800,
+        2,
+    );
+    c.serve("rs01");
+    let room = available_bytes(&small) - (8 << 20);
+
+    let reserved = || -> u64 {
+        let ls = json(&["store", "ls", "--store", p(&small.join("store")), "--json"]);
+        ls["cameras"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["segments"].as_array().unwrap().iter())
+            .map(|s| s["bytes"].as_u64().unwrap())
+            .sum()
+    };
+    for run in 1..=2 {
+        let out = hafill()
+            .args(["gate", "--config", p(&cfg), "--sparse", "--then-exit"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = reserved();
+        assert!(r > 0, "run {run} reserved nothing");
+        assert!(
+            r <= room,
+            "run {run}: {r} bytes reserved where {room} were free above the reserve"
+        );
+    }
+}

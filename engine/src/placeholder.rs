@@ -90,7 +90,8 @@ pub fn create(
     }
     dirs.par_iter_mut()
         .for_each(|(_, d)| d.exists = d.path.is_dir());
-    let mut budget = Budget::on_filesystem(store.root(), opts.reserve_bytes)?;
+    let ledger = SparseLedger::in_dir(store.root());
+    let mut budget = Budget::on_filesystem(store.root(), opts.reserve_bytes, &ledger)?;
     let mut out = Placed::default();
     let mut pending: Vec<((&CameraId, i64), SegmentMeta)> = Vec::new();
     // Placeholders an earlier run made, as their files record them.
@@ -147,6 +148,16 @@ pub fn create(
         .par_iter()
         .try_for_each(|d| fs::create_dir_all(d).map_err(io_at(d)))?;
     let dirs_made = t.elapsed();
+    // Sparse placeholders are listed before they exist (see
+    // `SparseLedger`); so are those where `fallocate` failed, after.
+    if opts.sparse {
+        let listed: Vec<(PathBuf, u64)> = to_create
+            .iter()
+            .map(|(dir, m)| (dir.join(segment_file_name(m.start)), m.len))
+            .collect();
+        ledger.charge(&listed)?;
+    }
+    let unallocated = std::sync::Mutex::new(Vec::new());
     let make = |(dir, meta): &(&Path, SegmentMeta)| -> Result<(), StoreError> {
         let path = &dir.join(segment_file_name(meta.start));
         let f = match OpenOptions::new().create_new(true).write(true).open(path) {
@@ -164,7 +175,12 @@ pub fn create(
             }
             Err(e) => return Err(io_at(path)(e)),
         };
-        reserve_space(&f, path, meta.len, opts.sparse)?;
+        if !reserve_space(&f, path, meta.len, opts.sparse)? && !opts.sparse {
+            unallocated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((path.clone(), meta.len));
+        }
         write_xattr_record(&f, path, &Record::put(meta))
     };
     // Two threads a core: while one waits for the filesystem's journal,
@@ -176,6 +192,7 @@ pub fn create(
         Ok(pool) => pool.install(|| to_create.par_iter().try_for_each(make))?,
         Err(_) => to_create.par_iter().try_for_each(make)?,
     }
+    ledger.charge(&unallocated.into_inner().unwrap_or_else(|p| p.into_inner()))?;
     let files = t.elapsed();
     if !to_create.is_empty() {
         // One flush for the whole batch, then the index says `placeholder`.
@@ -271,11 +288,19 @@ impl Budget {
     /// The room on the filesystem holding `path`: free bytes above
     /// `reserve_bytes`, free inodes above [`inode_reserve`] (none counted
     /// where the filesystem has no fixed number of inodes).
-    pub(crate) fn on_filesystem(path: &Path, reserve_bytes: u64) -> Result<Self, StoreError> {
+    /// The bytes sparse placeholders still owe (`ledger`) are not free.
+    pub(crate) fn on_filesystem(
+        path: &Path,
+        reserve_bytes: u64,
+        ledger: &SparseLedger,
+    ) -> Result<Self, StoreError> {
         let v = rustix::fs::statvfs(path)
             .map_err(io::Error::from)
             .map_err(io_at(path))?;
-        let bytes = v.f_bavail.saturating_mul(v.f_frsize);
+        let bytes = v
+            .f_bavail
+            .saturating_mul(v.f_frsize)
+            .saturating_sub(ledger.uncharged()?);
         let inodes = match v.f_files {
             0 => u64::MAX,
             total => v.f_favail.saturating_sub(inode_reserve(total)),
@@ -296,6 +321,102 @@ impl Budget {
         self.left -= cost;
         self.inodes_left -= 1;
         true
+    }
+}
+
+/// The reservations the filesystem does not count: placeholders made
+/// sparse (asked for, or where `fallocate` is not supported) hold holes,
+/// so free space does not go down when they are made, and a later gate or
+/// scrub would budget the same bytes again. Each is listed here (a JSON
+/// line: path and length) before its file is made, and [`Self::uncharged`]
+/// counts what the listed files still lack: the budget takes it off the
+/// free space. A file filled, installed elsewhere or gone leaves the list.
+#[derive(Debug)]
+pub(crate) struct SparseLedger {
+    path: PathBuf,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Reserved {
+    p: PathBuf,
+    len: u64,
+}
+
+impl SparseLedger {
+    /// The ledger kept in `dir` (the store, or hafill's state folder).
+    pub(crate) fn in_dir(dir: &Path) -> Self {
+        SparseLedger {
+            path: dir.join("sparse-reservations.jsonl"),
+        }
+    }
+
+    /// Lists `files` (path, length) durably, in one append.
+    pub(crate) fn charge(&self, files: &[(PathBuf, u64)]) -> Result<(), StoreError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for (p, len) in files {
+            let r = Reserved {
+                p: p.clone(),
+                len: *len,
+            };
+            serde_json::to_writer(&mut text, &r)
+                .map_err(|e| io_at(&self.path)(io::Error::other(e)))?;
+            text.push(b'\n');
+        }
+        let new = !self.path.exists();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io_at(&self.path))?;
+        io::Write::write_all(&mut f, &text).map_err(io_at(&self.path))?;
+        f.sync_data().map_err(io_at(&self.path))?;
+        if new {
+            if let Some(dir) = self.path.parent() {
+                crate::store::sync_dir(dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the listed placeholders still lack (each file's length less
+    /// what it has allocated, for those not yet complete). Entries that no
+    /// longer hold anything back are dropped from the list.
+    pub(crate) fn uncharged(&self) -> Result<u64, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let entries: Vec<Reserved> = crate::state::read_lines(&self.path)?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut owed = 0u64;
+        let mut keep = Vec::new();
+        for e in &entries {
+            let Ok(m) = fs::metadata(&e.p) else { continue };
+            let complete =
+                matches!(read_xattr_record(&e.p), Ok(Some(r)) if r.state == SegmentState::Complete);
+            let allocated = m.blocks().saturating_mul(512);
+            if complete || allocated >= e.len {
+                continue;
+            }
+            owed = owed.saturating_add(e.len - allocated);
+            keep.push(e);
+        }
+        if keep.len() < entries.len() {
+            let tmp = self.path.with_extension("jsonl.tmp");
+            let mut text = Vec::new();
+            for e in keep {
+                serde_json::to_writer(&mut text, e)
+                    .map_err(|e| io_at(&tmp)(io::Error::other(e)))?;
+                text.push(b'\n');
+            }
+            let mut f = File::create(&tmp).map_err(io_at(&tmp))?;
+            io::Write::write_all(&mut f, &text).map_err(io_at(&tmp))?;
+            f.sync_data().map_err(io_at(&tmp))?;
+            fs::rename(&tmp, &self.path).map_err(io_at(&self.path))?;
+        }
+        Ok(owed)
     }
 }
 
@@ -325,15 +446,16 @@ pub(crate) fn space_cost(len: u64) -> u64 {
 }
 
 /// Gives a placeholder its size: allocated blocks (`fallocate`), or holes.
+/// Returns whether the blocks were allocated (else the file is sparse).
 pub(crate) fn reserve_space(
     f: &File,
     path: &Path,
     len: u64,
     sparse: bool,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     if !sparse && len > 0 {
         match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, len) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(e) if e == rustix::io::Errno::OPNOTSUPP => {
                 tracing::debug!(
                     "fallocate not supported here; placeholder {} is sparse",
@@ -343,7 +465,8 @@ pub(crate) fn reserve_space(
             Err(e) => return Err(io_at(path)(io::Error::from(e))),
         }
     }
-    f.set_len(len).map_err(io_at(path))
+    f.set_len(len).map_err(io_at(path))?;
+    Ok(len == 0)
 }
 
 /// Which blocks of a segment are verified and durable (and which were seen).

@@ -26,7 +26,9 @@ use super::pattern::SegmentPattern;
 use super::traits::{Matching, Recorder, SegmentSink, UNKNOWN_HASH};
 use super::{media, read_xattr_record, write_xattr_record, StoreError, XATTR_NAME};
 use crate::camera::CameraId;
-use crate::placeholder::{self, Budget, PlaceOptions, Placed, Progress, PROGRESS_XATTR};
+use crate::placeholder::{
+    self, Budget, PlaceOptions, Placed, Progress, SparseLedger, PROGRESS_XATTR,
+};
 use crate::segment::{Origin, Record, SegmentMeta, SegmentState};
 use crate::state::{mtime_ns, FileFacts, OriginRecord, State};
 use crate::units::Timestamp;
@@ -446,9 +448,10 @@ impl Recorder for SegmentsRecorder {
     ) -> Result<Placed, StoreError> {
         let mut order: Vec<&(&SegmentMeta, &str)> = sources.iter().collect();
         order.sort_by_key(|(m, _)| std::cmp::Reverse(m.start));
-        let mut budget = Budget::on_filesystem(&self.path, opts.reserve_bytes)?;
+        let ledger = SparseLedger::in_dir(self.state.dir());
+        let mut budget = Budget::on_filesystem(&self.path, opts.reserve_bytes, &ledger)?;
         let mut out = Placed::default();
-        let mut made = Vec::new();
+        let mut to_make = Vec::new();
         for (src, peer) in order {
             let target = self
                 .path
@@ -480,6 +483,18 @@ impl Recorder for SegmentsRecorder {
                 origin: Origin::Peer(peer.to_string()),
                 ..(*src).clone()
             };
+            to_make.push((path, meta));
+        }
+        // Sparse reservations are listed before they exist (see
+        // `SparseLedger`); so are those where `fallocate` failed, after.
+        if opts.sparse {
+            let listed: Vec<(PathBuf, u64)> =
+                to_make.iter().map(|(p, m)| (p.clone(), m.len)).collect();
+            ledger.charge(&listed)?;
+        }
+        let mut made = Vec::new();
+        let mut unallocated = Vec::new();
+        for (path, meta) in to_make {
             if let Some(dir) = path.parent() {
                 fs::create_dir_all(dir).map_err(io_at(dir))?;
             }
@@ -490,10 +505,13 @@ impl Recorder for SegmentsRecorder {
                 .open(&path)
                 .map_err(io_at(&path))?;
             let _ = xattr::FileExt::remove_xattr(&f, PROGRESS_XATTR);
-            placeholder::reserve_space(&f, &path, meta.len, opts.sparse)?;
+            if !placeholder::reserve_space(&f, &path, meta.len, opts.sparse)? && !opts.sparse {
+                unallocated.push((path.clone(), meta.len));
+            }
             write_xattr_record(&f, &path, &Record::put(&meta))?;
             made.push(meta);
         }
+        ledger.charge(&unallocated)?;
         if !made.is_empty() {
             // One flush for the batch: the reservations and their records.
             let dir = self.state.staging_dir();

@@ -1,4 +1,4 @@
-//! `hafill store init | ls | verify | rebuild`.
+//! `hafill store init | ls | verify | rebuild | gc`.
 
 use std::path::PathBuf;
 
@@ -24,6 +24,26 @@ pub enum StoreCommand {
     Verify(VerifyArgs),
     /// Rebuild the index from the segment files alone.
     Rebuild(RebuildArgs),
+    /// Release the placeholders that can no longer be filled (older than
+    /// the retention, or whose source no peer holds any more), with a
+    /// report; exit status 1 if a peer could not be asked.
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The server's config file.
+    #[arg(long, value_name = "FILE", value_parser = args::config_file)]
+    config: PathBuf,
+    /// Report what would be released; release nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// How long each peer may take to connect and answer.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::duration_us)]
+    timeout: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +101,7 @@ pub fn run(cmd: StoreCommand) -> CmdResult {
         StoreCommand::Ls(a) => ls(a),
         StoreCommand::Verify(a) => verify(a),
         StoreCommand::Rebuild(a) => rebuild(a),
+        StoreCommand::Gc(a) => gc(a),
     }
 }
 
@@ -239,6 +260,51 @@ fn rebuild(a: RebuildArgs) -> CmdResult {
             report.segments,
             report.skipped.len()
         );
+    }
+    Ok(Outcome::Ok)
+}
+
+fn gc(a: GcArgs) -> CmdResult {
+    let config = hafill_engine::config::Config::load(&a.config)?;
+    let timeout = std::time::Duration::from_micros(a.timeout);
+    let opts = hafill_engine::backfill::BackfillOptions {
+        connect_timeout: timeout,
+        plan_deadline: Some(timeout),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(hafill_engine::gc::gc(&config, &opts, a.dry_run))?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        let verb = if a.dry_run {
+            "would release"
+        } else {
+            "released"
+        };
+        for r in &report.released {
+            println!(
+                "{verb} {} {} ({}): {}",
+                r.camera,
+                r.start,
+                format_bytes(r.bytes),
+                r.why
+            );
+        }
+        println!(
+            "{} unfinished reservations: {verb} {} ({}), kept {}",
+            report.outstanding,
+            report.released.len(),
+            format_bytes(report.released_bytes),
+            report.kept
+        );
+    }
+    if !report.not_asked.is_empty() {
+        eprintln!(
+            "error: could not ask {}: only reservations older than the retention were considered",
+            report.not_asked.join(", ")
+        );
+        return Ok(Outcome::Problems);
     }
     Ok(Outcome::Ok)
 }

@@ -329,15 +329,16 @@ impl Session {
         self.queue(placement)
     }
 
-    /// Asks the peers for coverage, plans, and creates the placeholders:
-    /// what the recording service waits for at boot.
-    pub async fn place(
+    /// What each connected peer holds in `[from, to)`, by camera: every
+    /// peer asked at once (under `opts.plan_deadline`, counted from `t0`,
+    /// where set). A peer that does not answer whole is dropped from the
+    /// session and its status says why.
+    pub async fn holdings(
         &mut self,
-        plan_opts: &PlanOptions,
+        from: Timestamp,
+        to: Timestamp,
         t0: Instant,
-    ) -> Result<Placement, BackfillError> {
-        let (from, to) = plan_opts.window();
-        let to = to.min(plan_opts.now.add_micros(86_400_000_000));
+    ) -> BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> {
         let mut holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> = BTreeMap::new();
         let names: Vec<String> = self.conns.keys().cloned().collect();
         let cams: Vec<String> = self
@@ -395,6 +396,24 @@ impl Session {
                 }
             }
         }
+        holdings
+    }
+
+    /// The recorder this session fills.
+    pub fn recorder(&self) -> &Arc<dyn Recorder> {
+        &self.recorder
+    }
+
+    /// Asks the peers for coverage, plans, and creates the placeholders:
+    /// what the recording service waits for at boot.
+    pub async fn place(
+        &mut self,
+        plan_opts: &PlanOptions,
+        t0: Instant,
+    ) -> Result<Placement, BackfillError> {
+        let (from, to) = plan_opts.window();
+        let to = to.min(plan_opts.now.add_micros(86_400_000_000));
+        let holdings = self.holdings(from, to, t0).await;
 
         let t_coverage = t0.elapsed();
         // Plan, camera by camera, reading only the window of the index.

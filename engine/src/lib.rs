@@ -14,6 +14,7 @@ pub mod camera;
 pub mod config;
 pub mod daemon;
 pub mod gate;
+pub mod gc;
 pub mod health;
 pub mod http;
 pub mod identity;

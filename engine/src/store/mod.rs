@@ -1084,6 +1084,27 @@ pub fn read_xattr_record(path: &Path) -> Result<Option<Record>> {
     }
 }
 
+/// Removes the reservation file at `path` if its own record still says
+/// unfinished for `m`'s bytes (start, length, BLAKE3); whether it did. A
+/// file that is complete, someone else's, or gone is left alone.
+pub(crate) fn release_reservation(path: &Path, m: &SegmentMeta) -> Result<bool> {
+    let Some(rec) = read_xattr_record(path)? else {
+        return Ok(false);
+    };
+    if rec.state == SegmentState::Complete
+        || rec.start != m.start
+        || rec.len != m.len
+        || rec.blake3 != m.blake3
+    {
+        return Ok(false);
+    }
+    fs::remove_file(path).at(path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(true)
+}
+
 /// Checks a file against its metadata: present, right length, right BLAKE3.
 pub fn check_segment_file(path: &Path, m: &SegmentMeta) -> std::result::Result<(), String> {
     let mut f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;

@@ -532,6 +532,16 @@ impl Recorder for SegmentsRecorder {
             .collect())
     }
 
+    fn release(&self, metas: &[SegmentMeta]) -> Result<u64, StoreError> {
+        let mut bytes = 0;
+        for m in metas {
+            if super::release_reservation(&self.staging_path(&m.camera, m.start), m)? {
+                bytes += m.len;
+            }
+        }
+        Ok(bytes)
+    }
+
     fn sink(&self, meta: &SegmentMeta) -> Result<Box<dyn SegmentSink>, StoreError> {
         let staging = self.staging_path(&meta.camera, meta.start);
         Ok(Box::new(InstallSink {

@@ -130,7 +130,7 @@ fn plan_and_place(
     let config = Config::load(&a.config)?;
     let opts = BackfillOptions {
         connect_timeout: Duration::from_micros(a.deadline),
-        plan_deadline: Some(Duration::from_micros(a.deadline)),
+        coverage_deadline: Duration::from_micros(a.deadline),
         sparse: a.sparse,
         ..BackfillOptions::default()
     };

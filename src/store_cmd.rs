@@ -269,7 +269,7 @@ fn gc(a: GcArgs) -> CmdResult {
     let timeout = std::time::Duration::from_micros(a.timeout);
     let opts = hafill_engine::backfill::BackfillOptions {
         connect_timeout: timeout,
-        plan_deadline: Some(timeout),
+        coverage_deadline: timeout,
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new()?;

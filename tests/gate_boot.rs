@@ -326,3 +326,33 @@ fn the_gate_starts_sim_live_which_records_into_the_store_while_the_backfill_fill
     assert_eq!(complete("cam-0001"), 20, "{held:?}");
     assert!(complete("live-0001") >= 2, "{held:?}");
 }
+
+/// One peer down and one up: the down peer uses up the connect deadline,
+/// and the one that answered still gets its own time for its coverage, so
+/// the gate places every gap it holds.
+#[test]
+fn a_peer_that_is_down_does_not_cost_the_others_their_coverage() {
+    let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
+    let t0 = base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    sim_record(&a, 2, "64kbit", "60s", t0, t0 + 600, 4);
+    sim_record(&b, 2, "64kbit", "60s", t0, t0 + 120, 4);
+    c.serve("rs01");
+    // rs03 is configured but down.
+    let out = hafill()
+        .args([
+            "gate",
+            "--config",
+            p(&c.server("rs02").config()),
+            "--deadline",
+            "2s",
+            "--then-exit",
+        ])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("rs03"), "the down peer is named: {log}");
+    let placed = json(&["store", "ls", "--store", p(&b), "--json"]);
+    assert_eq!(placed["segments"], 20, "rs01's 16 gaps placed: {placed:#}");
+}

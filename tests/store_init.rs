@@ -58,8 +58,16 @@ fn store_init_makes_no_parents_and_takes_no_full_folder() {
     let out = run(&["store", "init", "--store", p(&full)]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not empty"), "{err}");
+    assert!(err.contains("holds someone-else.txt"), "{err}");
     assert_eq!(std::fs::read_dir(&full).unwrap().count(), 1);
+
+    // An init a crash cut short (its folders made, no marker yet) is
+    // finished, not refused.
+    let cut = dir.path().join("cut");
+    std::fs::create_dir_all(cut.join("index")).unwrap();
+    std::fs::create_dir_all(cut.join("segments")).unwrap();
+    run_ok(&["store", "init", "--store", p(&cut)]);
+    assert!(cut.join("HAFILL-STORE").is_file());
 
     let fresh = dir.path().join("fresh");
     run_ok(&["store", "init", "--store", p(&fresh)]);

@@ -51,10 +51,10 @@ pub struct BackfillOptions {
     pub compression: Compression,
     pub io: IoChoice,
     pub connect_timeout: Duration,
-    /// The gate's deadline: connecting and every peer's coverage answer
-    /// must be done this long after the run started; a peer that is not is
-    /// skipped (and asked again in the background).
-    pub plan_deadline: Option<Duration>,
+    /// How long every peer's whole coverage answer may take, all asked at
+    /// once (after connecting, which has `connect_timeout`); a peer slower
+    /// than that is skipped for the run. The gate sets its `--deadline`.
+    pub coverage_deadline: Duration,
     /// Placeholders as holes instead of allocated space.
     pub sparse: bool,
     /// The daemon's counters, updated as the backfill goes.
@@ -63,6 +63,12 @@ pub struct BackfillOptions {
     /// stalled (and is cut off).
     pub stall: Duration,
 }
+
+/// The default of [`BackfillOptions::coverage_deadline`]: a 30-day
+/// coverage of a thousand cameras (43 million entries) decodes in seconds;
+/// an answer still coming after 5 minutes holds every other peer's plan
+/// back.
+pub const DEFAULT_COVERAGE_DEADLINE: Duration = Duration::from_secs(300);
 
 impl Default for BackfillOptions {
     fn default() -> Self {
@@ -82,7 +88,7 @@ impl Default for BackfillOptions {
             compression: Compression::Auto,
             io: IoChoice::Auto,
             connect_timeout: Duration::from_secs(10),
-            plan_deadline: None,
+            coverage_deadline: DEFAULT_COVERAGE_DEADLINE,
             sparse: false,
             metrics: None,
             stall: client::DEFAULT_STALL,
@@ -330,14 +336,13 @@ impl Session {
     }
 
     /// What each connected peer holds in `[from, to)`, by camera: every
-    /// peer asked at once (under `opts.plan_deadline`, counted from `t0`,
-    /// where set). A peer that does not answer whole is dropped from the
-    /// session and its status says why.
+    /// peer asked at once, each whole answer within
+    /// `opts.coverage_deadline`. A peer that does not answer whole is
+    /// dropped from the session and its status says why.
     pub async fn holdings(
         &mut self,
         from: Timestamp,
         to: Timestamp,
-        t0: Instant,
     ) -> BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> {
         let mut holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> = BTreeMap::new();
         let names: Vec<String> = self.conns.keys().cloned().collect();
@@ -349,23 +354,18 @@ impl Session {
             .collect();
         // Every peer at once; under the gate, the whole of it within what
         // is left of the deadline.
-        let left = self
-            .opts
-            .plan_deadline
-            .map(|d| d.saturating_sub(t0.elapsed()));
-        let asks = names.iter().map(|name| {
-            let conn = self.conns[name][0].clone();
-            let (cams, stall) = (cams.clone(), self.opts.stall);
-            async move {
-                let ask = client::coverage(&conn, from.0, to.0, cams, stall);
-                match left {
-                    Some(left) => tokio::time::timeout(left, ask).await.unwrap_or(Err(
+        let deadline = self.opts.coverage_deadline;
+        let asks =
+            names.iter().map(|name| {
+                let conn = self.conns[name][0].clone();
+                let (cams, stall) = (cams.clone(), self.opts.stall);
+                async move {
+                    let ask = client::coverage(&conn, from.0, to.0, cams, stall);
+                    tokio::time::timeout(deadline, ask).await.unwrap_or(Err(
                         TransferError::Timeout("no whole coverage answer within the deadline"),
-                    )),
-                    None => ask.await,
+                    ))
                 }
-            }
-        });
+            });
         let answers = futures::future::join_all(asks).await;
         for (name, answer) in names.into_iter().zip(answers) {
             match answer {
@@ -413,7 +413,7 @@ impl Session {
     ) -> Result<Placement, BackfillError> {
         let (from, to) = plan_opts.window();
         let to = to.min(plan_opts.now.add_micros(86_400_000_000));
-        let holdings = self.holdings(from, to, t0).await;
+        let holdings = self.holdings(from, to).await;
 
         let t_coverage = t0.elapsed();
         // Plan, camera by camera, reading only the window of the index.
@@ -467,7 +467,7 @@ impl Session {
             tracing::warn!(
                 segments = placed.no_room.len(),
                 bytes = placed.no_room.iter().map(|(m, _)| m.len).sum::<u64>(),
-                "not placed: the free-space reserve for live recording would be crossed; planned again when space frees up"
+                "not placed: the reserve for live recording (free space, or free inodes) would be crossed; planned again when space frees up"
             );
         }
         let placeholders_seconds = t0.elapsed().as_secs_f64();

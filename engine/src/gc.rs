@@ -4,15 +4,14 @@
 //! than the retention, or when every configured peer answered and none
 //! still holds its source (the same start, length and BLAKE3). While any
 //! peer cannot be asked, only the expired are released: a peer that is
-//! down may still hold the rest.
-
-use std::time::Instant;
+//! down may still hold the rest. A partial reservation is never released:
+//! its verified blocks may be the last copy anywhere.
 
 use serde::Serialize;
 
 use crate::backfill::{BackfillError, BackfillOptions, Session};
 use crate::config::Config;
-use crate::segment::SegmentMeta;
+use crate::segment::{SegmentMeta, SegmentState};
 use crate::store::traits::UNKNOWN_HASH;
 use crate::units::{Timestamp, MAX_TIME, MIN_TIME};
 
@@ -24,8 +23,11 @@ pub struct GcReport {
     /// Released (or, with `dry_run`, to be released), with the reason.
     pub released: Vec<Released>,
     pub released_bytes: u64,
-    /// Kept: a peer still holds the source, or not every peer was asked.
+    /// Kept: a peer still holds the source, not every peer was asked, or
+    /// it is partial (its verified blocks may be the last copy).
     pub kept: usize,
+    /// Of those kept, partial ones no peer holds any more.
+    pub kept_partial: usize,
     /// Peers that could not be asked (then only expired ones go).
     pub not_asked: Vec<String>,
     pub dry_run: bool,
@@ -46,7 +48,6 @@ pub async fn gc(
     opts: &BackfillOptions,
     dry_run: bool,
 ) -> Result<GcReport, BackfillError> {
-    let t0 = Instant::now();
     let mut session = Session::connect(config, opts).await?;
     let recorder = session.recorder().clone();
     let outstanding = recorder.outstanding(MIN_TIME, MAX_TIME)?;
@@ -65,7 +66,7 @@ pub async fn gc(
     if !live.is_empty() {
         let from = live.iter().map(|m| m.start).min().unwrap_or(MIN_TIME);
         let to = live.iter().map(|m| m.end()).max().unwrap_or(MAX_TIME);
-        let holdings = session.holdings(from, to, t0).await;
+        let holdings = session.holdings(from, to).await;
         report.not_asked = session.unreachable();
         if report.not_asked.is_empty() {
             for m in live {
@@ -88,12 +89,19 @@ pub async fn gc(
             report.kept += live.len();
         }
     }
-    let metas: Vec<SegmentMeta> = release.iter().map(|(m, _)| m.clone()).collect();
-    report.released_bytes = if dry_run {
-        metas.iter().map(|m| m.len).sum()
+    // Partial reservations hold verified blocks that may be the last copy
+    // anywhere: kept, and counted.
+    let (partial, release): (Vec<_>, Vec<_>) = release
+        .into_iter()
+        .partition(|(m, _)| m.state != SegmentState::Placeholder);
+    report.kept += partial.len();
+    report.kept_partial = partial.len();
+    let chosen: Vec<SegmentMeta> = release.iter().map(|(m, _)| m.clone()).collect();
+    let gone: Vec<SegmentMeta> = if dry_run {
+        chosen
     } else {
         let r = recorder.clone();
-        tokio::task::spawn_blocking(move || r.release(&metas))
+        tokio::task::spawn_blocking(move || r.release(&chosen))
             .await
             .map_err(|e| {
                 BackfillError::Store(crate::store::StoreError::Io {
@@ -102,13 +110,22 @@ pub async fn gc(
                 })
             })??
     };
-    report.released = release
+    report.kept += release.len() - gone.len();
+    report.released_bytes = gone.iter().map(|m| m.len).sum();
+    let why: std::collections::HashMap<(String, i64), &'static str> = release
+        .iter()
+        .map(|(m, w)| ((m.camera.to_string(), m.start.0), *w))
+        .collect();
+    report.released = gone
         .into_iter()
-        .map(|(m, why)| Released {
+        .map(|m| Released {
+            why: why
+                .get(&(m.camera.to_string(), m.start.0))
+                .copied()
+                .unwrap_or("released"),
             camera: m.camera.to_string(),
             start: m.start.to_string(),
             bytes: m.len,
-            why,
         })
         .collect();
     session.close().await;

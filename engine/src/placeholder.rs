@@ -355,7 +355,9 @@ impl SparseLedger {
         if files.is_empty() {
             return Ok(());
         }
-        let mut text = Vec::new();
+        // A torn last line (a crash mid-append) ends at this newline and
+        // is skipped when read, rather than swallowing the first entry.
+        let mut text = vec![b'\n'];
         for (p, len) in files {
             let r = Reserved {
                 p: p.clone(),
@@ -386,10 +388,22 @@ impl SparseLedger {
     /// longer hold anything back are dropped from the list.
     pub(crate) fn uncharged(&self) -> Result<u64, StoreError> {
         use std::os::unix::fs::MetadataExt;
-        let entries: Vec<Reserved> = crate::state::read_lines(&self.path)?;
-        if entries.is_empty() {
+        let lines: Vec<Reserved> = crate::state::read_lines(&self.path)?;
+        if lines.is_empty() {
             return Ok(0);
         }
+        // A path listed again (re-placed) counts once, at its last length.
+        let mut latest: HashMap<&Path, u64> = HashMap::new();
+        for e in &lines {
+            latest.insert(e.p.as_path(), e.len);
+        }
+        let entries: Vec<Reserved> = latest
+            .into_iter()
+            .map(|(p, len)| Reserved {
+                p: p.to_path_buf(),
+                len,
+            })
+            .collect();
         let mut owed = 0u64;
         let mut keep = Vec::new();
         for e in &entries {
@@ -403,7 +417,7 @@ impl SparseLedger {
             owed = owed.saturating_add(e.len - allocated);
             keep.push(e);
         }
-        if keep.len() < entries.len() {
+        if keep.len() < lines.len() {
             let tmp = self.path.with_extension("jsonl.tmp");
             let mut text = Vec::new();
             for e in keep {

@@ -519,14 +519,14 @@ pub fn peer_segments(
     let mut overlapping = 0u64;
     for segs in by_cam.values_mut() {
         segs.sort_by_key(|s| s.start);
-        // A camera's segments follow one another: one that starts before
-        // the half of the one kept before it is not a segment of its own
-        // (timestamps may overlap a little at a cut, never by half).
+        // At most one segment a camera per 250 ms of start times, whatever
+        // durations the peer claims: a peer cannot have a file made per
+        // microsecond, and one bad duration hides nothing after it.
         let mut next_from = i64::MIN;
         segs.retain(|s| {
             let keep = s.start.0 >= next_from;
             if keep {
-                next_from = s.start.0.saturating_add((s.duration_us / 2) as i64);
+                next_from = s.start.0.saturating_add(MIN_SEGMENT_US as i64);
             } else {
                 overlapping += 1;
             }
@@ -534,7 +534,7 @@ pub fn peer_segments(
         });
     }
     if overlapping > 0 {
-        tracing::warn!(%peer, segments = overlapping, "ignored coverage entries that start within the first half of the camera's previous segment");
+        tracing::warn!(%peer, segments = overlapping, "ignored coverage entries that start within 250 ms of the camera's previous one");
     }
     by_cam
 }

@@ -121,7 +121,7 @@ impl State {
     /// Makes the empty folder `dir` hafill's state: its marker (durable),
     /// then `staging/`.
     pub fn init(dir: &Path) -> Result<(), StoreError> {
-        fs::create_dir(dir.join("staging")).map_err(io_at(dir))?;
+        fs::create_dir_all(dir.join("staging")).map_err(io_at(dir))?;
         let marker = dir.join(MARKER);
         let tmp = dir.join(format!("{MARKER}.tmp"));
         let mut f = File::create(&tmp).map_err(io_at(&tmp))?;

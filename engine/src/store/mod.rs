@@ -101,6 +101,20 @@ pub fn init(config: &crate::config::Config) -> Result<Init> {
     }
 }
 
+/// What hafill itself puts in a store or state folder: a folder holding
+/// only these may be made one by [`init`].
+const OWN_ENTRIES: [&str; 9] = [
+    "index",
+    "segments",
+    "staging",
+    "lock",
+    "segments.jsonl",
+    "origins.jsonl",
+    "sparse-reservations.jsonl",
+    "journal",
+    "index.lock",
+];
+
 /// [`init`] for a native store at `root`.
 pub fn init_native(root: &Path) -> Result<Init> {
     init_at(root, MARKER, MARKER_CONTENT, init_store)
@@ -123,11 +137,18 @@ fn init_at(
         source: io::Error::other(reason.to_string()),
     };
     match fs::read_dir(root) {
-        Ok(mut d) => {
-            if d.next().is_some() {
-                return Err(refuse(
-                    "not empty, and not a hafill store: hafill makes one only in a new or empty folder",
-                ));
+        Ok(d) => {
+            // Empty, or holding only what hafill itself puts there (an
+            // init a crash cut short; a state folder from before markers).
+            for e in d {
+                let e = e.at(root)?;
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if !OWN_ENTRIES.contains(&name.as_ref()) && !name.ends_with(TMP_SUFFIX) {
+                    return Err(refuse(&format!(
+                        "holds {name}: not a hafill store, and hafill makes one only in a new or empty folder"
+                    )));
+                }
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -561,7 +582,21 @@ impl Store {
             let dir = path.parent().unwrap_or(&self.root).to_path_buf();
             if !path.exists() {
                 if !dir.exists() {
-                    fs::create_dir_all(&dir).at(&dir)?;
+                    // One level only: an `index/` lost while the store is
+                    // open is never made again by an append, which would
+                    // then read as an almost empty store.
+                    match fs::create_dir(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            return Err(StoreError::Damaged {
+                                path: self.root.join("index"),
+                                store: self.root.clone(),
+                                reason: "is missing".into(),
+                            })
+                        }
+                        Err(e) => return Err(e).at(&dir),
+                    }
                     new_dirs.insert(self.root.join("index"));
                 }
                 new_dirs.insert(dir.clone());
@@ -1015,6 +1050,8 @@ fn init_store(root: &Path) -> Result<()> {
             source: io::Error::other("exists and is not a directory"),
         });
     }
+    // Made again if an init was cut short (`init_at` adopts them): a
+    // store's index/ exists from the moment its marker does.
     fs::create_dir_all(root.join("index")).at(root)?;
     fs::create_dir_all(root.join("segments")).at(root)?;
     let marker = root.join(MARKER);
@@ -1085,13 +1122,17 @@ pub fn read_xattr_record(path: &Path) -> Result<Option<Record>> {
 }
 
 /// Removes the reservation file at `path` if its own record still says
-/// unfinished for `m`'s bytes (start, length, BLAKE3); whether it did. A
-/// file that is complete, someone else's, or gone is left alone.
+/// `placeholder` for `m`'s bytes (start, length, BLAKE3) and it holds no
+/// durable block; whether it did. A file that is complete or partial
+/// (verified blocks that may be the last copy), someone else's, or gone is
+/// left alone.
 pub(crate) fn release_reservation(path: &Path, m: &SegmentMeta) -> Result<bool> {
     let Some(rec) = read_xattr_record(path)? else {
         return Ok(false);
     };
-    if rec.state == SegmentState::Complete
+    let durable = crate::placeholder::read_progress(path)?.map_or(0, |p| p.durable_count());
+    if rec.state != SegmentState::Placeholder
+        || durable > 0
         || rec.start != m.start
         || rec.len != m.len
         || rec.blake3 != m.blake3

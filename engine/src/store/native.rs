@@ -91,18 +91,16 @@ impl Recorder for NativeRecorder {
         placeholder::outstanding(&self.store, from, to)
     }
 
-    fn release(&self, metas: &[SegmentMeta]) -> Result<u64, StoreError> {
+    fn release(&self, metas: &[SegmentMeta]) -> Result<Vec<SegmentMeta>, StoreError> {
         let mut gone = Vec::new();
-        let mut bytes = 0;
         for m in metas {
             let path = self.store.segment_path(&m.camera, m.start);
             if super::release_reservation(&path, m)? {
-                bytes += m.len;
                 gone.push(m.clone());
             }
         }
         self.store.remove_from_index(&gone)?;
-        Ok(bytes)
+        Ok(gone)
     }
 
     fn sink(&self, meta: &SegmentMeta) -> Result<Box<dyn SegmentSink>, StoreError> {

@@ -532,14 +532,14 @@ impl Recorder for SegmentsRecorder {
             .collect())
     }
 
-    fn release(&self, metas: &[SegmentMeta]) -> Result<u64, StoreError> {
-        let mut bytes = 0;
+    fn release(&self, metas: &[SegmentMeta]) -> Result<Vec<SegmentMeta>, StoreError> {
+        let mut gone = Vec::new();
         for m in metas {
             if super::release_reservation(&self.staging_path(&m.camera, m.start), m)? {
-                bytes += m.len;
+                gone.push(m.clone());
             }
         }
-        Ok(bytes)
+        Ok(gone)
     }
 
     fn sink(&self, meta: &SegmentMeta) -> Result<Box<dyn SegmentSink>, StoreError> {

@@ -90,10 +90,11 @@ pub trait Recorder: Send + Sync + std::fmt::Debug {
     fn outstanding(&self, from: Timestamp, to: Timestamp) -> Result<Vec<SegmentMeta>, StoreError>;
 
     /// Gives up the reservations `metas` (from [`Self::outstanding`]): each
-    /// file is removed only while its own record still says unfinished for
-    /// those bytes, so nothing complete and nothing the recorder wrote is
-    /// ever touched. Returns the bytes released.
-    fn release(&self, metas: &[SegmentMeta]) -> Result<u64, StoreError>;
+    /// file is removed only while its own record still says `placeholder`
+    /// for those bytes with no durable block, so nothing complete or
+    /// partial and nothing the recorder wrote is ever touched. Returns the
+    /// reservations released.
+    fn release(&self, metas: &[SegmentMeta]) -> Result<Vec<SegmentMeta>, StoreError>;
 
     /// Where the verified blocks of the reserved `meta` go.
     fn sink(&self, meta: &SegmentMeta) -> Result<Box<dyn SegmentSink>, StoreError>;

@@ -47,7 +47,9 @@ fn set_thread(tid: i32, policy: Policy) -> bool {
     super::disk::set_idle_io(tid);
     match policy {
         Policy::Idle => set_scheduler(tid, libc::SCHED_IDLE),
-        Policy::Floor => set_scheduler(tid, libc::SCHED_BATCH) && set_nice(tid, 19),
+        // Nice first: a thread at nice 19 may be moved to SCHED_BATCH
+        // where RLIMIT_NICE allows nice 19.
+        Policy::Floor => set_nice(tid, 19) && set_scheduler(tid, libc::SCHED_BATCH),
     }
 }
 

@@ -132,6 +132,13 @@ impl Sampler {
             } else {
                 super::cpu::Policy::Idle
             });
+            if n == 0 {
+                // Without CAP_SYS_NICE or RLIMIT_NICE (systemd's `LimitNICE=`)
+                // the kernel refuses to leave SCHED_IDLE.
+                tracing::warn!("the CPU floor could not be set (no thread took the policy): backfill stays under SCHED_IDLE");
+                last.floor = Floor::default();
+                return;
+            }
             self.raised.store(raise, Ordering::Relaxed);
             if raise {
                 tracing::info!(

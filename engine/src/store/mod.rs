@@ -543,7 +543,10 @@ impl Store {
         self.append_index_as(metas, RecordKind::Put, false)
     }
 
-    /// Removes segments from the index (their files are the caller's).
+    /// Removes segments from the index (their files are the caller's):
+    /// each only while the index still holds that unfinished reservation
+    /// (same BLAKE3, not complete), checked under the index lock, so a
+    /// segment the recorder completed at that start meanwhile stays.
     pub fn remove_from_index(&self, metas: &[SegmentMeta]) -> Result<()> {
         self.append_index_as(metas, RecordKind::Remove, false)
     }
@@ -575,7 +578,17 @@ impl Store {
         }
         let mut new_dirs = BTreeSet::new();
         let mut logs = Vec::with_capacity(by_day.len());
-        for ((camera, day), records) in by_day {
+        for ((camera, day), mut records) in by_day {
+            if kind == RecordKind::Remove {
+                let live = self.read_day(&camera, day)?;
+                records.retain(|r| {
+                    live.get(&r.start.0)
+                        .is_some_and(|l| l.blake3 == r.blake3 && l.state != SegmentState::Complete)
+                });
+                if records.is_empty() {
+                    continue;
+                }
+            }
             let path = self
                 .root
                 .join(index_rel_path(&camera, &day_name(day_start(day))));
@@ -1296,5 +1309,25 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "camera {c}");
         }
+    }
+
+    #[test]
+    fn a_removal_spares_a_segment_completed_at_that_start_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path().join("s"), true).unwrap();
+        let cam = CameraId::new("cam-0001").unwrap();
+        let (a, b) = (
+            meta(&cam, 0, SegmentState::Placeholder),
+            meta(&cam, 60_000_000, SegmentState::Placeholder),
+        );
+        store.append_index(&[a.clone(), b.clone()]).unwrap();
+        // The recorder completed b's start while its release was decided.
+        let done = SegmentMeta {
+            state: SegmentState::Complete,
+            ..b.clone()
+        };
+        store.append_index(&[done.clone()]).unwrap();
+        store.remove_from_index(&[a, b]).unwrap();
+        assert_eq!(store.all_segments(&cam).unwrap(), vec![done]);
     }
 }

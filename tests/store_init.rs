@@ -69,6 +69,17 @@ fn store_init_makes_no_parents_and_takes_no_full_folder() {
     run_ok(&["store", "init", "--store", p(&cut)]);
     assert!(cut.join("HAFILL-STORE").is_file());
 
+    // A store that lost its marker and its index/: init adopts it, and the
+    // first open rebuilds the index from the files.
+    let lost = dir.path().join("lost");
+    let t0 = base_time();
+    sim_record(&lost, 1, "16kbit", "60s", t0, t0 + 600, 1);
+    std::fs::remove_file(lost.join("HAFILL-STORE")).unwrap();
+    std::fs::remove_dir_all(lost.join("index")).unwrap();
+    run_ok(&["store", "init", "--store", p(&lost)]);
+    let ls = json(&["store", "ls", "--store", p(&lost), "--json"]);
+    assert_eq!(ls["segments"], 10, "{ls:#}");
+
     let fresh = dir.path().join("fresh");
     run_ok(&["store", "init", "--store", p(&fresh)]);
     let ls = json(&["store", "ls", "--store", p(&fresh), "--json"]);

@@ -68,7 +68,10 @@ pub async fn gc(
         let to = live.iter().map(|m| m.end()).max().unwrap_or(MAX_TIME);
         let holdings = session.holdings(from, to).await;
         report.not_asked = session.unreachable();
-        if report.not_asked.is_empty() {
+        if config.peers.is_empty() {
+            // Nobody to ask is not "nobody holds it".
+            report.kept += live.len();
+        } else if report.not_asked.is_empty() {
             for m in live {
                 let held = holdings.get(&m.camera).is_some_and(|peers| {
                     peers.iter().any(|(_, segs)| {

@@ -1064,8 +1064,14 @@ fn init_store(root: &Path) -> Result<()> {
         });
     }
     // Made again if an init was cut short (`init_at` adopts them): a
-    // store's index/ exists from the moment its marker does.
-    fs::create_dir_all(root.join("index")).at(root)?;
+    // store's index/ exists from the moment its marker does. Unless the
+    // folder already holds segment files without an index (a store that
+    // lost its marker and index/): then index/ stays absent, and the first
+    // open rebuilds it from the files rather than reading an empty one.
+    let has_segments = fs::read_dir(root.join("segments")).is_ok_and(|mut d| d.next().is_some());
+    if !has_segments || root.join("index").exists() {
+        fs::create_dir_all(root.join("index")).at(root)?;
+    }
     fs::create_dir_all(root.join("segments")).at(root)?;
     let marker = root.join(MARKER);
     let tmp = root.join(format!("{MARKER}{TMP_SUFFIX}"));

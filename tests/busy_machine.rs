@@ -81,7 +81,7 @@ fn a_backfill_starved_of_cpu_cuts_off_no_peer_and_completes() {
     let hog = Hog::every_core();
     // A short stall timeout: a receiver that counted its own wait for a
     // core as the peer's silence cut the peer off within seconds.
-    let mut child = hafill()
+    let child = hafill()
         .env("HAFILL_LOG", "info,hafill_engine::transfer::client=debug")
         .args([
             "backfill",
@@ -95,17 +95,12 @@ fn a_backfill_starved_of_cpu_cuts_off_no_peer_and_completes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // A hang guard, not a speed target: starved, the backfill takes tens
-    // of seconds.
-    let guard = std::time::Instant::now() + std::time::Duration::from_secs(900);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > guard {
-            let _ = child.kill();
-            panic!("the starved backfill did not end within 15 minutes");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    // Starved, the backfill takes tens of seconds; a hang fails here.
+    let out = wait_or_kill(
+        child,
+        std::time::Duration::from_secs(900),
+        "the starved backfill",
+    );
     drop(hog);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // Reported, not asserted (how starved it was depends on the machine).

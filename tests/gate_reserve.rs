@@ -41,6 +41,23 @@ fn mount_small_tmpfs(dir: &Path, size: &str) -> Result<Mount, String> {
     Ok(Mount(dir.to_path_buf()))
 }
 
+/// Points rs02's config at a new store on `small` (a mounted tmpfs) with
+/// an 8 MiB reserve, and makes the store; returns the config.
+fn store_on(c: &Cluster, small: &Path) -> std::path::PathBuf {
+    let cfg = c.server("rs02").config();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            "store = \"store\"",
+            &format!("store = \"{}\"", p(&small.join("store"))),
+        )
+        .replace("reserve = \"64MiB\"", "reserve = \"8MiB\"");
+    assert!(text.contains("reserve = \"8MiB\""), "{text}");
+    std::fs::write(&cfg, text).unwrap();
+    run_ok(&["store", "init", "--config", p(&cfg)]);
+    cfg
+}
+
 fn available_bytes(dir: &Path) -> u64 {
     let out = Command::new("df")
         .args(["-B1", "--output=avail", p(dir)])
@@ -82,17 +99,7 @@ fn placeholders_never_cross_the_reserve_and_the_newest_gaps_come_first() {
         }
     };
     let reserve: u64 = 8 << 20;
-    let cfg = c.server("rs02").config();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(
-            "store = \"store\"",
-            &format!("store = \"{}\"", p(&small.join("store"))),
-        )
-        .replace("reserve = \"64MiB\"", "reserve = \"8MiB\"");
-    assert!(text.contains("reserve = \"8MiB\""), "{text}");
-    std::fs::write(&cfg, text).unwrap();
-    run_ok(&["store", "init", "--config", p(&cfg)]);
+    let cfg = store_on(&c, &small);
 
     // 4 cameras x 30 minutes of 2 MB segments: about 230 MB, where 24 MB
     // are free above the reserve.
@@ -160,16 +167,7 @@ fn sparse_placeholders_are_charged_so_the_next_plan_does_not_budget_their_space_
             return;
         }
     };
-    let cfg = c.server("rs02").config();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(
-            "store = \"store\"",
-            &format!("store = \"{}\"", p(&small.join("store"))),
-        )
-        .replace("reserve = \"64MiB\"", "reserve = \"8MiB\"");
-    std::fs::write(&cfg, text).unwrap();
-    run_ok(&["store", "init", "--config", p(&cfg)]);
+    let cfg = store_on(&c, &small);
     // About 230 MB of gaps; 24 MB free above the reserve.
     let t0 = base_time();
     sim_record(

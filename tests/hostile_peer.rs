@@ -7,7 +7,7 @@
 mod common;
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{file_hashes, Cluster};
 use common::*;
@@ -65,7 +65,7 @@ fn backfill_rs02(c: &Cluster) -> serde_json::Value {
 }
 
 fn backfill_rs02_with(c: &Cluster, stall: &str) -> serde_json::Value {
-    let mut child = hafill()
+    let child = hafill()
         .args([
             "backfill",
             "--config",
@@ -80,15 +80,11 @@ fn backfill_rs02_with(c: &Cluster, stall: &str) -> serde_json::Value {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("backfill hung on the hostile peer");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = wait_or_kill(
+        child,
+        Duration::from_secs(120),
+        "the backfill beside the hostile peer",
+    );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}", String::from_utf8_lossy(&out.stderr));
     })
@@ -249,7 +245,7 @@ fn a_stream_that_never_finishes_its_request_gets_a_bad_request_error() {
 fn a_peer_whose_coverage_never_ends_is_skipped_at_the_gate_s_deadline() {
     let (c, _) = liar_site();
     let hostile = start_hostile(&c, "drip-coverage");
-    let mut child = hafill()
+    let child = hafill()
         .env("HAFILL_LOG", "info")
         .args([
             "gate",
@@ -263,17 +259,9 @@ fn a_peer_whose_coverage_never_ends_is_skipped_at_the_gate_s_deadline() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // A hang detector, not a speed target.
-    let hang = Instant::now() + Duration::from_secs(120);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > hang {
-            let _ = child.kill();
-            panic!("the gate waited on a coverage answer that never ends");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // A gate that waits on a coverage answer that never ends fails here.
+    let out = wait_or_kill(child, Duration::from_secs(120), "the gate");
     drop(hostile);
-    let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(

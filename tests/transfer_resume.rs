@@ -3,7 +3,7 @@
 //! is byte-identical.
 
 mod common;
-use common::cluster::{file_hashes, Cluster};
+use common::cluster::{differing_files, file_hashes, gated_outage, Cluster};
 use common::*;
 use std::path::Path;
 use std::process::Stdio;
@@ -212,44 +212,23 @@ fn the_source_killed_mid_transfer_loses_nothing_verified() {
 /// completes.
 #[test]
 fn a_damaged_progress_record_starts_its_segment_over() {
-    let mut c = Cluster::new(&["rs01", "rs02"]);
-    let t0 = base_time();
+    let (c, cfg) = gated_outage("2Mbit");
+    let cfg = p(&cfg).to_string();
     let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
-    // rs02 stopped recording at t0 + 120 s and boots now: the gate
-    // reserves what rs01 holds after that as placeholders, then exits.
-    sim_record(&a, 2, "2Mbit", "60s", t0, t0 + 600, 5);
-    sim_record(&b, 2, "2Mbit", "60s", t0, t0 + 120, 5);
-    c.serve("rs01");
-    let cfg = p(&c.server("rs02").config()).to_string();
-    run_ok(&["gate", "--config", &cfg, "--then-exit"]);
-    let (theirs, ours) = (file_hashes(&a), file_hashes(&b));
-    let placeholder = ours
-        .iter()
-        .find(|(name, hash)| theirs.get(*name) != Some(*hash))
-        .map(|(name, _)| b.join(name))
-        .expect("the gate made placeholders");
+    let placeholder = b.join(&differing_files(&a, &b)[0]);
     // Block size 0, 8 blocks: the right length for 8 blocks.
     let mut record = vec![0u8; 10];
     record[4..8].copy_from_slice(&8u32.to_le_bytes());
     xattr::set(&placeholder, "user.hafill.progress", &record).unwrap();
 
-    let mut child = hafill()
+    let child = hafill()
         .args(backfill_args(&cfg))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // A hang detector, not a speed target: the backfill takes seconds.
-    let mut waited = Duration::ZERO;
-    while child.try_wait().unwrap().is_none() {
-        if waited > Duration::from_secs(300) {
-            child.kill().unwrap();
-            panic!("the backfill did not end within 5 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        waited += Duration::from_millis(100);
-    }
-    let out = child.wait_with_output().unwrap();
+    // The backfill takes seconds; a hang fails here.
+    let out = wait_or_kill(child, Duration::from_secs(300), "the backfill");
     assert!(
         out.status.success(),
         "{}",
@@ -264,20 +243,10 @@ fn a_damaged_progress_record_starts_its_segment_over() {
 /// again (nor refused as "already complete" for ever).
 #[test]
 fn a_segment_complete_on_its_file_but_not_in_the_index_is_indexed() {
-    let mut c = Cluster::new(&["rs01", "rs02"]);
-    let t0 = base_time();
+    let (c, cfg) = gated_outage("2Mbit");
+    let cfg = p(&cfg).to_string();
     let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
-    sim_record(&a, 2, "2Mbit", "60s", t0, t0 + 600, 5);
-    sim_record(&b, 2, "2Mbit", "60s", t0, t0 + 120, 5);
-    c.serve("rs01");
-    let cfg = p(&c.server("rs02").config()).to_string();
-    run_ok(&["gate", "--config", &cfg, "--then-exit"]);
-    let (theirs, ours) = (file_hashes(&a), file_hashes(&b));
-    let name = ours
-        .iter()
-        .find(|(name, hash)| theirs.get(*name) != Some(*hash))
-        .map(|(name, _)| name.clone())
-        .expect("the gate made placeholders");
+    let name = differing_files(&a, &b)[0].clone();
     // The install of `name` finished on the file (its bytes, its record
     // marked complete), and the process died before the index append.
     let (src, dst) = (a.join(&name), b.join(&name));
@@ -285,18 +254,8 @@ fn a_segment_complete_on_its_file_but_not_in_the_index_is_indexed() {
     let record = xattr::get(&src, "user.hafill").unwrap().unwrap();
     xattr::set(&dst, "user.hafill", &record).unwrap();
     let _ = xattr::remove(&dst, "user.hafill.progress");
-    let state_of = |ls: &serde_json::Value| -> Vec<String> {
-        ls["cameras"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|c| c["segments"].as_array().unwrap().iter())
-            .map(|s| s["state"].as_str().unwrap().to_string())
-            .collect()
-    };
-    let before = json(&["store", "ls", "--store", p(&b), "--json"]);
     assert_eq!(
-        state_of(&before)
+        segment_states(&b)
             .iter()
             .filter(|s| *s != "complete")
             .count(),
@@ -311,11 +270,8 @@ fn a_segment_complete_on_its_file_but_not_in_the_index_is_indexed() {
     );
     assert_eq!(report["failed"], serde_json::json!([]), "{report:#}");
     assert_eq!(report["segments"], 15, "{report:#}");
-    let after = json(&["store", "ls", "--store", p(&b), "--json"]);
-    assert!(
-        state_of(&after).iter().all(|s| s == "complete"),
-        "{after:#}"
-    );
+    let after = segment_states(&b);
+    assert!(after.iter().all(|s| s == "complete"), "{after:?}");
     assert_eq!(file_hashes(&a), file_hashes(&b));
 }
 
@@ -325,21 +281,10 @@ fn a_segment_complete_on_its_file_but_not_in_the_index_is_indexed() {
 /// places and fills it.
 #[test]
 fn a_deleted_placeholder_is_placed_again_and_filled() {
-    let mut c = Cluster::new(&["rs01", "rs02"]);
-    let t0 = base_time();
+    let (c, cfg) = gated_outage("2Mbit");
+    let cfg = p(&cfg).to_string();
     let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
-    sim_record(&a, 2, "2Mbit", "60s", t0, t0 + 600, 5);
-    sim_record(&b, 2, "2Mbit", "60s", t0, t0 + 120, 5);
-    c.serve("rs01");
-    let cfg = p(&c.server("rs02").config()).to_string();
-    run_ok(&["gate", "--config", &cfg, "--then-exit"]);
-    let (theirs, ours) = (file_hashes(&a), file_hashes(&b));
-    let gone = ours
-        .iter()
-        .find(|(name, hash)| theirs.get(*name) != Some(*hash))
-        .map(|(name, _)| b.join(name))
-        .expect("the gate made placeholders");
-    std::fs::remove_file(&gone).unwrap();
+    std::fs::remove_file(b.join(&differing_files(&a, &b)[0])).unwrap();
 
     let args = backfill_args(&cfg);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

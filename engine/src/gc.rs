@@ -10,6 +10,7 @@
 use serde::Serialize;
 
 use crate::backfill::{BackfillError, BackfillOptions, Session};
+use crate::camera::CameraId;
 use crate::config::Config;
 use crate::segment::{SegmentMeta, SegmentState};
 use crate::store::traits::UNKNOWN_HASH;
@@ -115,20 +116,16 @@ pub async fn gc(
     };
     report.kept += release.len() - gone.len();
     report.released_bytes = gone.iter().map(|m| m.len).sum();
-    let why: std::collections::HashMap<(String, i64), &'static str> = release
+    let gone: std::collections::HashSet<(&CameraId, Timestamp)> =
+        gone.iter().map(|m| (&m.camera, m.start)).collect();
+    report.released = release
         .iter()
-        .map(|(m, w)| ((m.camera.to_string(), m.start.0), *w))
-        .collect();
-    report.released = gone
-        .into_iter()
-        .map(|m| Released {
-            why: why
-                .get(&(m.camera.to_string(), m.start.0))
-                .copied()
-                .unwrap_or("released"),
+        .filter(|(m, _)| gone.contains(&(&m.camera, m.start)))
+        .map(|(m, why)| Released {
             camera: m.camera.to_string(),
             start: m.start.to_string(),
             bytes: m.len,
+            why,
         })
         .collect();
     session.close().await;

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use crate::camera::CameraId;
 use crate::segment::{Origin, Record, SegmentMeta, SegmentState};
-use crate::store::layout::{hour_number, segment_file_name};
+use crate::store::layout::{day_number, day_start, hour_number, segment_file_name};
 use crate::store::{read_xattr_record, write_xattr_record, Store, StoreError};
 
 pub const PROGRESS_XATTR: &str = "user.hafill.progress";
@@ -222,15 +222,15 @@ fn index_the_unindexed(store: &Store, kept: Vec<SegmentMeta>) -> Result<(), Stor
     let mut by_day: HashMap<(CameraId, i64), Vec<SegmentMeta>> = HashMap::new();
     for m in kept {
         by_day
-            .entry((m.camera.clone(), m.start.0.div_euclid(DAY_US)))
+            .entry((m.camera.clone(), day_number(m.start)))
             .or_default()
             .push(m);
     }
     let mut missing = Vec::new();
     for ((camera, day), metas) in by_day {
-        let from = crate::Timestamp(day * DAY_US);
+        let from = day_start(day);
         let indexed: std::collections::HashSet<i64> = store
-            .segments(&camera, from, from.add_micros(DAY_US))?
+            .segments(&camera, from, day_start(day + 1))?
             .into_iter()
             .map(|s| s.start.0)
             .collect();
@@ -245,8 +245,6 @@ fn index_the_unindexed(store: &Store, kept: Vec<SegmentMeta>) -> Result<(), Stor
     }
     Ok(())
 }
-
-const DAY_US: i64 = 86_400_000_000;
 
 /// The free space above the reserve, spent on new placeholders in the
 /// order they are offered (newest first).
@@ -352,35 +350,14 @@ impl SparseLedger {
 
     /// Lists `files` (path, length) durably, in one append.
     pub(crate) fn charge(&self, files: &[(PathBuf, u64)]) -> Result<(), StoreError> {
-        if files.is_empty() {
-            return Ok(());
-        }
-        // A torn last line (a crash mid-append) ends at this newline and
-        // is skipped when read, rather than swallowing the first entry.
-        let mut text = vec![b'\n'];
-        for (p, len) in files {
-            let r = Reserved {
+        let lines: Vec<Reserved> = files
+            .iter()
+            .map(|(p, len)| Reserved {
                 p: p.clone(),
                 len: *len,
-            };
-            serde_json::to_writer(&mut text, &r)
-                .map_err(|e| io_at(&self.path)(io::Error::other(e)))?;
-            text.push(b'\n');
-        }
-        let new = !self.path.exists();
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .map_err(io_at(&self.path))?;
-        io::Write::write_all(&mut f, &text).map_err(io_at(&self.path))?;
-        f.sync_data().map_err(io_at(&self.path))?;
-        if new {
-            if let Some(dir) = self.path.parent() {
-                crate::store::sync_dir(dir)?;
-            }
-        }
-        Ok(())
+            })
+            .collect();
+        crate::state::append_lines(&self.path, &lines, true)
     }
 
     /// Bytes the listed placeholders still lack (each file's length less

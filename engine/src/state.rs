@@ -90,16 +90,43 @@ pub(crate) fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Ve
 }
 
 fn append_line<T: Serialize>(path: &Path, v: &T, sync: bool) -> Result<(), StoreError> {
-    let mut line = serde_json::to_vec(v).map_err(|e| io_at(path)(io::Error::other(e)))?;
-    line.push(b'\n');
+    append_lines(path, std::slice::from_ref(v), sync)
+}
+
+/// Appends `vs` as JSON lines in one write (O_APPEND keeps the lines of
+/// two writers whole). A torn last line (a crash mid-append) is ended
+/// first, so it is skipped when read rather than swallowing the first new
+/// line. With `sync`, the lines (and a new log's name) are durable.
+pub(crate) fn append_lines<T: Serialize>(
+    path: &Path,
+    vs: &[T],
+    sync: bool,
+) -> Result<(), StoreError> {
+    if vs.is_empty() {
+        return Ok(());
+    }
     let new = !path.exists();
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
         .open(path)
         .map_err(io_at(path))?;
-    // One write of one line: O_APPEND keeps lines of two writers whole.
-    f.write_all(&line).map_err(io_at(path))?;
+    let len = f.metadata().map_err(io_at(path))?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut last, len - 1).map_err(io_at(path))?;
+    }
+    let mut lines = if last[0] == b'\n' {
+        Vec::new()
+    } else {
+        vec![b'\n']
+    };
+    for v in vs {
+        serde_json::to_writer(&mut lines, v).map_err(|e| io_at(path)(io::Error::other(e)))?;
+        lines.push(b'\n');
+    }
+    f.write_all(&lines).map_err(io_at(path))?;
     if sync {
         f.sync_data().map_err(io_at(path))?;
         if new {

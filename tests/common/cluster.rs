@@ -238,3 +238,30 @@ pub fn file_hashes(store: &Path) -> std::collections::BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// rs01 recorded 2 cameras at `bitrate` in 60-second segments for 10
+/// minutes from t0 and serves; rs02 stopped recording at t0 + 120 s and
+/// has booted: its gate (`--then-exit`) made a placeholder for each of the
+/// 16 segments it lacks. Returns the cluster and rs02's config.
+pub fn gated_outage(bitrate: &str) -> (Cluster, PathBuf) {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = super::base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    super::sim_record(&a, 2, bitrate, "60s", t0, t0 + 600, 5);
+    super::sim_record(&b, 2, bitrate, "60s", t0, t0 + 120, 5);
+    c.serve("rs01");
+    let cfg = c.server("rs02").config();
+    run_ok(&["gate", "--config", p(&cfg), "--then-exit"]);
+    (c, cfg)
+}
+
+/// The segment files (relative to the stores) that `ours` holds with other
+/// bytes than `theirs`: after a gate, its placeholders.
+pub fn differing_files(theirs: &Path, ours: &Path) -> Vec<String> {
+    let theirs = file_hashes(theirs);
+    file_hashes(ours)
+        .into_iter()
+        .filter(|(name, hash)| theirs.get(name) != Some(hash))
+        .map(|(name, _)| name)
+        .collect()
+}

@@ -140,3 +140,34 @@ pub fn metric(metrics: &str, name: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// Waits for `child`, killing it (and failing the test) if it has not
+/// ended within `limit`: a hang guard, never a speed target. Returns its
+/// output (stdout and stderr if they were piped).
+pub fn wait_or_kill(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Output {
+    let guard = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > guard {
+            let _ = child.kill();
+            panic!("{what} did not end within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The state of every segment of a store (`store ls --json`).
+pub fn segment_states(store: &Path) -> Vec<String> {
+    let ls = json(&["store", "ls", "--store", p(store), "--json"]);
+    ls["cameras"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["segments"].as_array().unwrap().iter())
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect()
+}

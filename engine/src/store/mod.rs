@@ -850,14 +850,6 @@ impl Store {
             .at(&self.root)
     }
 
-    /// Bytes free for unprivileged writers on the store's filesystem.
-    pub fn free_bytes(&self) -> Result<u64> {
-        let v = rustix::fs::statvfs(&self.root)
-            .map_err(io::Error::from)
-            .at(&self.root)?;
-        Ok(v.f_bavail.saturating_mul(v.f_frsize))
-    }
-
     /// Re-hashes every complete segment (of `camera`, or all), in parallel.
     pub fn verify(&self, camera: Option<&CameraId>) -> Result<VerifyReport> {
         let cameras = match camera {
@@ -1140,29 +1132,40 @@ pub fn read_xattr_record(path: &Path) -> Result<Option<Record>> {
     }
 }
 
-/// Removes the reservation file at `path` if its own record still says
-/// `placeholder` for `m`'s bytes (start, length, BLAKE3) and it holds no
-/// durable block; whether it did. A file that is complete or partial
-/// (verified blocks that may be the last copy), someone else's, or gone is
-/// left alone.
-pub(crate) fn release_reservation(path: &Path, m: &SegmentMeta) -> Result<bool> {
-    let Some(rec) = read_xattr_record(path)? else {
-        return Ok(false);
-    };
-    let durable = crate::placeholder::read_progress(path)?.map_or(0, |p| p.durable_count());
-    if rec.state != SegmentState::Placeholder
-        || durable > 0
-        || rec.start != m.start
-        || rec.len != m.len
-        || rec.blake3 != m.blake3
-    {
-        return Ok(false);
+/// Removes each reservation file (`path`, `meta`) whose own record still
+/// says `placeholder` for those bytes (start, length, BLAKE3) with no
+/// durable block, then makes the removals durable (each folder synced
+/// once). A file that is complete or partial (verified blocks that may be
+/// the last copy), someone else's, or gone is left alone. Returns the
+/// reservations removed.
+pub(crate) fn release_reservations(
+    files: impl IntoIterator<Item = (PathBuf, SegmentMeta)>,
+) -> Result<Vec<SegmentMeta>> {
+    let mut gone = Vec::new();
+    let mut dirs = BTreeSet::new();
+    for (path, m) in files {
+        let Some(rec) = read_xattr_record(&path)? else {
+            continue;
+        };
+        let durable = crate::placeholder::read_progress(&path)?.map_or(0, |p| p.durable_count());
+        if rec.state != SegmentState::Placeholder
+            || durable > 0
+            || rec.start != m.start
+            || rec.len != m.len
+            || rec.blake3 != m.blake3
+        {
+            continue;
+        }
+        fs::remove_file(&path).at(&path)?;
+        if let Some(dir) = path.parent() {
+            dirs.insert(dir.to_path_buf());
+        }
+        gone.push(m);
     }
-    fs::remove_file(path).at(path)?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+    for dir in dirs {
+        sync_dir(&dir)?;
     }
-    Ok(true)
+    Ok(gone)
 }
 
 /// Checks a file against its metadata: present, right length, right BLAKE3.

@@ -92,13 +92,11 @@ impl Recorder for NativeRecorder {
     }
 
     fn release(&self, metas: &[SegmentMeta]) -> Result<Vec<SegmentMeta>, StoreError> {
-        let mut gone = Vec::new();
-        for m in metas {
-            let path = self.store.segment_path(&m.camera, m.start);
-            if super::release_reservation(&path, m)? {
-                gone.push(m.clone());
-            }
-        }
+        let gone = super::release_reservations(
+            metas
+                .iter()
+                .map(|m| (self.store.segment_path(&m.camera, m.start), m.clone())),
+        )?;
         self.store.remove_from_index(&gone)?;
         Ok(gone)
     }

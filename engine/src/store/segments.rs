@@ -91,12 +91,11 @@ impl SegmentsRecorder {
         state: &Path,
         writer: bool,
     ) -> Result<Self, StoreError> {
-        let meta = check_recorder_folder(path)?;
+        check_recorder_folder(path)?;
         let state = Arc::new(State::open(state)?);
         let lock = if writer {
             let lock = state.lock()?;
             Self::check_same_filesystem(path, state.dir())?;
-            let _ = meta;
             Some(lock)
         } else {
             None
@@ -533,13 +532,11 @@ impl Recorder for SegmentsRecorder {
     }
 
     fn release(&self, metas: &[SegmentMeta]) -> Result<Vec<SegmentMeta>, StoreError> {
-        let mut gone = Vec::new();
-        for m in metas {
-            if super::release_reservation(&self.staging_path(&m.camera, m.start), m)? {
-                gone.push(m.clone());
-            }
-        }
-        Ok(gone)
+        super::release_reservations(
+            metas
+                .iter()
+                .map(|m| (self.staging_path(&m.camera, m.start), m.clone())),
+        )
     }
 
     fn sink(&self, meta: &SegmentMeta) -> Result<Box<dyn SegmentSink>, StoreError> {

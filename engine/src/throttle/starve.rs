@@ -55,15 +55,9 @@ pub fn keep_floor() {
     sampler().floor.store(true, Ordering::Relaxed);
 }
 
-/// Whether the floor is raised now (every thread at `SCHED_BATCH`, nice 19).
-pub fn floor_raised() -> bool {
-    sampler().raised.load(Ordering::Relaxed)
-}
-
 struct Sampler {
     clock_ns: AtomicU64,
     floor: std::sync::atomic::AtomicBool,
-    raised: std::sync::atomic::AtomicBool,
     last: Mutex<Last>,
 }
 
@@ -80,7 +74,6 @@ fn sampler() -> &'static Sampler {
         let s: &'static Sampler = Box::leak(Box::new(Sampler {
             clock_ns: AtomicU64::new(0),
             floor: false.into(),
-            raised: false.into(),
             last: Mutex::new(Last {
                 at: Instant::now(),
                 threads: read_threads().unwrap_or_default(),
@@ -139,7 +132,6 @@ impl Sampler {
                 last.floor = Floor::default();
                 return;
             }
-            self.raised.store(raise, Ordering::Relaxed);
             if raise {
                 tracing::info!(
                     threads = n,

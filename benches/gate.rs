@@ -72,6 +72,7 @@ fn index_only(store: &Path, from: Timestamp, to: Timestamp, segment_us: i64) {
                 blake3: blake3::hash(&start.0.to_le_bytes()),
                 state: SegmentState::Complete,
                 origin: Origin::Local,
+                notes: None,
             })
             .collect();
         store.append_index(&metas).unwrap();

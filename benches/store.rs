@@ -33,6 +33,7 @@ fn build_store(dir: &std::path::Path, day0: Timestamp, outage: Option<(i64, i64)
                 blake3: blake3::hash(&[c.to_le_bytes(), (k as u32).to_le_bytes()].concat()),
                 state: SegmentState::Complete,
                 origin: Origin::Local,
+                notes: None,
             })
             .collect();
         store.append_index(&metas).expect("append");

@@ -91,6 +91,7 @@ fn codec(c: &mut Criterion) {
             duration_us: 60_000_000,
             len: 30_000_000,
             blake3: *blake3::hash(&(i as u64).to_le_bytes()).as_bytes(),
+            notes: String::new(),
         })
         .collect();
     g.throughput(Throughput::Elements(entries.len() as u64));

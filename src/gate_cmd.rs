@@ -156,5 +156,11 @@ fn plan_and_place(
             format_bytes(p.no_room_bytes)
         );
     }
+    if p.refused_segments > 0 {
+        tracing::error!(
+            "gate: {} segments refused by the recorder (see above); they stay missing",
+            p.refused_segments
+        );
+    }
     Ok((config, opts, gated))
 }

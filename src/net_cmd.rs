@@ -276,6 +276,7 @@ pub fn backfill(a: BackfillArgs) -> CmdResult {
     Ok(
         if report.failed.is_empty()
             && report.placement.no_room_segments == 0
+            && report.placement.refused_segments == 0
             && !report.nothing_checked()
         {
             Outcome::Ok
@@ -328,6 +329,12 @@ pub fn print_report(r: &BackfillReport) {
             "NO ROOM for {} segments ({}): the free-space reserve for live recording would be crossed; the oldest gaps wait until space frees up",
             r.placement.no_room_segments,
             format_bytes(r.placement.no_room_bytes)
+        );
+    }
+    if r.placement.refused_segments > 0 {
+        println!(
+            "REFUSED {} segments: the recorder would not take them (the log says why)",
+            r.placement.refused_segments
         );
     }
     println!(

@@ -56,6 +56,8 @@ fn coverage_chunk_corpus_decodes_without_panic() {
                 let entries = decoded.unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert_eq!(entries.len(), 2);
                 assert_eq!(entries[1].camera, "cam-0002");
+                assert_eq!(entries[0].notes, "");
+                assert!(entries[1].notes.contains("\"motion\":12"), "{name}");
             }
         }
     }

@@ -195,6 +195,9 @@ pub struct PlaceSummary {
     /// Gaps left without a placeholder: they would have crossed the reserve.
     pub no_room_segments: u64,
     pub no_room_bytes: u64,
+    /// Gaps the recorder refused (it logged why): a camera its database
+    /// does not know.
+    pub refused_segments: u64,
     /// Seconds from the session's start until the placeholders were in.
     pub placeholders_seconds: f64,
 }
@@ -419,10 +422,7 @@ impl Session {
         // Plan, camera by camera, reading only the window of the index.
         let mut planner = Planner::new(plan_opts.clone());
         let matching = self.recorder.matching();
-        let seam_us = match &self.config.recorder {
-            crate::config::RecorderConfig::Segments { seam_us, .. } => *seam_us,
-            _ => 0,
-        };
+        let seam_us = self.config.recorder.seam_us();
         for (camera, per_peer) in &holdings {
             let local = self.recorder.segments(camera, from, to)?;
             let views: Vec<(&str, &[SegmentMeta])> = per_peer
@@ -480,6 +480,7 @@ impl Session {
                 placeholders_created: placed.placed.len() as u64,
                 no_room_segments: placed.no_room.len() as u64,
                 no_room_bytes: placed.no_room.iter().map(|(m, _)| m.len).sum(),
+                refused_segments: placed.refused.len() as u64,
                 placeholders_seconds,
             },
             placed: placed.placed,

@@ -52,6 +52,10 @@ struct RecorderSection {
     pattern: Option<String>,
     seam: Option<String>,
     settle: Option<String>,
+    db: Option<PathBuf>,
+    db_recordings: Option<PathBuf>,
+    retain_days: Option<f64>,
+    busy_timeout: Option<String>,
 }
 
 fn default_kind() -> String {
@@ -255,12 +259,61 @@ pub enum RecorderConfig {
         /// for this long (before, the recorder may still be writing it).
         settle_us: u64,
     },
+    /// Frigate NVR: its recordings folder and its SQLite database.
+    Frigate(FrigateConfig),
+}
+
+/// `[recorder] kind = "frigate"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrigateConfig {
+    /// Frigate's recordings folder, as this machine sees it.
+    pub path: PathBuf,
+    /// Frigate's database (`database.path`; `/config/frigate.db` in its
+    /// container).
+    pub db: PathBuf,
+    /// The recordings folder as Frigate names it in the `path` column
+    /// (`/media/frigate/recordings` in its container).
+    pub db_recordings: PathBuf,
+    /// Holes in the local recording shorter than this are seams.
+    pub seam_us: u64,
+    /// A camera whose newest segment ended within this is still recording:
+    /// Frigate moves a segment out of its cache some seconds after it ends.
+    pub settle_us: u64,
+    /// How long an install waits for Frigate's write lock, in all.
+    pub busy_timeout_us: u64,
 }
 
 /// Default of `[recorder] seam`.
 pub const DEFAULT_SEAM: &str = "2s";
 /// Default of `[recorder] settle`.
 pub const DEFAULT_SETTLE: &str = "30s";
+/// Default of `[recorder] settle` for Frigate.
+pub const DEFAULT_FRIGATE_SETTLE: &str = "1m";
+/// Default of `[recorder] busy_timeout`: Frigate's own (60 s at least).
+pub const DEFAULT_BUSY_TIMEOUT: &str = "60s";
+/// Default of `[recorder] db_recordings`: the folder in Frigate's
+/// container.
+pub const DEFAULT_DB_RECORDINGS: &str = "/media/frigate/recordings";
+
+impl RecorderConfig {
+    /// Holes in the local recording shorter than this are seams, not gaps.
+    pub fn seam_us(&self) -> u64 {
+        match self {
+            RecorderConfig::Native => 0,
+            RecorderConfig::Segments { seam_us, .. } => *seam_us,
+            RecorderConfig::Frigate(f) => f.seam_us,
+        }
+    }
+
+    /// The recorder's own folder (None: the native store's).
+    pub fn folder(&self) -> Option<&Path> {
+        match self {
+            RecorderConfig::Native => None,
+            RecorderConfig::Segments { path, .. } => Some(path),
+            RecorderConfig::Frigate(f) => Some(&f.path),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -441,12 +494,14 @@ impl Config {
             })?),
         };
         let state = s.state.as_deref().map(resolve);
-        let (recorder, store) = match file.recorder {
-            None => (RecorderConfig::Native, None),
+        let (recorder, store, retain_us) = match file.recorder {
+            None => (RecorderConfig::Native, None, None),
             Some(r) => {
                 parse_recorder(r, &resolve).map_err(|m| invalid(format!("[recorder] {m}")))?
             }
         };
+        // What the recorder deletes at once is not fetched.
+        let retention_us = retain_us.map_or(retention_us, |r| r.min(retention_us));
         let store = match (store, &s.store) {
             (Some(dir), _) => dir,
             (None, Some(st)) => resolve(st),
@@ -540,16 +595,72 @@ impl Config {
     }
 }
 
+/// The recorder, the folder it writes, and how long it keeps recordings
+/// (if it says).
+type ParsedRecorder = (RecorderConfig, Option<PathBuf>, Option<u64>);
+
 fn parse_recorder(
     r: RecorderSection,
     resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<(RecorderConfig, Option<PathBuf>), String> {
+) -> Result<ParsedRecorder, String> {
+    let only = |key: &str, set: bool, kind: &str| {
+        if set {
+            Err(format!("{key}: only for kind = \"{kind}\""))
+        } else {
+            Ok(())
+        }
+    };
+    let dur = |key: &str, v: Option<&str>, default: &str| {
+        units::parse_duration_micros(v.unwrap_or(default)).map_err(|e| format!("{key}: {e}"))
+    };
+    if r.kind != "frigate" {
+        only("db", r.db.is_some(), "frigate")?;
+        only("db_recordings", r.db_recordings.is_some(), "frigate")?;
+        only("retain_days", r.retain_days.is_some(), "frigate")?;
+        only("busy_timeout", r.busy_timeout.is_some(), "frigate")?;
+    }
     match r.kind.as_str() {
         "native" => {
-            if r.pattern.is_some() {
-                return Err("pattern: only for kind = \"segments\"".into());
+            only("pattern", r.pattern.is_some(), "segments")?;
+            Ok((RecorderConfig::Native, r.path.as_deref().map(resolve), None))
+        }
+        "frigate" => {
+            only("pattern", r.pattern.is_some(), "segments")?;
+            let path = resolve(r.path.as_deref().ok_or(
+                "path is missing: Frigate's recordings folder as this machine sees it (in Frigate's container, /media/frigate/recordings)",
+            )?);
+            let db = resolve(r.db.as_deref().ok_or(
+                "db is missing: Frigate's database file (its database.path; in Frigate's container, /config/frigate.db)",
+            )?);
+            let db_recordings = r
+                .db_recordings
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DB_RECORDINGS));
+            if !db_recordings.is_absolute() {
+                return Err(format!(
+                    "db_recordings {:?}: must be absolute (the recordings folder as Frigate's rows name it)",
+                    db_recordings.display()
+                ));
             }
-            Ok((RecorderConfig::Native, r.path.as_deref().map(resolve)))
+            let retain_us = match r.retain_days {
+                None => None,
+                Some(d) if d.is_finite() && d > 0.0 && d <= 36_500.0 => {
+                    Some((d * 86_400_000_000.0) as u64)
+                }
+                Some(d) => {
+                    return Err(format!(
+                        "retain_days {d}: expected a number of days above 0 (Frigate's record.continuous.days or record.motion.days, whichever is larger)"
+                    ))
+                }
+            };
+            let f = FrigateConfig {
+                path: path.clone(),
+                db,
+                db_recordings,
+                seam_us: dur("seam", r.seam.as_deref(), DEFAULT_SEAM)?,
+                settle_us: dur("settle", r.settle.as_deref(), DEFAULT_FRIGATE_SETTLE)?,
+                busy_timeout_us: dur("busy_timeout", r.busy_timeout.as_deref(), DEFAULT_BUSY_TIMEOUT)?,
+            };
+            Ok((RecorderConfig::Frigate(f), Some(path), retain_us))
         }
         "segments" => {
             let path = resolve(
@@ -561,9 +672,6 @@ fn parse_recorder(
                 "pattern is missing: how the recorder names its files, e.g. \"{camera}/%Y%m%d-%H%M%S.ts\"",
             )?;
             let pattern = SegmentPattern::parse(text).map_err(|e| format!("pattern: {e}"))?;
-            let dur = |key: &str, v: Option<&str>, default: &str| {
-                units::parse_duration_micros(v.unwrap_or(default)).map_err(|e| format!("{key}: {e}"))
-            };
             let seam_us = dur("seam", r.seam.as_deref(), DEFAULT_SEAM)?;
             let settle_us = dur("settle", r.settle.as_deref(), DEFAULT_SETTLE)?;
             Ok((
@@ -574,10 +682,11 @@ fn parse_recorder(
                     settle_us,
                 },
                 Some(path),
+                None,
             ))
         }
         other => Err(format!(
-            "kind {other:?}: expected \"native\" (hafill's own store) or \"segments\" (a folder of files named by a pattern: ffmpeg, MediaMTX)"
+            "kind {other:?}: expected \"native\" (hafill's own store), \"segments\" (a folder of files named by a pattern: ffmpeg, MediaMTX) or \"frigate\" (Frigate NVR: its recordings folder and database)"
         )),
     }
 }
@@ -749,6 +858,22 @@ mod tests {
     }
 
     #[test]
+    fn a_frigate_recorder_keeps_no_more_than_frigate_does() {
+        let c = segments_cfg(
+            "kind = \"frigate\"\npath = \"/srv/frigate/recordings\"\ndb = \"/srv/frigate/config/frigate.db\"\nretain_days = 7",
+        )
+        .unwrap();
+        let RecorderConfig::Frigate(f) = &c.recorder else {
+            panic!("{:?}", c.recorder)
+        };
+        assert_eq!(f.db_recordings, Path::new(DEFAULT_DB_RECORDINGS));
+        assert_eq!(f.busy_timeout_us, 60_000_000);
+        assert_eq!(c.store, Path::new("/srv/frigate/recordings"));
+        // [server] retention is 30 days; Frigate deletes after 7.
+        assert_eq!(c.retention_us, 7 * 86_400_000_000);
+    }
+
+    #[test]
     fn a_bad_recorder_section_names_the_key() {
         for (rec, key) in [
             ("kind = \"segments\"\npath = \"/srv\"\npattern = \"%Y%m%d-%H%M%S.ts\"", "{camera}"),
@@ -756,6 +881,12 @@ mod tests {
             ("kind = \"segments\"\npattern = \"{camera}/%Y%m%d-%H%M%S.ts\"", "path is missing"),
             ("kind = \"milestone\"", "kind \"milestone\""),
             ("kind = \"segments\"\npath = \"/srv\"\npattern = \"{camera}/%Y%m%d-%H%M%S.ts\"\nseam = \"soon\"", "seam"),
+            ("kind = \"frigate\"\npath = \"/srv/frigate/recordings\"", "db is missing"),
+            ("kind = \"frigate\"\ndb = \"/srv/frigate/frigate.db\"", "path is missing"),
+            ("kind = \"frigate\"\npath = \"/r\"\ndb = \"/f.db\"\nretain_days = -1", "retain_days"),
+            ("kind = \"frigate\"\npath = \"/r\"\ndb = \"/f.db\"\ndb_recordings = \"media\"", "db_recordings"),
+            ("kind = \"frigate\"\npath = \"/r\"\ndb = \"/f.db\"\npattern = \"x\"", "pattern: only for"),
+            ("kind = \"segments\"\npath = \"/r\"\npattern = \"{camera}/%Y%m%d-%H%M%S.ts\"\ndb = \"/f.db\"", "db: only for"),
         ] {
             let e = segments_cfg(rec).unwrap_err().to_string();
             assert!(e.contains("rs02.toml") && e.contains("[recorder]") && e.contains(key), "{e}");

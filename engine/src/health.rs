@@ -270,10 +270,7 @@ pub fn assess(
     let mut alerts = Vec::new();
     let mut overview = Overview::default();
     let mut out = Vec::new();
-    let seam_us = match &config.recorder {
-        crate::config::RecorderConfig::Segments { seam_us, .. } => *seam_us,
-        crate::config::RecorderConfig::Native => 0,
-    };
+    let seam_us = config.recorder.seam_us();
     for camera in cameras {
         let rule = config.rule_of(&camera);
         let servers: Vec<String> = match rule {

@@ -230,6 +230,7 @@ mod tests {
                 blake3: blake3::hash(b""),
                 state: SegmentState::Placeholder,
                 origin: Origin::Local,
+                notes: None,
             },
             sources.iter().map(|s| s.to_string()).collect(),
         )

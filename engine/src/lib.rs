@@ -33,6 +33,16 @@ pub mod throttle;
 pub mod transfer;
 pub mod units;
 
+/// Ends the process on the spot (no unwinding, no cleanup: as a crash
+/// would) if the environment variable `HAFILL_FAILPOINT` names this
+/// point: how the tests stop a real process at one exact step.
+pub fn failpoint(name: &str) {
+    if std::env::var_os("HAFILL_FAILPOINT").is_some_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
+
 pub use camera::CameraId;
 pub use interval::IntervalSet;
 pub use segment::{Origin, SegmentMeta, SegmentState};

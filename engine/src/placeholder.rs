@@ -59,6 +59,9 @@ pub struct Placed {
     pub placed: Vec<SegmentMeta>,
     /// Sources left out because the reserve would have been crossed.
     pub no_room: Vec<(SegmentMeta, String)>,
+    /// Sources the recorder refused (and logged why): not reserved, never
+    /// fetched, reported as problems.
+    pub refused: Vec<(SegmentMeta, String)>,
 }
 
 /// Creates placeholders for `sources` (the peer's metadata, and the peer),

@@ -511,6 +511,7 @@ pub fn peer_segments(
             blake3: blake3::Hash::from_bytes(e.blake3),
             state: SegmentState::Complete,
             origin: Origin::Peer(peer.to_string()),
+            notes: (!e.notes.is_empty()).then(|| std::sync::Arc::from(e.notes.as_str())),
         });
     }
     if implausible > 0 {
@@ -567,6 +568,7 @@ mod tests {
             duration_us,
             len,
             blake3: [7; 32],
+            notes: String::new(),
         };
         let mut entries = Vec::new();
         // A hostile peer: 1-µs segments of 1 byte, 0-byte segments, and
@@ -596,6 +598,7 @@ mod tests {
             blake3: blake3::hash(&[tag, start_min as u8]),
             state: SegmentState::Complete,
             origin: Origin::Local,
+            notes: None,
         }
     }
 
@@ -737,6 +740,7 @@ mod tests {
             blake3: crate::store::traits::UNKNOWN_HASH,
             state: SegmentState::Complete,
             origin: Origin::Local,
+            notes: None,
         }
     }
 

@@ -66,7 +66,16 @@ pub struct SegmentMeta {
     pub blake3: blake3::Hash,
     pub state: SegmentState,
     pub origin: Origin,
+    /// What the recorder says of the segment besides its bytes (Frigate's
+    /// motion, objects, dBFS, regions), as the recorder's adapter wrote it:
+    /// a JSON object of at most [`MAX_NOTES_LEN`] bytes. Carried from a
+    /// peer's coverage to the reservation, for the adapter to keep with the
+    /// installed copy. Never part of the segment's identity.
+    pub notes: Option<std::sync::Arc<str>>,
 }
+
+/// Longest recorder notes a segment carries (the wire's limit).
+pub const MAX_NOTES_LEN: usize = 255;
 
 impl SegmentMeta {
     pub fn end(&self) -> Timestamp {
@@ -178,6 +187,7 @@ impl Record {
             blake3: self.blake3,
             state: self.state,
             origin: self.origin,
+            notes: None,
         }
     }
 

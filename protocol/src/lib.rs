@@ -85,8 +85,9 @@ pub use message::*;
 
 /// ALPN protocol id.
 pub const ALPN: &[u8] = b"hafill/1";
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this crate speaks. 2 (2026-12-02): coverage
+/// entries carry the recorder's notes.
+pub const VERSION: u16 = 2;
 /// Largest frame length (type byte and body).
 pub const MAX_FRAME_LEN: usize = MAX_BLOCK_SIZE as usize + 64;
 /// Smallest block size: one BLAKE3 chunk.

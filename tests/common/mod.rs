@@ -38,6 +38,11 @@ pub fn p(path: &Path) -> &str {
 
 /// Every segment file (`*.seg`) under `dir`, at any depth.
 pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    files_ending(dir, "seg")
+}
+
+/// Every file named `*.<ext>` under `dir`, at any depth.
+pub fn files_ending(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -45,7 +50,7 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
             let e = e.unwrap();
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
-            } else if e.path().extension().is_some_and(|x| x == "seg") {
+            } else if e.path().extension().is_some_and(|x| x == ext) {
                 out.push(e.path());
             }
         }

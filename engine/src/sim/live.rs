@@ -336,6 +336,7 @@ fn close(
         blake3: seg.hasher.finalize(),
         state: SegmentState::Complete,
         origin: Origin::Local,
+        notes: None,
     };
     store::write_xattr_record(&seg.file, &seg.tmp, &Record::put(&meta))?;
     seg.file.sync_all().map_err(|source| StoreError::Io {

@@ -7,12 +7,14 @@
 //! one, never a `complete` segment with wrong bytes.
 
 mod file;
+pub mod frigate;
 pub mod layout;
 pub mod log;
 pub mod media;
 pub mod native;
 pub mod pattern;
 pub mod segments;
+pub mod staging;
 pub mod traits;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -66,6 +68,9 @@ pub fn open_recorder(
             &config.state,
             writer,
         )?),
+        RecorderConfig::Frigate(f) => {
+            std::sync::Arc::new(frigate::FrigateRecorder::open(f, &config.state, writer)?)
+        }
     })
 }
 
@@ -87,7 +92,8 @@ pub fn init(config: &crate::config::Config) -> Result<Init> {
     use crate::config::RecorderConfig;
     match &config.recorder {
         RecorderConfig::Native => init_native(&config.store),
-        RecorderConfig::Segments { path, .. } => {
+        RecorderConfig::Segments { path, .. }
+        | RecorderConfig::Frigate(crate::config::FrigateConfig { path, .. }) => {
             segments::check_recorder_folder(path)?;
             let made = init_at(
                 &config.state,
@@ -103,8 +109,9 @@ pub fn init(config: &crate::config::Config) -> Result<Init> {
 
 /// What hafill itself puts in a store or state folder: a folder holding
 /// only these may be made one by [`init`].
-const OWN_ENTRIES: [&str; 9] = [
+const OWN_ENTRIES: [&str; 10] = [
     "index",
+    "installing",
     "segments",
     "staging",
     "lock",
@@ -195,6 +202,9 @@ pub enum StoreError {
     },
     #[error("{0}: the filesystem does not support user extended attributes, which the store needs to keep each segment's metadata with its file")]
     NoXattr(PathBuf),
+    /// The recorder's own records (Frigate's database) cannot be used.
+    #[error("{path}: {reason}")]
+    Recorder { path: PathBuf, reason: String },
     #[error("segment {camera} {start}: {reason}")]
     BadSegment {
         camera: CameraId,
@@ -820,6 +830,7 @@ impl Store {
                     blake3,
                     state: SegmentState::Complete,
                     origin: sp.origin.clone(),
+                    notes: None,
                 };
                 write_xattr_record(&f, &tmp, &Record::put(&m))?;
                 Ok(m)
@@ -1276,6 +1287,7 @@ mod tests {
             blake3: blake3::hash(&start_us.to_le_bytes()),
             state,
             origin: Origin::Local,
+            notes: None,
         }
     }
 

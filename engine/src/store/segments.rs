@@ -15,7 +15,7 @@
 //! only once it has not changed for `[recorder] settle`: before that the
 //! recorder may still be writing it.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -23,22 +23,14 @@ use std::sync::Arc;
 
 use super::native::FileSink;
 use super::pattern::SegmentPattern;
+use super::staging::{io_at, Installer, StagedSink, Staging};
 use super::traits::{Matching, Recorder, SegmentSink, UNKNOWN_HASH};
-use super::{media, read_xattr_record, write_xattr_record, StoreError, XATTR_NAME};
+use super::{media, StoreError};
 use crate::camera::CameraId;
-use crate::placeholder::{
-    self, Budget, PlaceOptions, Placed, Progress, SparseLedger, PROGRESS_XATTR,
-};
-use crate::segment::{Origin, Record, SegmentMeta, SegmentState};
-use crate::state::{mtime_ns, FileFacts, OriginRecord, State};
+use crate::placeholder::{PlaceOptions, Placed};
+use crate::segment::{Origin, SegmentMeta, SegmentState};
+use crate::state::{mtime_ns, FileFacts, State};
 use crate::units::Timestamp;
-
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// A recorder file the pattern names.
 #[derive(Debug, Clone)]
@@ -56,6 +48,7 @@ pub struct SegmentsRecorder {
     pattern: SegmentPattern,
     settle_us: u64,
     state: Arc<State>,
+    staging: Staging,
     /// Held while this process fills (backfill, gate, scrub).
     _lock: Option<File>,
 }
@@ -104,6 +97,7 @@ impl SegmentsRecorder {
             path: path.to_path_buf(),
             pattern,
             settle_us,
+            staging: Staging::new(state.clone()),
             state,
             _lock: lock,
         })
@@ -234,10 +228,17 @@ impl SegmentsRecorder {
                 blake3,
                 state: SegmentState::Complete,
                 origin,
+                notes: None,
             };
             out.push((f.clone(), meta));
         }
         Ok(out)
+    }
+
+    /// Where `meta` goes in the recorder's folder.
+    fn target(&self, meta: &SegmentMeta) -> PathBuf {
+        self.path
+            .join(self.pattern.expand(meta.camera.as_str(), meta.start))
     }
 
     /// Whether the recorder may still be writing `f`: changed within
@@ -245,42 +246,6 @@ impl SegmentsRecorder {
     fn unsettled(&self, f: &RecFile, now_ns: i64) -> bool {
         self.settle_us > 0
             && now_ns.saturating_sub(f.mtime_ns) < (self.settle_us as i64).saturating_mul(1000)
-    }
-
-    fn staging_path(&self, camera: &CameraId, start: Timestamp) -> PathBuf {
-        self.state
-            .staging_dir()
-            .join(camera.as_str())
-            .join(format!("{}.part", start.0))
-    }
-
-    /// hafill's reservations, of `camera` or of all cameras.
-    fn reservations(&self, camera: Option<&CameraId>) -> Result<Vec<SegmentMeta>, StoreError> {
-        let dir = self.state.staging_dir();
-        let cams: Vec<CameraId> = match camera {
-            Some(c) => vec![c.clone()],
-            None => list_dir(&dir)?
-                .into_iter()
-                .filter_map(|n| CameraId::new(n).ok())
-                .collect(),
-        };
-        let mut out = Vec::new();
-        for c in cams {
-            let cdir = dir.join(c.as_str());
-            for name in list_dir(&cdir)? {
-                if !name.ends_with(".part") {
-                    continue;
-                }
-                if let Some(r) = read_xattr_record(&cdir.join(&name))? {
-                    let m = r.into_meta(c.clone());
-                    if m.state != SegmentState::Complete {
-                        out.push(m);
-                    }
-                }
-            }
-        }
-        out.sort_by_key(|m| m.start);
-        Ok(out)
     }
 }
 
@@ -291,22 +256,6 @@ fn median(v: &[i64]) -> Option<i64> {
     }
     v.sort_unstable();
     Some(v[v.len() / 2])
-}
-
-fn list_dir(dir: &Path) -> Result<Vec<String>, StoreError> {
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_at(dir)(e)),
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(io_at(dir))?;
-        if let Some(n) = e.file_name().to_str() {
-            out.push(n.to_string());
-        }
-    }
-    Ok(out)
 }
 
 /// Regular files exactly `depth` levels below `dir`.
@@ -382,7 +331,7 @@ impl Recorder for SegmentsRecorder {
             .finished(camera, from, to)?
             .into_iter()
             .map(|(_, m)| m)
-            .chain(self.reservations(Some(camera))?)
+            .chain(self.staging.reservations(Some(camera))?)
             .filter(|m| m.start < to && m.end() > from)
             .collect();
         out.sort_by_key(|m| m.start);
@@ -445,236 +394,55 @@ impl Recorder for SegmentsRecorder {
         sources: &[(&SegmentMeta, &str)],
         opts: PlaceOptions,
     ) -> Result<Placed, StoreError> {
-        let mut order: Vec<&(&SegmentMeta, &str)> = sources.iter().collect();
-        order.sort_by_key(|(m, _)| std::cmp::Reverse(m.start));
-        let ledger = SparseLedger::in_dir(self.state.dir());
-        let mut budget = Budget::on_filesystem(&self.path, opts.reserve_bytes, &ledger)?;
-        let mut out = Placed::default();
-        let mut to_make = Vec::new();
-        for (src, peer) in order {
-            let target = self
-                .path
-                .join(self.pattern.expand(src.camera.as_str(), src.start));
-            if target.exists() {
-                // The recorder holds a file of that name (one it cannot
-                // finish, or cut within the same second): never replaced.
-                tracing::warn!(camera = %src.camera, start = %src.start, "not reserved: {} exists", target.display());
-                continue;
-            }
-            let path = self.staging_path(&src.camera, src.start);
-            if let Some(existing) = read_xattr_record(&path)? {
-                // An earlier run's reservation is kept only for the same
-                // peer's same bytes: another peer cuts other bytes.
-                let same = existing.len == src.len
-                    && existing.origin == Origin::Peer(peer.to_string())
-                    && (existing.blake3 == src.blake3 || src.blake3 == UNKNOWN_HASH);
-                if same && existing.state != SegmentState::Complete {
-                    out.placed.push(existing.into_meta(src.camera.clone()));
-                    continue;
-                }
-            }
-            if !budget.take(placeholder::space_cost(src.len)) {
-                out.no_room.push(((*src).clone(), peer.to_string()));
-                continue;
-            }
-            let meta = SegmentMeta {
-                state: SegmentState::Placeholder,
-                origin: Origin::Peer(peer.to_string()),
-                ..(*src).clone()
-            };
-            to_make.push((path, meta));
-        }
-        // Sparse reservations are listed before they exist (see
-        // `SparseLedger`); so are those where `fallocate` failed, after.
-        if opts.sparse {
-            let listed: Vec<(PathBuf, u64)> =
-                to_make.iter().map(|(p, m)| (p.clone(), m.len)).collect();
-            ledger.charge(&listed)?;
-        }
-        let mut made = Vec::new();
-        let mut unallocated = Vec::new();
-        for (path, meta) in to_make {
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir).map_err(io_at(dir))?;
-            }
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&path)
-                .map_err(io_at(&path))?;
-            let _ = xattr::FileExt::remove_xattr(&f, PROGRESS_XATTR);
-            if !placeholder::reserve_space(&f, &path, meta.len, opts.sparse)? && !opts.sparse {
-                unallocated.push((path.clone(), meta.len));
-            }
-            write_xattr_record(&f, &path, &Record::put(&meta))?;
-            made.push(meta);
-        }
-        ledger.charge(&unallocated)?;
-        if !made.is_empty() {
-            // One flush for the batch: the reservations and their records.
-            let dir = self.state.staging_dir();
-            let d = File::open(&dir).map_err(io_at(&dir))?;
-            rustix::fs::syncfs(&d)
-                .map_err(io::Error::from)
-                .map_err(io_at(&dir))?;
-        }
-        out.placed.extend(made);
-        Ok(out)
+        self.staging.reserve(&self.path, sources, opts, |src| {
+            // The recorder holds a file of that name (one it cannot
+            // finish, or cut within the same second): never replaced.
+            let target = self.target(src);
+            target
+                .exists()
+                .then(|| format!("{} exists", target.display()))
+        })
     }
 
     fn outstanding(&self, from: Timestamp, to: Timestamp) -> Result<Vec<SegmentMeta>, StoreError> {
-        Ok(self
-            .reservations(None)?
-            .into_iter()
-            .filter(|m| m.start < to && m.end() > from)
-            .collect())
+        self.staging.outstanding(from, to)
     }
 
     fn release(&self, metas: &[SegmentMeta]) -> Result<Vec<SegmentMeta>, StoreError> {
-        super::release_reservations(
-            metas
-                .iter()
-                .map(|m| (self.staging_path(&m.camera, m.start), m.clone())),
-        )
+        self.staging.release(metas)
     }
 
     fn sink(&self, meta: &SegmentMeta) -> Result<Box<dyn SegmentSink>, StoreError> {
-        let staging = self.staging_path(&meta.camera, meta.start);
-        Ok(Box::new(InstallSink {
-            inner: FileSink::open(staging, meta.len)?,
-            target: self
-                .path
-                .join(self.pattern.expand(meta.camera.as_str(), meta.start)),
-            root: self.path.clone(),
-            state: self.state.clone(),
+        Ok(Box::new(StagedSink {
+            inner: self.staging.sink(meta)?,
+            installer: Rename {
+                target: self.target(meta),
+                root: self.path.clone(),
+                staging: self.staging.clone(),
+            },
         }))
     }
 }
 
-/// A reservation in the state folder, filled in place, then renamed into
-/// the recorder's folder.
+/// Installs a verified reservation by renaming it to its name in the
+/// recorder's folder, never over a file that is there.
 #[derive(Debug)]
-struct InstallSink {
-    inner: FileSink,
+struct Rename {
     target: PathBuf,
     root: PathBuf,
-    state: Arc<State>,
+    staging: Staging,
 }
 
-impl SegmentSink for InstallSink {
-    fn file(&self) -> &Arc<File> {
-        self.inner.file()
-    }
-
-    fn progress(&self) -> Result<Option<Progress>, StoreError> {
-        self.inner.progress()
-    }
-
-    fn record_seen(&self, p: &Progress) -> Result<(), StoreError> {
-        self.inner.record_seen(p)
-    }
-
-    fn record_durable(&self, meta: &SegmentMeta, p: &Progress) -> Result<(), StoreError> {
-        self.inner.record_durable(meta, p)
-    }
-
-    /// Renames the verified file to its name in the recorder's folder, never
-    /// over a file that is there, then fsyncs the folders and records the
-    /// origin.
-    fn install(&self, meta: &SegmentMeta) -> Result<SegmentMeta, StoreError> {
-        let staged = self.inner.path();
-        let file = self.inner.file();
-        let taken = |what: &str| StoreError::BadSegment {
-            camera: meta.camera.clone(),
-            start: meta.start,
-            reason: format!(
-                "{} {what}; the recorder's file is kept and the backfilled copy dropped",
-                self.target.display()
-            ),
-        };
-        if self.target.exists() {
-            let _ = fs::remove_file(staged);
-            return Err(taken("already exists"));
-        }
-        // A file that says it is shorter or longer than the peer claimed is
-        // not installed: the gap would stay and come back every round.
-        if let Ok(Some(d)) = media::duration_us(staged) {
-            if d.abs_diff(meta.duration_us) > 1_000_000 {
-                let _ = fs::remove_file(staged);
-                return Err(StoreError::BadSegment {
-                    camera: meta.camera.clone(),
-                    start: meta.start,
-                    reason: format!(
-                        "the peer said {} µs, the file holds {d} µs; not installed",
-                        meta.duration_us
-                    ),
-                });
-            }
-        }
-        file.sync_all().map_err(io_at(staged))?;
-        let Some(dir) = self.target.parent() else {
-            return Err(taken("has no folder"));
-        };
-        // New folders, outermost first, so each can be fsynced in its parent.
-        let mut new_dirs = Vec::new();
-        let mut d = dir;
-        while !d.exists() && d.starts_with(&self.root) && d != self.root {
-            new_dirs.push(d.to_path_buf());
-            match d.parent() {
-                Some(p) => d = p,
-                None => break,
-            }
-        }
-        fs::create_dir_all(dir).map_err(io_at(dir))?;
-        match rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            staged,
-            rustix::fs::CWD,
-            &self.target,
-            rustix::fs::RenameFlags::NOREPLACE,
-        ) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::EXIST) => {
-                let _ = fs::remove_file(staged);
-                return Err(taken("appeared meanwhile"));
-            }
-            Err(e) => return Err(io_at(&self.target)(io::Error::from(e))),
-        }
-        super::sync_dir(dir)?;
+impl Installer for Rename {
+    fn install(&self, sink: &FileSink, meta: &SegmentMeta) -> Result<SegmentMeta, StoreError> {
+        self.staging.prepare(sink, &self.target, meta)?;
+        self.staging
+            .rename_into(sink, &self.target, &self.root, meta)?;
         // Renamed with its record on, so a crash before this point leaves a
         // reservation that the next run installs; now it carries nothing
         // of hafill's.
-        let _ = xattr::FileExt::remove_xattr(&**file, PROGRESS_XATTR);
-        let _ = xattr::FileExt::remove_xattr(&**file, XATTR_NAME);
-        tracing::info!(camera = %meta.camera, start = %meta.start, "installed {}", self.target.display());
-        for nd in new_dirs.iter().rev() {
-            if let Some(p) = nd.parent() {
-                super::sync_dir(p)?;
-            }
-        }
-        let peer = match &meta.origin {
-            Origin::Peer(p) => p.clone(),
-            Origin::Local => String::new(),
-        };
-        self.state.record_origin(OriginRecord {
-            path: self.target.clone(),
-            camera: meta.camera.to_string(),
-            start_us: meta.start.0,
-            len: meta.len,
-            blake3: meta.blake3.to_hex().to_string(),
-            peer,
-        })?;
-        if let Ok(m) = fs::metadata(&self.target) {
-            let _ = self.state.remember(FileFacts {
-                path: self.target.clone(),
-                len: m.len(),
-                mtime_ns: mtime_ns(&m),
-                duration_us: media::duration_us(&self.target).ok().flatten(),
-                blake3: Some(meta.blake3.to_hex().to_string()),
-                not_a_segment: None,
-            });
-        }
+        self.staging.forget(sink.file());
+        self.staging.record_installed(&self.target, meta)?;
         Ok(SegmentMeta {
             state: SegmentState::Complete,
             ..meta.clone()

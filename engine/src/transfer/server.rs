@@ -355,6 +355,7 @@ async fn coverage(
                         duration_us: s.duration_us,
                         len: s.len,
                         blake3: *s.blake3.as_bytes(),
+                        notes: s.notes.as_deref().unwrap_or_default().to_string(),
                     });
                 }
             }

@@ -76,6 +76,12 @@ pub struct CoverageEntry {
     pub duration_us: u64,
     pub len: u64,
     pub blake3: [u8; 32],
+    /// What the recorder says of the segment besides its bytes, for a
+    /// receiver of the same kind to keep with its copy (Frigate: motion,
+    /// objects, dBFS, regions, size), as a JSON object of at most 255
+    /// bytes; empty when there is nothing to say. Untrusted: the receiver
+    /// parses and checks it.
+    pub notes: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -594,12 +600,13 @@ impl CoverageEntry {
             .i64(self.start_us)
             .u64(self.duration_us)
             .u64(self.len)
-            .bytes(&self.blake3);
+            .bytes(&self.blake3)
+            .str8(&self.notes);
     }
 }
 
 /// Largest encoded coverage entry.
-const MAX_ENTRY_LEN: usize = 1 + 255 + 8 + 8 + 8 + 32;
+const MAX_ENTRY_LEN: usize = 1 + 255 + 8 + 8 + 8 + 32 + 1 + 255;
 
 /// Packs entries into coverage chunks, each at most [`MAX_COVERAGE_RAW`]
 /// raw bytes, compressed with zstd.
@@ -659,6 +666,7 @@ pub fn decode_coverage_chunk(
             duration_us: r.u64()?,
             len: r.u64()?,
             blake3: r.arr()?,
+            notes: r.str8()?,
         });
     }
     Ok(out)

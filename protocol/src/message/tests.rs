@@ -161,6 +161,11 @@ fn coverage_round_trips_through_chunks() {
             duration_us: 60_000_000,
             len: 30_000_000 + i,
             blake3: [i as u8; 32],
+            notes: if i % 3 == 0 {
+                format!("{{\"motion\":{i}}}")
+            } else {
+                String::new()
+            },
         })
         .collect();
     let chunks = encode_coverage_chunks(&entries, 3);

@@ -298,6 +298,11 @@ fn configure(c: &Cluster, server: &str, extra_recorder: &str, extra: &str) -> Pa
 }
 
 fn site(rs02_recorder: &str, rs02_extra: &str) -> Site {
+    site_lacking(DOWN, rs02_recorder, rs02_extra)
+}
+
+/// The site, with rs02 lacking its segments `lacks`.
+fn site_lacking(lacks: std::ops::Range<usize>, rs02_recorder: &str, rs02_extra: &str) -> Site {
     let c = Cluster::new(&["rs01", "rs02"]);
     let rs01 = Frigate::at(&c.server("rs01").dir);
     let rs02 = Frigate::at(&c.server("rs02").dir);
@@ -312,7 +317,7 @@ fn site(rs02_recorder: &str, rs02_extra: &str) -> Site {
         rs01.record(CAMERA, t0 + 10 * k as i64, f, k as i64);
     }
     for (k, f) in b.iter().enumerate() {
-        if !DOWN.contains(&k) {
+        if !lacks.contains(&k) {
             rs02.record(CAMERA, t0 - 3 + 10 * k as i64, f, 100 + k as i64);
         }
     }
@@ -704,4 +709,40 @@ fn bad_input_gets_an_error_naming_the_file_and_changes_nothing() {
     );
     assert!(!s.rs02.db.exists(), "no database is made");
     assert_eq!(s.rs02.files(), files_before);
+}
+
+#[test]
+fn the_gate_reserves_in_hafills_state_only_and_the_backfill_installs() {
+    if let Some(why) = no_ffmpeg() {
+        eprintln!("SKIPPED the_gate_reserves_in_hafills_state_only: {why}");
+        return;
+    }
+    // rs02 went down at t0 + 77 and has booted: the gate plans from where
+    // its recording stopped.
+    let mut s = site_lacking(8..SEGMENTS + 1, "", "");
+    let (before_rows, before_files) = (rows(&s.rs02.db), s.rs02.files());
+    s.c.serve("rs01");
+    let cfg = s.c.server("rs02").config();
+    run_ok(&["gate", "--config", p(&cfg), "--then-exit"]);
+    // rs01's segments that start after rs02 stopped (8 to 23) are
+    // reserved in hafill's state: no file in Frigate's folder, no row.
+    let staged = files_ending(&s.c.server("rs02").dir.join("state/staging"), "part");
+    assert_eq!(staged.len(), SEGMENTS - 8, "{staged:?}");
+    unchanged(&s, &before_rows, &before_files);
+
+    let out = backfill(&s.c);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The backfill also takes segment 7, which straddles the stop.
+    s.rs02.check_consistent(true);
+    assert_eq!(rows(&s.rs02.db).len(), before_rows.len() + SEGMENTS - 7);
+    let theirs = s.rs01.files();
+    for k in 7..SEGMENTS {
+        let rel = layout(CAMERA, s.t0 + 10 * k as i64);
+        assert_eq!(s.rs02.files().get(&rel), theirs.get(&rel), "{rel}");
+    }
+    assert!(files_ending(&s.c.server("rs02").dir.join("state/staging"), "part").is_empty());
 }

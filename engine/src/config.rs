@@ -774,11 +774,16 @@ mod tests {
         assert_eq!(c.throttle.schedule.windows.len(), 1);
         assert_eq!(c.throttle.schedule.windows[0].limits.net, None);
         assert_eq!(c.throttle.schedule.utc_offset_minutes, 60);
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/hafill.example.toml"),
-        )
-        .unwrap();
-        Config::parse(&text, Path::new("/etc/hafill/hafill.toml")).unwrap();
+        for example in ["hafill.example.toml", "hafill.frigate.toml"] {
+            let text = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../dist")
+                    .join(example),
+            )
+            .unwrap();
+            Config::parse(&text, Path::new("/etc/hafill/hafill.toml"))
+                .unwrap_or_else(|e| panic!("dist/{example}: {e}"));
+        }
     }
 
     #[test]

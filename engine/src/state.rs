@@ -11,6 +11,9 @@
 //!   staging/<camera>/<start_us>.part
 //!                      reservations for gaps, filled in place, renamed into the
 //!                      recorder's folder once verified
+//!   installing/<id>.json
+//!                      Frigate: an install between its rename and its row, so
+//!                      that a crash's file gets its row on the next run
 //! ```
 //!
 //! The two logs are append-only JSON lines; a torn last line (a crash mid

@@ -285,7 +285,7 @@ fn configure(c: &Cluster, server: &str, extra_recorder: &str, extra: &str) -> Pa
     c.write_config(
         s,
         &format!(
-            "[recorder]\nkind = \"frigate\"\npath = \"media/recordings\"\ndb = \"config/frigate.db\"\nsettle = \"0s\"\n{extra_recorder}\n{extra}{cameras}"
+            "[recorder]\nkind = \"frigate\"\npath = \"media/recordings\"\ndb = \"config/frigate.db\"\nretain_days = 30\nsettle = \"0s\"\n{extra_recorder}\n{extra}{cameras}"
         ),
     );
     let cfg = s.config();
@@ -536,52 +536,88 @@ fn a_database_that_stays_locked_is_named_and_the_reservations_wait() {
     assert_eq!(s.rs02.files(), before_files, "nothing installed");
     assert_eq!(rows(&s.rs02.db), before_rows, "no row");
     // The verified copies wait in hafill's state; the next run installs
-    // them.
+    // them without fetching a byte again.
     let out = backfill(&s.c);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["wire_bytes"], 0, "{report}");
     assert_filled(&s, &before_rows, &before_files);
 }
 
 #[test]
-fn a_crash_between_the_file_and_its_row_is_finished_by_the_next_run() {
+fn a_crash_at_each_step_of_an_install_is_finished_by_the_next_run() {
     if let Some(why) = no_ffmpeg() {
-        eprintln!("SKIPPED a_crash_between_the_file_and_its_row: {why}");
+        eprintln!("SKIPPED a_crash_at_each_step_of_an_install: {why}");
         return;
     }
-    let mut s = site("", "");
-    let (before_rows, before_files) = (rows(&s.rs02.db), s.rs02.files());
-    s.c.serve("rs01");
-    // Killed right after the first file is renamed into Frigate's folder,
-    // before its row is committed.
-    let out = hafill()
-        .env("HAFILL_FAILPOINT", "frigate-renamed")
-        .args(["backfill", "--config", p(&s.c.server("rs02").config())])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let files = s.rs02.files();
-    let extra: Vec<&String> = files
-        .keys()
-        .filter(|k| !before_files.contains_key(*k))
-        .collect();
-    assert_eq!(extra.len(), 1, "one file without its row: {extra:?}");
-    assert_eq!(rows(&s.rs02.db), before_rows, "its row was not committed");
+    // Killed at one exact step of the first install: after its intent is
+    // durable; after the file is renamed into Frigate's folder, before its
+    // row is committed; after the commit, before hafill's attributes and
+    // its intent are removed.
+    for step in ["frigate-intended", "frigate-renamed", "frigate-committed"] {
+        let mut s = site("", "");
+        let (before_rows, before_files) = (rows(&s.rs02.db), s.rs02.files());
+        s.c.serve("rs01");
+        let out = hafill()
+            .env("HAFILL_FAILPOINT", step)
+            .args(["backfill", "--config", p(&s.c.server("rs02").config())])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("failpoint {step}")),
+            "{step}: {stderr}"
+        );
+        let files = s.rs02.files();
+        let extra: Vec<&String> = files
+            .keys()
+            .filter(|k| !before_files.contains_key(*k))
+            .collect();
+        let rows_now = rows(&s.rs02.db);
+        match step {
+            "frigate-intended" => assert!(extra.is_empty(), "{step}: {extra:?}"),
+            // A file without its row: what a crash there may leave. Installs
+            // take Frigate's lock one at a time, so only the one.
+            "frigate-renamed" => assert_eq!(extra.len(), 1, "{step}: {extra:?}"),
+            // Another install may have committed before the process ended:
+            // each file has its row.
+            _ => assert!(!extra.is_empty(), "{step}"),
+        }
+        // Rows added: none before the commit; after it, the one committed
+        // and any other install's that got in before the process ended (a
+        // second file may be renamed in, its row not yet committed).
+        let added = rows_now.len() - before_rows.len();
+        if step == "frigate-committed" {
+            assert!(
+                added >= 1 && added <= extra.len(),
+                "{step}: {added} rows, {extra:?}"
+            );
+        } else {
+            assert_eq!(added, 0, "{step}");
+        }
+        s.rs02.check_consistent(step == "frigate-intended");
 
-    let out = backfill(&s.c);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "{}: a crash left it without its row",
-            s.rs02.rec.join(extra[0]).display()
-        )),
-        "{stderr}"
-    );
-    assert_filled(&s, &before_rows, &before_files);
+        let out = backfill(&s.c);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{step}: {stderr}");
+        if step == "frigate-renamed" {
+            let file = s.rs02.rec.join(extra[0]);
+            assert!(
+                stderr.contains(&format!(
+                    "{}: a crash left it without its row",
+                    file.display()
+                )),
+                "{stderr}"
+            );
+        }
+        assert_filled(&s, &before_rows, &before_files);
+        let intents = s.c.server("rs02").dir.join("state/installing");
+        assert_eq!(std::fs::read_dir(&intents).unwrap().count(), 0, "{step}");
+    }
 }
 
 #[test]
@@ -631,8 +667,9 @@ fn bad_input_gets_an_error_naming_the_file_and_changes_nothing() {
         eprintln!("SKIPPED bad_input_gets_an_error: {why}");
         return;
     }
-    // A row whose path lies outside the recordings folder: named, not
-    // offered, not touched; the rest is backfilled.
+    // A row whose path lies outside the recordings folder, in the time rs02
+    // lacks: named, not offered, not touched, and its time not filled over
+    // (Frigate would hold two rows there); the rest is backfilled.
     let mut s = site("", "");
     s.c.serve("rs01");
     let db = s.rs02.db.display().to_string();
@@ -640,18 +677,19 @@ fn bad_input_gets_an_error_naming_the_file_and_changes_nothing() {
     let outside = format!("{IN_DB}/../../../etc/hostname");
     conn.execute(
         "INSERT INTO recordings (id, camera, path, start_time, end_time, duration, segment_size) VALUES ('1.0-aaaaaa', ?1, ?2, ?3, ?4, 10.0, 0)",
-        rusqlite::params![CAMERA, outside, (s.t0 - 600) as f64, (s.t0 - 590) as f64],
+        rusqlite::params![CAMERA, outside, (s.t0 + 100) as f64, (s.t0 + 110) as f64],
     )
     .unwrap();
     drop(conn);
     let (rows_before, files_before) = (rows(&s.rs02.db), s.rs02.files());
     let out = backfill(&s.c);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&db)
             && stderr.contains(&outside)
-            && stderr.contains("outside the recordings folder"),
+            && stderr.contains("outside the recordings folder")
+            && stderr.contains("that is unusable"),
         "{stderr}"
     );
     let rows_after = rows(&s.rs02.db);
@@ -659,7 +697,12 @@ fn bad_input_gets_an_error_naming_the_file_and_changes_nothing() {
         rows_after.iter().any(|r| r.path == outside),
         "the row stays"
     );
-    assert_eq!(rows_after.len(), rows_before.len() + COVERING.count());
+    // rs01's segment 10 ([t0 + 100, t0 + 110)) is not installed over it.
+    assert_eq!(rows_after.len(), rows_before.len() + COVERING.count() - 1);
+    let t10 = (s.t0 + 100) as f64;
+    assert!(!rows_after
+        .iter()
+        .any(|r| r.start == t10 && r.path != outside));
     for (rel, h) in &files_before {
         assert_eq!(s.rs02.files().get(rel), Some(h), "{rel} changed");
     }

@@ -288,7 +288,7 @@ pub const DEFAULT_SEAM: &str = "2s";
 /// Default of `[recorder] settle`.
 pub const DEFAULT_SETTLE: &str = "30s";
 /// Default of `[recorder] settle` for Frigate.
-pub const DEFAULT_FRIGATE_SETTLE: &str = "1m";
+pub const DEFAULT_FRIGATE_SETTLE: &str = "3m";
 /// Default of `[recorder] busy_timeout`: Frigate's own (60 s at least).
 pub const DEFAULT_BUSY_TIMEOUT: &str = "60s";
 /// Default of `[recorder] db_recordings`: the folder in Frigate's
@@ -642,7 +642,9 @@ fn parse_recorder(
                 ));
             }
             let retain_us = match r.retain_days {
-                None => None,
+                None => return Err(
+                    "retain_days is missing: the larger of Frigate's record.continuous.days and record.motion.days (hafill would otherwise fetch what Frigate deletes every hour)".into(),
+                ),
                 Some(d) if d.is_finite() && d > 0.0 && d <= 36_500.0 => {
                     Some((d * 86_400_000_000.0) as u64)
                 }
@@ -887,9 +889,10 @@ mod tests {
             ("kind = \"milestone\"", "kind \"milestone\""),
             ("kind = \"segments\"\npath = \"/srv\"\npattern = \"{camera}/%Y%m%d-%H%M%S.ts\"\nseam = \"soon\"", "seam"),
             ("kind = \"frigate\"\npath = \"/srv/frigate/recordings\"", "db is missing"),
+            ("kind = \"frigate\"\npath = \"/r\"\ndb = \"/f.db\"", "retain_days is missing"),
             ("kind = \"frigate\"\ndb = \"/srv/frigate/frigate.db\"", "path is missing"),
             ("kind = \"frigate\"\npath = \"/r\"\ndb = \"/f.db\"\nretain_days = -1", "retain_days"),
-            ("kind = \"frigate\"\npath = \"/r\"\ndb = \"/f.db\"\ndb_recordings = \"media\"", "db_recordings"),
+            ("kind = \"frigate\"\npath = \"/r\"\ndb = \"/f.db\"\nretain_days = 3\ndb_recordings = \"media\"", "db_recordings"),
             ("kind = \"frigate\"\npath = \"/r\"\ndb = \"/f.db\"\npattern = \"x\"", "pattern: only for"),
             ("kind = \"segments\"\npath = \"/r\"\npattern = \"{camera}/%Y%m%d-%H%M%S.ts\"\ndb = \"/f.db\"", "db: only for"),
         ] {

@@ -1,4 +1,4 @@
-//! # The hafill wire protocol, version 1
+//! # The hafill wire protocol, version 2
 //!
 //! Sans-IO: this crate encodes and decodes byte buffers. It opens no socket
 //! and no file, so it can be tested and fuzzed without a network.
@@ -51,8 +51,11 @@
 //! | 0x7f | `Error` | either | u16 code, str16 message |
 //!
 //! A coverage entry (raw, before compression) is: str8 camera, i64 start_us,
-//! u64 duration_us, u64 length, [32] BLAKE3. Only complete segments are
-//! listed. A chunk holds at most [`MAX_COVERAGE_RAW`] raw bytes; a response
+//! u64 duration_us, u64 length, [32] BLAKE3, str8 notes (what the recorder
+//! says of the segment besides its bytes, a JSON object or empty; added in
+//! version 2). Only complete segments are listed. Both sides must speak the
+//! same version: a `Hello` of another is answered with `Error` `Version`
+//! naming both. A chunk holds at most [`MAX_COVERAGE_RAW`] raw bytes; a response
 //! at most [`MAX_COVERAGE_ENTRIES`] entries.
 //!
 //! ## Blocks and verification

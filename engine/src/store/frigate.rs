@@ -16,7 +16,7 @@
 //! Two Frigate instances never hold identical bytes (each remuxes its own
 //! stream), so gaps are found by time ([`Matching::ByTime`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::native::FileSink;
-use super::staging::{io_at, list_dir, Installer, StagedSink, Staging};
+use super::staging::{io_at, list_dir, Installer, Skip, StagedSink, Staging};
 use super::traits::{Matching, Recorder, SegmentSink, UNKNOWN_HASH};
 use super::{media, read_xattr_record, StoreError};
 use crate::camera::CameraId;
@@ -80,7 +80,8 @@ impl Db {
                 format!("cannot open Frigate's database ({e}); is its volume mounted, and is [recorder] db its database.path?"),
             )
         })?;
-        conn.busy_timeout(busy.min(Duration::from_secs(10)))
+        // Short: writes wait in `write`'s own loop, up to `busy` in all.
+        conn.busy_timeout(busy.min(Duration::from_secs(1)))
             .map_err(|e| db_error(path, e.to_string()))?;
         let cols: Vec<String> = {
             let mut st = conn
@@ -136,6 +137,39 @@ impl Db {
         }
     }
 
+    /// Refuses a `db_recordings` that none of the newest rows lies under:
+    /// every row would look unusable, and every recording a gap.
+    fn check_paths(&self, root: &Path) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let newest: Vec<Value> = {
+            let mut st = conn
+                .prepare("SELECT path FROM recordings ORDER BY start_time DESC LIMIT 20")
+                .map_err(|e| Self::why(&self.path, e))?;
+            let rows = st
+                .query_map([], |r| r.get::<_, Value>(0))
+                .map_err(|e| Self::why(&self.path, e))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(|e| Self::why(&self.path, e))?
+        };
+        let paths: Vec<&str> = newest
+            .iter()
+            .filter_map(|v| match v {
+                Value::Text(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect();
+        match paths.first() {
+            Some(p) if !paths.iter().any(|p| Path::new(p).starts_with(root)) => Err(db_error(
+                &self.path,
+                format!(
+                    "its rows name their files under another folder than [recorder] db_recordings ({}), e.g. {p}; set db_recordings to the recordings folder as Frigate's rows name it",
+                    root.display()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -148,10 +182,32 @@ impl Db {
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let conn = self.lock();
+        if !conn.is_autocommit() {
+            // Never expected (every path below ends its transaction); if a
+            // panic left one open, end it rather than block Frigate.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         let deadline = Instant::now() + self.busy;
+        self.retry_busy(&conn, "BEGIN IMMEDIATE", deadline)?;
+        // Rolls back if `f` errs or panics.
+        let open = Open(&conn);
+        let v = f(&conn)?;
+        self.retry_busy(&conn, "COMMIT", deadline)?;
+        std::mem::forget(open);
+        Ok(v)
+    }
+
+    /// Runs `sql`, trying again while the database is busy, until
+    /// `deadline`.
+    fn retry_busy(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        deadline: Instant,
+    ) -> Result<(), StoreError> {
         loop {
-            match conn.execute_batch("BEGIN IMMEDIATE") {
-                Ok(()) => break,
+            match conn.execute_batch(sql) {
+                Ok(()) => return Ok(()),
                 Err(e)
                     if matches!(
                         e.sqlite_error_code(),
@@ -171,19 +227,6 @@ impl Db {
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(e) => return Err(Self::why(&self.path, e)),
-            }
-        }
-        match f(&conn) {
-            Ok(v) => match conn.execute_batch("COMMIT") {
-                Ok(()) => Ok(v),
-                Err(e) => {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    Err(Self::why(&self.path, e))
-                }
-            },
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e)
             }
         }
     }
@@ -242,6 +285,16 @@ impl Db {
         conn.execute(&sql, rusqlite::params_from_iter(vals))
             .map(|_| ())
             .map_err(|e| Self::why(&self.path, e))
+    }
+}
+
+/// An open write transaction: rolled back when dropped (an error or a
+/// panic before its commit), so Frigate's lock is never kept.
+struct Open<'a>(&'a Connection);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.execute_batch("ROLLBACK");
     }
 }
 
@@ -331,6 +384,15 @@ struct RowFile {
     file: PathBuf,
 }
 
+/// A camera's rows in a window.
+#[derive(Default)]
+struct Rows {
+    usable: Vec<RowFile>,
+    /// The times (µs) of rows that cannot be offered (path outside the
+    /// folder, file missing, short or not an MP4).
+    unusable: Vec<(i64, i64)>,
+}
+
 impl FrigateRecorder {
     /// Opens Frigate's recordings folder and database (both must exist)
     /// with hafill's state in `state`. A `writer` takes the state's lock,
@@ -350,6 +412,7 @@ impl FrigateRecorder {
         } else {
             None
         };
+        db.check_paths(&cfg.db_recordings)?;
         let rec = FrigateRecorder {
             cfg: cfg.clone(),
             db,
@@ -407,7 +470,7 @@ impl FrigateRecorder {
         from: Timestamp,
         to: Timestamp,
         newest: Option<u32>,
-    ) -> Result<Vec<RowFile>, StoreError> {
+    ) -> Result<Rows, StoreError> {
         let mut sql = String::from("SELECT id, path, start_time, end_time, duration");
         for c in NOTED_INTS.iter().chain(std::iter::once(&"segment_size")) {
             if self.db.has.contains(*c) {
@@ -442,19 +505,25 @@ impl FrigateRecorder {
             rows.collect::<Result<_, _>>()
                 .map_err(|e| Db::why(&self.db.path, e))?
         };
-        let mut out = Vec::with_capacity(raw.len());
+        let mut out = Rows::default();
         for r in raw {
-            if let Some(rf) = self.usable(camera, &r) {
-                out.push(rf);
+            match self.usable(camera, &r) {
+                Ok(rf) => out.usable.push(rf),
+                Err(Some(span)) => out.unusable.push(span),
+                Err(None) => {}
             }
         }
-        out.sort_by_key(|r| r.meta.start);
+        out.usable.sort_by_key(|r| r.meta.start);
         Ok(out)
     }
 
     /// A row as a segment, if its values are sane and its file is there and
     /// whole; else None (and the reason logged once).
-    fn usable(&self, camera: &CameraId, r: &[Value; 10]) -> Option<RowFile> {
+    /// A row as a segment, if its values are sane and its file is there and
+    /// whole; else the time it claims, if it says one (the reason logged
+    /// once). That time is not offered, and not filled either: a second row
+    /// over it would leave Frigate with two.
+    fn usable(&self, camera: &CameraId, r: &[Value; 10]) -> Result<RowFile, Option<(i64, i64)>> {
         let text = |v: &Value| match v {
             Value::Text(s) => Some(s.clone()),
             _ => None,
@@ -474,21 +543,23 @@ impl FrigateRecorder {
         let db = self.db.path.display();
         let Some(db_path) = text(&r[1]) else {
             self.report(&id, || format!("{db}: row {id:?} has no path; not offered"));
-            return None;
+            return Err(None);
         };
         let (Some(start), Some(duration)) = (num(&r[2]), num(&r[4])) else {
             self.report(&id, || {
                 format!("{db}: row {id:?} ({db_path}) has no start_time or duration in epoch seconds; not offered")
             });
-            return None;
+            return Err(None);
         };
         let duration_us = (duration * 1e6).round();
         if !start.is_finite() || !(1.0..=MAX_FRIGATE_SEGMENT_US as f64).contains(&duration_us) {
             self.report(&id, || {
                 format!("{db}: row {id:?} ({db_path}) says start {start}, duration {duration} s; not offered")
             });
-            return None;
+            return Err(None);
         }
+        let start_us = (start * 1e6).round() as i64;
+        let span = (start_us, start_us.saturating_add(duration_us as i64));
         let Some(file) = self.local_path(&db_path) else {
             self.report(&db_path, || {
                 format!(
@@ -496,10 +567,15 @@ impl FrigateRecorder {
                     self.cfg.db_recordings.display()
                 )
             });
-            return None;
+            return Err(Some(span));
         };
         // Removed by Frigate's retention meanwhile, or never there.
-        let m = fs::metadata(&file).ok().filter(|m| m.is_file())?;
+        let Some(m) = fs::metadata(&file).ok().filter(|m| m.is_file()) else {
+            self.report(&db_path, || {
+                format!("{}: its row in {db} names it, but it is not there (removed by Frigate's retention meanwhile, or Frigate's database needs its media sync); not offered, and its time not filled", file.display())
+            });
+            return Err(Some(span));
+        };
         let segment_size = num(&r[9]);
         if let Some(mb) = segment_size.filter(|s| *s > 0.0) {
             // Frigate rounds to a hundredth of a MiB.
@@ -512,7 +588,7 @@ impl FrigateRecorder {
                         m.len()
                     )
                 });
-                return None;
+                return Err(Some(span));
             }
         }
         let facts = self.facts(&file, &m);
@@ -520,7 +596,7 @@ impl FrigateRecorder {
             self.report(&db_path, || {
                 format!("{}: {why}; not offered, not touched", file.display())
             });
-            return None;
+            return Err(Some(span));
         }
         let notes = Notes {
             motion: int(&r[5]),
@@ -531,7 +607,7 @@ impl FrigateRecorder {
         };
         let meta = SegmentMeta {
             camera: camera.clone(),
-            start: Timestamp((start * 1e6).round() as i64),
+            start: Timestamp(start_us),
             duration_us: duration_us as u64,
             len: m.len(),
             blake3: facts
@@ -546,7 +622,7 @@ impl FrigateRecorder {
             },
             notes: notes.to_text(),
         };
-        Some(RowFile { meta, file })
+        Ok(RowFile { meta, file })
     }
 
     /// What the file is: from the state's cache, else read (and cached).
@@ -575,6 +651,7 @@ impl FrigateRecorder {
     fn row_at(&self, camera: &CameraId, start: Timestamp) -> Result<Option<RowFile>, StoreError> {
         Ok(self
             .rows(camera, start, start.add_micros(1), None)?
+            .usable
             .into_iter()
             .find(|r| r.meta.start == start))
     }
@@ -594,6 +671,19 @@ impl FrigateRecorder {
                 let _ = fs::remove_file(&path);
                 continue;
             };
+            // An intent of another configuration is not acted on.
+            let here = intent.path.starts_with(&self.cfg.path)
+                && Path::new(&intent.db_path).starts_with(&self.cfg.db_recordings)
+                && self.local_path(&intent.db_path).as_deref() == Some(intent.path.as_path());
+            if !here {
+                tracing::warn!(
+                    "{}: an interrupted install of {} under another [recorder] path or db_recordings; dropped (the file, if any, is left alone)",
+                    path.display(),
+                    intent.path.display()
+                );
+                fs::remove_file(&path).map_err(io_at(&path))?;
+                continue;
+            }
             // Frigate never writes hafill's attributes: a file carrying
             // hafill's record of this start and length is the one renamed.
             let ours = read_xattr_record(&intent.path)?
@@ -637,6 +727,16 @@ fn intent_meta(i: &Intent) -> Option<SegmentMeta> {
         origin: Origin::Peer(i.peer.clone()),
         notes: None,
     })
+}
+
+/// Whether `path` is `file` (same device and inode): never act on a name
+/// that someone else may have taken meanwhile.
+fn is_file(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// A row's id as Frigate makes one: the start as Python prints the float
@@ -712,6 +812,7 @@ impl Recorder for FrigateRecorder {
     ) -> Result<Vec<SegmentMeta>, StoreError> {
         let mut out: Vec<SegmentMeta> = self
             .rows(camera, from, to, None)?
+            .usable
             .into_iter()
             .map(|r| r.meta)
             .chain(
@@ -733,6 +834,7 @@ impl Recorder for FrigateRecorder {
                 crate::units::MAX_TIME,
                 Some(64),
             )?
+            .usable
             .iter()
             .map(|r| r.meta.end())
             .max())
@@ -805,13 +907,54 @@ impl Recorder for FrigateRecorder {
             }
             refused.push((m.clone(), peer.to_string()));
         }
+        // The times of rows that cannot be offered, per camera: never
+        // filled over (Frigate would hold two rows there).
+        let mut unusable: BTreeMap<CameraId, Vec<(i64, i64)>> = BTreeMap::new();
+        for (m, _) in &ok {
+            if unusable.contains_key(&m.camera) {
+                continue;
+            }
+            let (from, to) = ok
+                .iter()
+                .filter(|(o, _)| o.camera == m.camera)
+                .fold((i64::MAX, i64::MIN), |(a, b), (o, _)| {
+                    (a.min(o.start.0), b.max(o.end().0))
+                });
+            let spans = self
+                .rows(&m.camera, Timestamp(from), Timestamp(to), None)?
+                .unusable;
+            unusable.insert(m.camera.clone(), spans);
+        }
         let mut placed = self.staging.reserve(&self.cfg.path, &ok, opts, |src| {
-            let target = self.cfg.path.join(Self::layout(&src.camera, src.start));
-            target
-                .exists()
-                .then(|| format!("{} exists", target.display()))
+            let rel = Self::layout(&src.camera, src.start);
+            let target = self.cfg.path.join(&rel);
+            if target.exists() {
+                return Skip::benign(format!("{} exists", target.display()));
+            }
+            let (a, b) = src.interval();
+            if let Some((x, y)) = unusable
+                .get(&src.camera)
+                .and_then(|v| v.iter().find(|(x, y)| *x < b && *y > a))
+            {
+                return Skip::problem(format!(
+                    "{} holds a row from {} to {} that is unusable (the log above says why); fix it, or let Frigate's media sync remove it",
+                    self.db.path.display(),
+                    Timestamp(*x),
+                    Timestamp(*y)
+                ));
+            }
+            let db_path = self.cfg.db_recordings.join(&rel);
+            let conn = self.db.lock();
+            match self.db.has_row(&conn, &db_path.to_string_lossy()) {
+                Ok(true) => Skip::problem(format!(
+                    "{} already has a row for {} without its file; let Frigate's media sync remove it",
+                    self.db.path.display(),
+                    db_path.display()
+                )),
+                _ => None,
+            }
         })?;
-        placed.refused = refused;
+        placed.refused.extend(refused);
         Ok(placed)
     }
 
@@ -860,7 +1003,12 @@ struct Install {
 impl Install {
     /// Writes the intent durably before anything enters Frigate's folder.
     fn intend(&self, intent: &Intent) -> Result<PathBuf, StoreError> {
-        fs::create_dir_all(&self.intents).map_err(io_at(&self.intents))?;
+        if !self.intents.exists() {
+            fs::create_dir_all(&self.intents).map_err(io_at(&self.intents))?;
+            if let Some(state) = self.intents.parent() {
+                super::sync_dir(state)?;
+            }
+        }
         let path = self.intents.join(format!("{}.json", intent.id));
         let tmp = super::tmp_path(&path);
         let bytes =
@@ -893,9 +1041,11 @@ impl Installer for Install {
             },
         };
         let intent_file = self.intend(&intent)?;
+        crate::failpoint("frigate-intended");
         // Frigate's write lock is held from before the rename to the
-        // commit: Frigate never sees the file without its row, and a
-        // database that stays locked leaves the reservation where it was.
+        // commit: Frigate writes no row meanwhile (its readers may see the
+        // file a few milliseconds before its row), and a database that
+        // stays locked leaves the reservation where it was.
         let res = self.db.write(|conn| {
             if self.db.has_row(conn, &self.db_path)? {
                 return Err(StoreError::BadSegment {
@@ -911,21 +1061,29 @@ impl Installer for Install {
             self.staging
                 .rename_into(sink, &self.target, &self.root, meta)?;
             crate::failpoint("frigate-renamed");
-            if let Err(e) = self.db.insert(conn, &intent) {
-                // Back where it was: no file without its row.
-                if fs::rename(&self.target, sink.path()).is_ok() {
-                    if let Some(d) = self.target.parent() {
-                        let _ = super::sync_dir(d);
-                    }
-                }
-                return Err(e);
-            }
-            Ok(())
+            self.db.insert(conn, &intent)
         });
         if let Err(e) = res {
+            if is_file(&self.target, sink.file()) {
+                // In Frigate's folder without its row (the insert or the
+                // commit failed): back where it was, else left with its
+                // intent for the next run to give it its row.
+                let back = rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &self.target,
+                    rustix::fs::CWD,
+                    sink.path(),
+                    rustix::fs::RenameFlags::NOREPLACE,
+                );
+                let synced = self.target.parent().map(super::sync_dir);
+                if back.is_err() || !matches!(synced, Some(Ok(()))) {
+                    return Err(e);
+                }
+            }
             let _ = fs::remove_file(&intent_file);
             return Err(e);
         }
+        crate::failpoint("frigate-committed");
         self.staging.forget(sink.file());
         self.staging.record_installed(&self.target, meta)?;
         fs::remove_file(&intent_file).map_err(io_at(&intent_file))?;

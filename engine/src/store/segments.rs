@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use super::native::FileSink;
 use super::pattern::SegmentPattern;
-use super::staging::{io_at, Installer, StagedSink, Staging};
+use super::staging::{io_at, Installer, Skip, StagedSink, Staging};
 use super::traits::{Matching, Recorder, SegmentSink, UNKNOWN_HASH};
 use super::{media, StoreError};
 use crate::camera::CameraId;
@@ -398,9 +398,10 @@ impl Recorder for SegmentsRecorder {
             // The recorder holds a file of that name (one it cannot
             // finish, or cut within the same second): never replaced.
             let target = self.target(src);
-            target
-                .exists()
-                .then(|| format!("{} exists", target.display()))
+            if target.exists() {
+                return Skip::benign(format!("{} exists", target.display()));
+            }
+            None
         })
     }
 

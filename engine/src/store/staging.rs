@@ -31,6 +31,28 @@ pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
+/// Why a source is not reserved.
+#[derive(Debug)]
+pub struct Skip {
+    pub why: String,
+    /// A problem the operator must fix (logged as an error, and the source
+    /// counted as refused), not a benign case (the recorder holds a file of
+    /// that name).
+    pub problem: bool,
+}
+
+impl Skip {
+    pub fn benign(why: String) -> Option<Skip> {
+        Some(Skip {
+            why,
+            problem: false,
+        })
+    }
+    pub fn problem(why: String) -> Option<Skip> {
+        Some(Skip { why, problem: true })
+    }
+}
+
 /// The reservations of one state folder.
 #[derive(Debug, Clone)]
 pub struct Staging {
@@ -89,14 +111,14 @@ impl Staging {
     /// newest first, within the free space of `data_dir`'s filesystem
     /// above the reserve. `refuse` says why a source must not be reserved
     /// (its name is taken in the recorder's folder, ...): it is skipped,
-    /// and the reason logged. An earlier run's reservation for the same
+    /// the reason logged, and a problem counted as refused. An earlier run's reservation for the same
     /// peer's same bytes is kept with its progress.
     pub fn reserve(
         &self,
         data_dir: &Path,
         sources: &[(&SegmentMeta, &str)],
         opts: PlaceOptions,
-        refuse: impl Fn(&SegmentMeta) -> Option<String>,
+        refuse: impl Fn(&SegmentMeta) -> Option<Skip>,
     ) -> Result<Placed, StoreError> {
         let mut order: Vec<&(&SegmentMeta, &str)> = sources.iter().collect();
         order.sort_by_key(|(m, _)| std::cmp::Reverse(m.start));
@@ -105,8 +127,13 @@ impl Staging {
         let mut out = Placed::default();
         let mut to_make = Vec::new();
         for (src, peer) in order {
-            if let Some(why) = refuse(src) {
-                tracing::warn!(camera = %src.camera, start = %src.start, "not reserved: {why}");
+            if let Some(skip) = refuse(src) {
+                if skip.problem {
+                    tracing::error!(camera = %src.camera, start = %src.start, "not reserved: {}", skip.why);
+                    out.refused.push(((*src).clone(), peer.to_string()));
+                } else {
+                    tracing::warn!(camera = %src.camera, start = %src.start, "not reserved: {}", skip.why);
+                }
                 continue;
             }
             let path = self.path(&src.camera, src.start);

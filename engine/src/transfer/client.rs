@@ -604,7 +604,17 @@ async fn finish(
             )));
         }
         crate::io::drop_cached(file);
-        Ok(sink.install(&m)?)
+        match sink.install(&m) {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                // Not installed (a recorder's database that stayed locked,
+                // say): the verified bytes are kept, recorded as durable
+                // with their BLAKE3, so the next run re-hashes and
+                // installs them without fetching them again.
+                let _ = sink.record_durable(&m, &progress);
+                Err(e.into())
+            }
+        }
     })
     .await
     .map_err(std::io::Error::other)?

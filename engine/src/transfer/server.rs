@@ -321,7 +321,8 @@ async fn coverage(
 ) -> Result<(), TransferError> {
     // (id on the wire, name here)
     let list: Vec<(CameraId, CameraId)> = if cameras.is_empty() {
-        match state.recorder.cameras() {
+        // A folder walk or a database query: off the runtime's threads.
+        match tokio::task::block_in_place(|| state.recorder.cameras()) {
             Ok(all) => all
                 .into_iter()
                 .map(|local| (state.config.id_of_local(&local), local))

@@ -64,8 +64,9 @@ pub fn decode_frame(rest: &[u8]) -> Option<Result<(Record, usize), String>> {
     )
 }
 
-/// Decodes a whole log. A torn last frame ends the log; anything else that
-/// does not decode is damage.
+/// Decodes a whole log. A torn last frame ends the log, and so do zeros to
+/// its end (a power cut after the length reached the disk and before the
+/// bytes did); anything else that does not decode is damage.
 pub fn decode_log(bytes: &[u8]) -> Result<LogContents, LogDamage> {
     let mut out = LogContents::default();
     let mut pos = 0usize;
@@ -89,6 +90,9 @@ pub fn decode_log(bytes: &[u8]) -> Result<LogContents, LogDamage> {
             // A crash mid-append leaves a short or garbled final frame.
             None => break,
             Some(Err(_)) if torn_tail_possible => break,
+            // A power cut mid-append can leave the log's new length durable
+            // and not its bytes: zeros to the end, however many frames long.
+            Some(Err(_)) if rest.iter().all(|&b| b == 0) => break,
             Some(Err(reason)) => {
                 return Err(LogDamage {
                     offset: pos as u64,
@@ -235,5 +239,23 @@ mod tests {
         buf[frame_len * 3 + 10] ^= 0xff;
         let err = decode_log(&buf).unwrap_err();
         assert_eq!(err.offset, (frame_len * 3) as u64);
+    }
+
+    #[test]
+    fn zeros_to_the_end_are_a_power_cut_not_damage() {
+        let mut buf = Vec::new();
+        for i in 0..3 {
+            encode_frame(&rec(i, SegmentState::Complete), &mut buf);
+        }
+        let good = buf.len();
+        // Many frames' worth of zeros: the length of a batch append reached
+        // the disk, its bytes did not.
+        buf.resize(good + 40 * MAX_FRAME_LEN, 0);
+        let c = decode_log(&buf).unwrap();
+        assert_eq!((c.records.len(), c.valid_len), (3, good as u64));
+        // Zeros followed by anything else are damage.
+        let last = buf.len() - 1;
+        buf[last] = 1;
+        assert_eq!(decode_log(&buf).unwrap_err().offset, good as u64);
     }
 }

@@ -5,11 +5,14 @@
 //! find nothing wrong and end with every segment whole and identical to
 //! the peer's. Covers recording (`sim record`), placing (the gate),
 //! completing (the backfill's fill, verify and commit) and, for the
-//! `segments` adapter, the install into the recorder's folder.
+//! `segments` and `frigate` adapters, the install into the recorder's
+//! folder (and Frigate's database).
 //!
 //! Needs root, FUSE and loop devices; skips with the reason otherwise.
 
 mod common;
+#[path = "common/frigate.rs"]
+mod frigate;
 #[path = "common/powerloss.rs"]
 mod powerloss;
 
@@ -393,6 +396,124 @@ fn a_power_cut_while_installing_into_a_recorders_folder_loses_nothing() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(tree(&rec2), whole, "cut after flush {n} of {total}");
+        eprintln!(
+            "cut after flush {n} of {total}: whole{}",
+            if ended_first {
+                " (the run ended first)"
+            } else {
+                ""
+            }
+        );
+    }
+    disk.cut_and_unplug();
+}
+
+#[test]
+fn a_power_cut_while_installing_into_frigate_leaves_no_row_without_its_file() {
+    if skip("a_power_cut_while_installing_into_frigate") {
+        return;
+    }
+    if let Some(why) = frigate::no_ffmpeg() {
+        eprintln!("SKIPPED a_power_cut_while_installing_into_frigate: {why}");
+        return;
+    }
+    // rs01's Frigate on an ordinary disk; rs02's recordings, database and
+    // hafill's state on the disk that loses power. rs02 lacks 8 of 12
+    // segments (cut 3 s off rs01's, other bytes).
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let mut disk = PowerDisk::new(128);
+    let t0 = base_time();
+    let rs01 = frigate::Frigate::at(&c.server("rs01").dir);
+    let rs02 = frigate::Frigate::at(&disk.mnt);
+    let enc = c.root.path().join("enc");
+    for (k, f) in frigate::encode(&enc.join("a"), "testsrc", 12)
+        .iter()
+        .enumerate()
+    {
+        rs01.record("cam-a", t0 + 10 * k as i64, f, k as i64);
+    }
+    for (k, f) in frigate::encode(&enc.join("b"), "testsrc2", 13)
+        .iter()
+        .enumerate()
+    {
+        if !(3..11).contains(&k) {
+            rs02.record("cam-a", t0 - 3 + 10 * k as i64, f, 100 + k as i64);
+        }
+    }
+    for (name, fr, state) in [
+        ("rs01", &rs01, c.server("rs01").dir.join("state")),
+        ("rs02", &rs02, disk.mnt.join("state")),
+    ] {
+        let s = c.server(name);
+        c.write_config(
+            s,
+            &format!(
+                "[recorder]\nkind = \"frigate\"\npath = \"{}\"\ndb = \"{}\"\nretain_days = 30\nsettle = \"0s\"\n\n[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n",
+                fr.rec.display(),
+                fr.db.display()
+            ),
+        );
+        let cfg = s.config();
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "store = \"store\"\n",
+            &format!("state = \"{}\"\n", state.display()),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        run_ok(&["store", "init", "--config", p(&cfg)]);
+    }
+    c.serve("rs01");
+    let cfg = c.server("rs02").config();
+    sync(&disk.mnt);
+    disk.reboot();
+    let (own_rows, own_files) = (frigate::rows(&rs02.db), rs02.files());
+    let base = c.root.path().join("base.img");
+    disk.cut_and_unplug();
+    disk.save_image(&base);
+
+    disk.power_on();
+    run_ok(&["backfill", "--config", p(&cfg)]);
+    let total = disk.flushes();
+    let (whole_rows, whole_files) = (frigate::rows(&rs02.db).len(), rs02.files());
+    let theirs = rs01.files();
+    assert!(whole_rows > own_rows.len());
+    rs02.check_consistent(true);
+
+    for n in cut_points(total, 8) {
+        disk.cut_and_unplug();
+        disk.load_image(&base);
+        c.kill_servers();
+        c.serve("rs01");
+        disk.power_on();
+        disk.cut_after(n);
+        run_until_cut(&disk, &["backfill", "--config", p(&cfg)]);
+        let ended_first = !disk.is_cut();
+        disk.reboot();
+        // After the cut: Frigate's own rows and files as they were; no row
+        // without its file; every file its own or a whole copy of rs01's.
+        rs02.check_consistent(false);
+        let rows_now = frigate::rows(&rs02.db);
+        for r in &own_rows {
+            assert!(rows_now.contains(r), "cut after flush {n}: {r:?} changed");
+        }
+        for (rel, h) in rs02.files() {
+            assert!(
+                own_files.get(&rel) == Some(&h) || theirs.get(&rel) == Some(&h),
+                "cut after flush {n} of {total}: {rel} is neither rs02's own nor rs01's"
+            );
+        }
+        let out = run(&["backfill", "--config", p(&cfg)]);
+        assert!(
+            out.status.success(),
+            "cut after flush {n} of {total}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        rs02.check_consistent(true);
+        assert_eq!(rs02.files(), whole_files, "cut after flush {n} of {total}");
+        assert_eq!(
+            frigate::rows(&rs02.db).len(),
+            whole_rows,
+            "cut after flush {n}"
+        );
         eprintln!(
             "cut after flush {n} of {total}: whole{}",
             if ended_first {

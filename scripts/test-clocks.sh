@@ -17,7 +17,7 @@ if ! command -v faketime >/dev/null; then
     exit 0
 fi
 
-TESTS=${TESTS:-"gate_reserve plan_outage ha_status store_rebuild transfer_security recorder_segments"}
+TESTS=${TESTS:-"gate_reserve plan_outage ha_status store_rebuild transfer_security recorder_segments recorder_frigate"}
 # The hour where placement once depended on the clock; a minute before an
 # hour and a day; the end of February in a year that is not a leap year.
 CLOCKS=${CLOCKS:-"2026-12-01 22:30:00|2026-12-02 05:59:30|2027-02-28 23:58:00"}

@@ -244,6 +244,23 @@ impl Frigate {
             .collect();
         assert_eq!(starts.len(), rows.len(), "a segment twice: {rows:#?}");
         let on_disk: BTreeSet<String> = files.keys().cloned().collect();
+        let all = files_ending(&self.rec, "mp4").len();
+        let mut stack = vec![self.rec.clone()];
+        let mut every = 0;
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    every += 1;
+                }
+            }
+        }
+        assert_eq!(
+            every, all,
+            "a file that is not a segment in Frigate's folder"
+        );
         let missing: Vec<&String> = named.difference(&on_disk).collect();
         assert!(missing.is_empty(), "rows without their file: {missing:?}");
         if whole {

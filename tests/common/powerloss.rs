@@ -40,6 +40,9 @@ struct Media {
     /// Power fails right after this flush.
     cut_after: Option<u64>,
     cut: bool,
+    /// At the cut, a disk's volatile cache may have written any subset of
+    /// what it held, in any order: a random one (from this seed) lands.
+    seed: u64,
 }
 
 impl Media {
@@ -92,6 +95,22 @@ impl Media {
         if self.cut_after.is_some_and(|n| self.flushes >= n) {
             self.cut = true;
         }
+    }
+
+    /// The power fails: some of the unflushed pages reached the medium
+    /// (chosen by the seed), the rest are lost.
+    fn fail(&mut self) {
+        if !self.cut {
+            use rand::{Rng, SeedableRng};
+            let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed);
+            for (index, page) in std::mem::take(&mut self.volatile) {
+                if rng.gen_bool(0.5) {
+                    self.durable.write_all_at(&page, index * PAGE).unwrap();
+                }
+            }
+        }
+        self.cut = true;
+        self.volatile.clear();
     }
 }
 
@@ -248,6 +267,13 @@ pub struct PowerDisk {
     image: PathBuf,
     fuse_dir: PathBuf,
     pub mnt: PathBuf,
+    /// Seeds the subset of unflushed writes that lands at each cut.
+    pub seed: u64,
+    boots: u64,
+    /// One disk at a time per test process: loop devices are found and
+    /// taken with `losetup --find`, and flush counts stay free of other
+    /// tests' load.
+    _one: std::sync::MutexGuard<'static, ()>,
     media: Option<Arc<Mutex<Media>>>,
     session: Option<fuser::BackgroundSession>,
     loop_dev: Option<String>,
@@ -292,22 +318,33 @@ impl PowerDisk {
                 image.to_str().unwrap(),
             ],
         );
+        static ONE: Mutex<()> = Mutex::new(());
+        let one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+        let seed = std::env::var("HAFILL_POWER_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        eprintln!("power disk seed {seed} (HAFILL_POWER_SEED to repeat)");
         let mut d = PowerDisk {
             fuse_dir: dir.path().join("fuse"),
             mnt: dir.path().join("mnt"),
             image,
             _dir: dir,
+            seed,
+            boots: 0,
+            _one: one,
             media: None,
             session: None,
             loop_dev: None,
         };
-        std::fs::create_dir_all(&d.fuse_dir).unwrap();
         std::fs::create_dir_all(&d.mnt).unwrap();
         d.power_on();
         d
     }
 
-    /// Serves the image through the volatile cache and mounts it.
+    /// Serves the image through the volatile cache and mounts it (ext4
+    /// commits only when asked: its flushes then come from the program
+    /// under test, not from a timer).
     pub fn power_on(&mut self) {
         let durable = std::fs::OpenOptions::new()
             .read(true)
@@ -315,6 +352,7 @@ impl PowerDisk {
             .open(&self.image)
             .unwrap();
         let size = durable.metadata().unwrap().len();
+        self.boots += 1;
         let media = Arc::new(Mutex::new(Media {
             durable,
             size,
@@ -322,19 +360,35 @@ impl PowerDisk {
             flushes: 0,
             cut_after: None,
             cut: false,
+            seed: self.seed.wrapping_add(self.boots),
         }));
-        let session = fuser::spawn_mount2(
-            Disk(media.clone()),
-            &self.fuse_dir,
-            &[fuser::MountOption::FSName("hafill-powerdisk".into())],
-        )
-        .unwrap();
-        let disk = self.fuse_dir.join("disk");
+        // A fresh mount point each boot: an old FUSE mount that has not
+        // gone yet is never mounted over.
+        let fuse_dir = self.fuse_dir.with_file_name(format!("fuse-{}", self.boots));
+        std::fs::create_dir_all(&fuse_dir).unwrap();
+        self.media = Some(media.clone());
+        self.session = Some(
+            fuser::spawn_mount2(
+                Disk(media),
+                &fuse_dir,
+                &[fuser::MountOption::FSName("hafill-powerdisk".into())],
+            )
+            .unwrap(),
+        );
+        let disk = fuse_dir.join("disk");
         let dev = sh("losetup", &["--find", "--show", disk.to_str().unwrap()]);
-        sh("mount", &["-t", "ext4", &dev, self.mnt.to_str().unwrap()]);
-        self.media = Some(media);
-        self.session = Some(session);
-        self.loop_dev = Some(dev);
+        self.loop_dev = Some(dev.clone());
+        sh(
+            "mount",
+            &[
+                "-t",
+                "ext4",
+                "-o",
+                "commit=3600",
+                &dev,
+                self.mnt.to_str().unwrap(),
+            ],
+        );
     }
 
     /// Flushes so far (each a cache flush the disk acknowledged).
@@ -342,7 +396,8 @@ impl PowerDisk {
         self.media.as_ref().map_or(0, |m| m.lock().unwrap().flushes)
     }
 
-    /// Power fails right after the `n`th flush from now.
+    /// Power fails right after the `n`th flush from now (the pages written
+    /// after that flush: a random subset lands, as at any cut).
     pub fn cut_after(&self, n: u64) {
         let mut m = self.media.as_ref().unwrap().lock().unwrap();
         m.cut_after = Some(m.flushes + n);
@@ -357,29 +412,46 @@ impl PowerDisk {
     /// image. The callers kill their processes on it first.
     pub fn cut_and_unplug(&mut self) {
         if let Some(m) = &self.media {
-            let mut m = m.lock().unwrap();
-            m.cut = true;
-            m.volatile.clear();
+            m.lock().unwrap().fail();
         }
-        // Whatever the kernel still writes back goes nowhere. A killed
-        // process's io_uring may hold its files a moment after it ended.
+        self.teardown();
+    }
+
+    /// Unmounts, detaches the loop device (waiting until it has let go of
+    /// its backing file) and ends the FUSE session. Whatever the kernel
+    /// still writes back after a cut goes nowhere.
+    fn teardown(&mut self) {
+        // A killed process's io_uring may hold its files a moment after it
+        // ended.
         for _ in 0..100 {
-            let quiet = Command::new("umount")
-                .arg(&self.mnt)
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if quiet || !self.mounted() {
+            if !self.mounted() {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            let _ = Command::new("umount")
+                .arg(&self.mnt)
+                .stderr(std::process::Stdio::null())
+                .status();
+            if self.mounted() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         if self.mounted() {
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         }
         if let Some(dev) = self.loop_dev.take() {
             let _ = Command::new("losetup").args(["-d", &dev]).status();
+            let backing = format!(
+                "/sys/block/{}/loop/backing_file",
+                dev.trim_start_matches("/dev/")
+            );
+            for _ in 0..200 {
+                if !Path::new(&backing).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
         }
+        // Unmounts (lazily) and waits for the session's thread.
         self.session.take();
         self.media.take();
     }
@@ -409,13 +481,9 @@ impl PowerDisk {
 
 impl Drop for PowerDisk {
     fn drop(&mut self) {
-        if self.session.is_none() {
-            return;
+        if let Some(m) = &self.media {
+            m.lock().unwrap_or_else(|p| p.into_inner()).cut = true;
         }
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        if let Some(dev) = self.loop_dev.take() {
-            let _ = Command::new("losetup").args(["-d", &dev]).status();
-        }
-        self.session.take();
+        self.teardown();
     }
 }

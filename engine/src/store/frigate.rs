@@ -28,7 +28,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::native::FileSink;
-use super::staging::{io_at, list_dir, Installer, Skip, StagedSink, Staging};
+use super::staging::{io_at, is_file, list_dir, Installer, Skip, StagedSink, Staging};
 use super::traits::{Matching, Recorder, SegmentSink, UNKNOWN_HASH};
 use super::{media, read_xattr_record, StoreError};
 use crate::camera::CameraId;
@@ -232,12 +232,10 @@ impl Db {
     }
 
     fn has_row(&self, conn: &Connection, path: &str) -> Result<bool, StoreError> {
-        conn.query_row("SELECT 1 FROM recordings WHERE path = ?1", [path], |_| {
-            Ok(())
-        })
-        .optional()
-        .map(|r| r.is_some())
-        .map_err(|e| Self::why(&self.path, e))
+        conn.prepare_cached("SELECT 1 FROM recordings WHERE path = ?1")
+            .and_then(|mut st| st.query_row([path], |_| Ok(())).optional())
+            .map(|r| r.is_some())
+            .map_err(|e| Self::why(&self.path, e))
     }
 
     /// Inserts the row of an installed segment, as Frigate's recorder
@@ -689,6 +687,13 @@ impl FrigateRecorder {
             let ours = read_xattr_record(&intent.path)?
                 .is_some_and(|r| r.len == intent.len && r.start.0 == intent.start_us);
             if ours {
+                // The rename the crash interrupted may not be durable yet:
+                // its folders are, before the row is.
+                let mut d = intent.path.parent();
+                while let Some(dir) = d.filter(|d| d.starts_with(&self.cfg.path)) {
+                    super::sync_dir(dir)?;
+                    d = dir.parent();
+                }
                 let done = self.db.write(|conn| {
                     if !self.db.has_row(conn, &intent.db_path)? {
                         self.db.insert(conn, &intent)?;
@@ -727,16 +732,6 @@ fn intent_meta(i: &Intent) -> Option<SegmentMeta> {
         origin: Origin::Peer(i.peer.clone()),
         notes: None,
     })
-}
-
-/// Whether `path` is `file` (same device and inode): never act on a name
-/// that someone else may have taken meanwhile.
-fn is_file(path: &Path, file: &File) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::symlink_metadata(path), file.metadata()) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
 }
 
 /// A row's id as Frigate makes one: the start as Python prints the float
@@ -1048,11 +1043,14 @@ impl Installer for Install {
         // stays locked leaves the reservation where it was.
         let res = self.db.write(|conn| {
             if self.db.has_row(conn, &self.db_path)? {
+                // Frigate's row stays; the copy (the peer still holds it)
+                // is dropped rather than tried again every round.
+                let _ = fs::remove_file(sink.path());
                 return Err(StoreError::BadSegment {
                     camera: meta.camera.clone(),
                     start: meta.start,
                     reason: format!(
-                        "{} already has a row for {}; the backfilled copy is kept in hafill's state",
+                        "{} already has a row for {}; the backfilled copy is dropped",
                         self.db.path.display(),
                         self.db_path
                     ),

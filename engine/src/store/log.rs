@@ -91,8 +91,17 @@ pub fn decode_log(bytes: &[u8]) -> Result<LogContents, LogDamage> {
             None => break,
             Some(Err(_)) if torn_tail_possible => break,
             // A power cut mid-append can leave the log's new length durable
-            // and not its bytes: zeros to the end, however many frames long.
-            Some(Err(_)) if rest.iter().all(|&b| b == 0) => break,
+            // and not all its bytes: zeros to the end, however many frames
+            // long, from a block boundary that may fall inside a frame. So
+            // a bad frame after which nothing but zeros follows is torn.
+            Some(Err(_))
+                if rest
+                    .iter()
+                    .rposition(|&b| b != 0)
+                    .is_none_or(|last| last < MAX_FRAME_LEN) =>
+            {
+                break
+            }
             Some(Err(reason)) => {
                 return Err(LogDamage {
                     offset: pos as u64,
@@ -114,6 +123,14 @@ pub fn open_for_append<F: LogFile>(file: &mut F) -> io::Result<Result<LogContent
         Err(d) => return Ok(Err(d)),
     };
     if contents.valid_len < bytes.len() as u64 {
+        let dropped = bytes.len() as u64 - contents.valid_len;
+        if dropped > MAX_FRAME_LEN as u64 {
+            tracing::warn!(
+                offset = contents.valid_len,
+                bytes = dropped,
+                "an index log ends in an append a crash or power cut cut short; its tail is dropped (the journal re-indexes what it named)"
+            );
+        }
         file.set_len(contents.valid_len)?;
         file.sync_data()?;
     }
@@ -252,6 +269,14 @@ mod tests {
         // the disk, its bytes did not.
         buf.resize(good + 40 * MAX_FRAME_LEN, 0);
         let c = decode_log(&buf).unwrap();
+        assert_eq!((c.records.len(), c.valid_len), (3, good as u64));
+        // A frame torn at a block boundary: its head, then zeros.
+        let mut torn = buf[..good].to_vec();
+        let mut frame = Vec::new();
+        encode_frame(&rec(9, SegmentState::Complete), &mut frame);
+        torn.extend_from_slice(&frame[..frame.len() / 2]);
+        torn.resize(good + 5 * 4096, 0);
+        let c = decode_log(&torn).unwrap();
         assert_eq!((c.records.len(), c.valid_len), (3, good as u64));
         // Zeros followed by anything else are damage.
         let last = buf.len() - 1;

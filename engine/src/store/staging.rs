@@ -361,6 +361,16 @@ fn taken(meta: &SegmentMeta, target: &Path, what: &str) -> StoreError {
     }
 }
 
+/// Whether `path` is `file` (same device and inode): never act on a name
+/// that someone else may have taken meanwhile.
+pub fn is_file(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// The notes a reservation was made with, if any (and if readable).
 fn read_notes(path: &Path) -> Option<Arc<str>> {
     let b = xattr::get(path, NOTES_XATTR).ok().flatten()?;
@@ -413,6 +423,10 @@ impl<I: Installer> SegmentSink for StagedSink<I> {
 
     fn record_durable(&self, meta: &SegmentMeta, p: &Progress) -> Result<(), StoreError> {
         self.inner.record_durable(meta, p)
+    }
+
+    fn still_reserved(&self) -> bool {
+        is_file(self.inner.path(), self.inner.file())
     }
 
     fn install(&self, meta: &SegmentMeta) -> Result<SegmentMeta, StoreError> {

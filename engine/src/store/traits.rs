@@ -122,6 +122,12 @@ pub trait SegmentSink: Send + Sync + std::fmt::Debug {
     /// Blocks durable: the caller has `fdatasync`ed their bytes.
     fn record_durable(&self, meta: &SegmentMeta, p: &Progress) -> Result<(), StoreError>;
 
+    /// Whether the reservation is still where the blocks were written (an
+    /// install that failed may have dropped it, or left it installed).
+    fn still_reserved(&self) -> bool {
+        true
+    }
+
     /// Every byte is durable and hashes to `meta.blake3`: install the
     /// segment where the recorder and its players see it. Returns the
     /// segment as installed.

@@ -611,7 +611,9 @@ async fn finish(
                 // say): the verified bytes are kept, recorded as durable
                 // with their BLAKE3, so the next run re-hashes and
                 // installs them without fetching them again.
-                let _ = sink.record_durable(&m, &progress);
+                if sink.still_reserved() {
+                    let _ = sink.record_durable(&m, &progress);
+                }
                 Err(e.into())
             }
         }

@@ -20,6 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::cluster::{differing_files, Cluster};
+use common::media::{encode, Container};
 use common::*;
 use powerloss::PowerDisk;
 
@@ -95,6 +96,76 @@ fn verify_store(store: &Path) {
     );
 }
 
+/// Power cuts over rs02's `runs` (hafill argument lists, run in order)
+/// with rs02's disk as it is now as the boot state: the runs once with
+/// power (`whole` then records what a run without a cut leaves), then for
+/// N spread over their flushes: boot from that state, rs01 afresh (the
+/// connections of killed runs would count against its per-peer limit
+/// until they time out), power fails right after the Nth flush, reboot,
+/// `after_cut` checks what the cut left, the next backfill must exit 0,
+/// and `after_next` checks what it made.
+fn sweep<W>(
+    disk: &mut PowerDisk,
+    c: &mut Cluster,
+    cfg: &Path,
+    runs: &[&[&str]],
+    whole: impl FnOnce() -> W,
+    after_cut: impl Fn(u64, &W),
+    after_next: impl Fn(u64, &W),
+) {
+    let base = c.root.path().join("base.img");
+    sync(&disk.mnt);
+    disk.reboot();
+    disk.cut_and_unplug();
+    disk.save_image(&base);
+    disk.power_on();
+    let booted = disk.flushes();
+    for args in runs {
+        run_ok(args);
+    }
+    let total = disk.flushes() - booted;
+    assert!(total > 10, "{total} flushes");
+    let w = whole();
+    for n in cut_points(total * 3 / 4, 8) {
+        disk.cut_and_unplug();
+        disk.load_image(&base);
+        c.kill_servers();
+        c.serve("rs01");
+        disk.power_on();
+        disk.cut_after(n);
+        for args in runs {
+            if !disk.is_cut() {
+                run_until_cut(disk, args);
+            }
+        }
+        // Runs differ by a few flushes: one that ended first loses power
+        // just after it.
+        let ended_first = !disk.is_cut();
+        assert!(
+            n > 3 || !ended_first,
+            "cut after flush {n}: the run ended first"
+        );
+        disk.reboot();
+        after_cut(n, &w);
+        let out = run(&["backfill", "--config", p(cfg)]);
+        assert!(
+            out.status.success(),
+            "cut after flush {n} of {total}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        after_next(n, &w);
+        eprintln!(
+            "cut after flush {n} of {total}: whole{}",
+            if ended_first {
+                " (the run ended first)"
+            } else {
+                ""
+            }
+        );
+    }
+    disk.cut_and_unplug();
+}
+
 #[test]
 fn a_power_cut_while_placing_or_filling_loses_nothing_and_the_next_run_completes() {
     if skip("a_power_cut_while_placing_or_filling") {
@@ -124,71 +195,29 @@ fn a_power_cut_while_placing_or_filling_loses_nothing_and_the_next_run_completes
     let cfg = c.server("rs02").config();
     // What the disk holds at boot: rs02's own recordings, all flushed.
     run_ok(&["store", "verify", "--store", p(&store)]);
-    sync(&store);
-    disk.reboot();
-    let base = c.root.path().join("base.img");
-    disk.cut_and_unplug();
-    disk.save_image(&base);
-
-    // The whole run once, with power: how many flushes it takes.
-    let run_all = |disk: &PowerDisk| {
-        let _ = run(&["gate", "--config", p(&cfg), "--then-exit"]);
-        let _ = run(&["backfill", "--config", p(&cfg)]);
-        disk.flushes()
-    };
-    disk.power_on();
-    let booted = disk.flushes();
-    let total = run_all(&disk) - booted;
-    assert!(differing_files(&c.server("rs01").store(), &store).is_empty());
-    assert!(total > 10, "{total} flushes");
-
-    for n in cut_points(total * 3 / 4, 8) {
-        disk.cut_and_unplug();
-        disk.load_image(&base);
-        // rs01 afresh: the connections of the runs killed so far would
-        // count against its per-peer limit until they time out.
-        c.kill_servers();
-        c.serve("rs01");
-        disk.power_on();
-        disk.cut_after(n);
-        run_until_cut(&disk, &["gate", "--config", p(&cfg), "--then-exit"]);
-        if !disk.is_cut() {
-            run_until_cut(&disk, &["backfill", "--config", p(&cfg)]);
-        }
-        // Flush counts vary a little from run to run (journal commits):
-        // a run that ended first loses power just after it.
-        let ended_first = !disk.is_cut();
-        assert!(
-            n > 3 || !ended_first,
-            "cut after flush {n}: the run ended first"
-        );
-        disk.reboot();
-        // After the cut: nothing complete is wrong, and the next run
-        // finishes the work.
-        verify_store(&store);
-        let out = run(&["backfill", "--config", p(&cfg), "--json"]);
-        assert!(
-            out.status.success(),
-            "cut after flush {n} of {total}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let left = differing_files(&c.server("rs01").store(), &store);
-        assert!(left.is_empty(), "cut after flush {n} of {total}: {left:?}");
-        assert!(
-            segment_states(&store).iter().all(|s| s == "complete"),
-            "cut after flush {n}"
-        );
-        verify_store(&store);
-        eprintln!(
-            "cut after flush {n} of {total}: whole{}",
-            if ended_first {
-                " (the run ended first)"
-            } else {
-                ""
-            }
-        );
-    }
-    disk.cut_and_unplug();
+    let rs01 = c.server("rs01").store();
+    sweep(
+        &mut disk,
+        &mut c,
+        &cfg,
+        &[
+            &["gate", "--config", p(&cfg), "--then-exit"],
+            &["backfill", "--config", p(&cfg)],
+        ],
+        || assert!(differing_files(&rs01, &store).is_empty()),
+        // Nothing complete is wrong after the cut ...
+        |_, _| verify_store(&store),
+        // ... and the next run finishes the work.
+        |n, _| {
+            let left = differing_files(&rs01, &store);
+            assert!(left.is_empty(), "cut after flush {n}: {left:?}");
+            assert!(
+                segment_states(&store).iter().all(|s| s == "complete"),
+                "cut after flush {n}"
+            );
+            verify_store(&store);
+        },
+    );
 }
 
 #[test]
@@ -252,36 +281,6 @@ fn a_power_cut_while_recording_leaves_no_wrong_complete_segment() {
     disk.cut_and_unplug();
 }
 
-/// ffmpeg encodes `n` 10-second MPEG-TS segments of a test pattern.
-fn encode(dir: &Path, source: &str, n: usize) -> Vec<std::path::PathBuf> {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = std::process::Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg(format!("{source}=size=160x120:rate=10"))
-        .args(["-t", &(10 * n).to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "10"])
-        .args([
-            "-pix_fmt",
-            "yuv420p",
-            "-f",
-            "segment",
-            "-segment_time",
-            "10",
-        ])
-        .args(["-reset_timestamps", "1"])
-        .arg(dir.join("seg%03d.ts"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut files = files_ending(dir, "ts");
-    files.sort();
-    files
-}
-
 /// `camera/YYYYmmdd-HHMMSS.ts` for a start in Unix seconds (UTC).
 fn ts_name(camera: &str, secs: i64) -> String {
     let out = std::process::Command::new("date")
@@ -328,8 +327,8 @@ fn a_power_cut_while_installing_into_a_recorders_folder_loses_nothing() {
     let mut disk = PowerDisk::new(128);
     let t0 = base_time();
     let enc = c.root.path().join("enc");
-    let a = encode(&enc.join("a"), "testsrc", 12);
-    let b = encode(&enc.join("b"), "testsrc2", 13);
+    let a = encode(&enc.join("a"), "testsrc", 12, Container::Ts);
+    let b = encode(&enc.join("b"), "testsrc2", 13, Container::Ts);
     let rec1 = c.server("rs01").dir.join("rec");
     let rec2 = disk.mnt.join("rec");
     for (k, f) in a.iter().enumerate() {
@@ -364,68 +363,32 @@ fn a_power_cut_while_installing_into_a_recorders_folder_loses_nothing() {
     }
     c.serve("rs01");
     let cfg = c.server("rs02").config();
-    sync(&disk.mnt);
-    disk.reboot();
     let own = tree(&rec2);
-    let base = c.root.path().join("base.img");
-    disk.cut_and_unplug();
-    disk.save_image(&base);
-
-    disk.power_on();
-    let booted = disk.flushes();
-    run_ok(&["backfill", "--config", p(&cfg)]);
-    let total = disk.flushes() - booted;
-    let whole = tree(&rec2);
     let theirs = tree(&rec1);
-    assert!(whole.len() > own.len(), "{whole:?}");
-    for (rel, h) in &whole {
-        assert!(
-            own.get(rel) == Some(h) || theirs.get(rel) == Some(h),
-            "{rel}"
-        );
-    }
-
-    for n in cut_points(total * 3 / 4, 8) {
-        disk.cut_and_unplug();
-        disk.load_image(&base);
-        c.kill_servers();
-        c.serve("rs01");
-        disk.power_on();
-        disk.cut_after(n);
-        run_until_cut(&disk, &["backfill", "--config", p(&cfg)]);
-        // Flush counts vary a little from run to run (journal commits):
-        // a run that ended first loses power just after it.
-        let ended_first = !disk.is_cut();
-        assert!(
-            n > 3 || !ended_first,
-            "cut after flush {n}: the run ended first"
-        );
-        disk.reboot();
-        // After the cut, the recorder's folder holds its own files and
-        // whole copies of rs01's, nothing else (no torn or empty file).
+    // Only rs02's own files and whole copies of rs01's (no torn or empty
+    // file).
+    let only_own_or_theirs = |n: u64| {
         for (rel, h) in tree(&rec2) {
             assert!(
                 own.get(&rel) == Some(&h) || theirs.get(&rel) == Some(&h),
-                "cut after flush {n} of {total}: {rel} is neither rs02's own nor rs01's"
+                "cut after flush {n}: {rel} is neither rs02's own nor rs01's"
             );
         }
-        let out = run(&["backfill", "--config", p(&cfg)]);
-        assert!(
-            out.status.success(),
-            "cut after flush {n} of {total}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(tree(&rec2), whole, "cut after flush {n} of {total}");
-        eprintln!(
-            "cut after flush {n} of {total}: whole{}",
-            if ended_first {
-                " (the run ended first)"
-            } else {
-                ""
-            }
-        );
-    }
-    disk.cut_and_unplug();
+    };
+    sweep(
+        &mut disk,
+        &mut c,
+        &cfg,
+        &[&["backfill", "--config", p(&cfg)]],
+        || {
+            let whole = tree(&rec2);
+            assert!(whole.len() > own.len(), "{whole:?}");
+            only_own_or_theirs(0);
+            whole
+        },
+        |n, _| only_own_or_theirs(n),
+        |n, whole| assert_eq!(&tree(&rec2), whole, "cut after flush {n}"),
+    );
 }
 
 #[test]
@@ -483,70 +446,42 @@ fn a_power_cut_while_installing_into_frigate_leaves_no_row_without_its_file() {
     }
     c.serve("rs01");
     let cfg = c.server("rs02").config();
-    sync(&disk.mnt);
-    disk.reboot();
     let (own_rows, own_files) = (frigate::rows(&rs02.db), rs02.files());
-    let base = c.root.path().join("base.img");
-    disk.cut_and_unplug();
-    disk.save_image(&base);
-
-    disk.power_on();
-    let booted = disk.flushes();
-    run_ok(&["backfill", "--config", p(&cfg)]);
-    let total = disk.flushes() - booted;
-    let (whole_rows, whole_files) = (frigate::rows(&rs02.db).len(), rs02.files());
     let theirs = rs01.files();
-    assert!(whole_rows > own_rows.len());
-    rs02.check_consistent(true);
-
-    for n in cut_points(total * 3 / 4, 8) {
-        disk.cut_and_unplug();
-        disk.load_image(&base);
-        c.kill_servers();
-        c.serve("rs01");
-        disk.power_on();
-        disk.cut_after(n);
-        run_until_cut(&disk, &["backfill", "--config", p(&cfg)]);
-        let ended_first = !disk.is_cut();
-        assert!(
-            n > 3 || !ended_first,
-            "cut after flush {n}: the run ended first"
-        );
-        disk.reboot();
+    sweep(
+        &mut disk,
+        &mut c,
+        &cfg,
+        &[&["backfill", "--config", p(&cfg)]],
+        || {
+            rs02.check_consistent(true);
+            let whole = (frigate::rows(&rs02.db).len(), rs02.files());
+            assert!(whole.0 > own_rows.len());
+            whole
+        },
         // After the cut: Frigate's own rows and files as they were; no row
         // without its file; every file its own or a whole copy of rs01's.
-        rs02.check_consistent(false);
-        let rows_now = frigate::rows(&rs02.db);
-        for r in &own_rows {
-            assert!(rows_now.contains(r), "cut after flush {n}: {r:?} changed");
-        }
-        for (rel, h) in rs02.files() {
-            assert!(
-                own_files.get(&rel) == Some(&h) || theirs.get(&rel) == Some(&h),
-                "cut after flush {n} of {total}: {rel} is neither rs02's own nor rs01's"
-            );
-        }
-        let out = run(&["backfill", "--config", p(&cfg)]);
-        assert!(
-            out.status.success(),
-            "cut after flush {n} of {total}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        rs02.check_consistent(true);
-        assert_eq!(rs02.files(), whole_files, "cut after flush {n} of {total}");
-        assert_eq!(
-            frigate::rows(&rs02.db).len(),
-            whole_rows,
-            "cut after flush {n}"
-        );
-        eprintln!(
-            "cut after flush {n} of {total}: whole{}",
-            if ended_first {
-                " (the run ended first)"
-            } else {
-                ""
+        |n, _| {
+            rs02.check_consistent(false);
+            let rows_now = frigate::rows(&rs02.db);
+            for r in &own_rows {
+                assert!(rows_now.contains(r), "cut after flush {n}: {r:?} changed");
             }
-        );
-    }
-    disk.cut_and_unplug();
+            for (rel, h) in rs02.files() {
+                assert!(
+                    own_files.get(&rel) == Some(&h) || theirs.get(&rel) == Some(&h),
+                    "cut after flush {n}: {rel} is neither rs02's own nor rs01's"
+                );
+            }
+        },
+        |n, whole| {
+            rs02.check_consistent(true);
+            assert_eq!(rs02.files(), whole.1, "cut after flush {n}");
+            assert_eq!(
+                frigate::rows(&rs02.db).len(),
+                whole.0,
+                "cut after flush {n}"
+            );
+        },
+    );
 }

@@ -14,54 +14,10 @@ use std::process::Command;
 use std::time::SystemTime;
 
 use common::cluster::Cluster;
+use common::media::{encode, ffprobe_duration, no_ffmpeg, Container};
 use common::*;
 
 const PATTERN: &str = "{camera}/%Y%m%d-%H%M%S.ts";
-
-/// Why the tests cannot run here, if they cannot.
-fn no_ffmpeg() -> Option<String> {
-    for tool in ["ffmpeg", "ffprobe"] {
-        match Command::new(tool).arg("-version").output() {
-            Ok(o) if o.status.success() => {}
-            _ => return Some(format!("{tool} is not installed (apt-get install ffmpeg)")),
-        }
-    }
-    None
-}
-
-/// ffmpeg encodes `secs` seconds of a test pattern (`source`, an lavfi
-/// source such as `testsrc`) into 10-second MPEG-TS segments in `dir`.
-fn encode(dir: &Path, source: &str, secs: u32) -> Vec<PathBuf> {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg(format!("{source}=size=160x120:rate=10"))
-        .args(["-t", &secs.to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "10"])
-        .args([
-            "-pix_fmt",
-            "yuv420p",
-            "-f",
-            "segment",
-            "-segment_time",
-            "10",
-        ])
-        .args(["-reset_timestamps", "1"])
-        .arg(dir.join("seg%03d.ts"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
 
 /// The name `PATTERN` gives `camera`'s segment starting at `secs`.
 fn name(camera: &str, secs: i64) -> String {
@@ -108,24 +64,6 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (String, u64, SystemTime)> {
         }
     }
     out
-}
-
-fn ffprobe_duration(path: &Path) -> f64 {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of"])
-        .args(["csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffprobe cannot read {}",
-        path.display()
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("no duration for {}", path.display()))
 }
 
 /// The camera section both servers share, as `hafill pair` writes it from
@@ -196,8 +134,8 @@ fn site(extra_rs02: &str, lacks: &[usize]) -> Site {
     configure(&c, "rs02", extra_rs02);
     let t0 = base_time();
     let enc = c.root.path().join("encoded");
-    let a = encode(&enc.join("a"), "testsrc", 180);
-    let b = encode(&enc.join("b"), "testsrc2", 190);
+    let a = encode(&enc.join("a"), "testsrc", 18, Container::Ts);
+    let b = encode(&enc.join("b"), "testsrc2", 19, Container::Ts);
     assert_eq!((a.len(), b.len()), (18, 19));
     let rec1 = c.server("rs01").dir.join("rec");
     let rec2 = c.server("rs02").dir.join("rec");

@@ -12,6 +12,14 @@ use std::process::Command;
 use rusqlite::Connection;
 
 use crate::common::files_ending;
+use crate::common::media::{self, Container};
+pub use crate::common::media::{ffprobe_duration, no_ffmpeg};
+
+/// ffmpeg encodes `n` 10-second MP4 segments, remuxed with `+faststart` as
+/// Frigate does.
+pub fn encode(dir: &Path, source: &str, n: usize) -> Vec<PathBuf> {
+    media::encode(dir, source, n, Container::Mp4)
+}
 
 pub const IN_DB: &str = "/media/frigate/recordings";
 
@@ -38,70 +46,6 @@ CREATE INDEX "recordings_camera_start_time_end_time" ON "recordings" ("camera", 
 CREATE INDEX "recordings_api_recordings_summary" ON "recordings" ("camera", "start_time" DESC, "duration", "motion", "objects");
 CREATE INDEX "recordings_start_time" ON "recordings" ("start_time");
 "#;
-
-pub fn no_ffmpeg() -> Option<String> {
-    for tool in ["ffmpeg", "ffprobe"] {
-        match Command::new(tool).arg("-version").output() {
-            Ok(o) if o.status.success() => {}
-            _ => return Some(format!("{tool} is not installed (apt-get install ffmpeg)")),
-        }
-    }
-    None
-}
-
-/// ffmpeg encodes `n` 10-second MP4 segments of a test pattern, each
-/// remuxed with `+faststart` as Frigate does.
-pub fn encode(dir: &Path, source: &str, n: usize) -> Vec<PathBuf> {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i"])
-        .arg(format!("{source}=size=160x120:rate=10"))
-        .args(["-t", &(10 * n).to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "10"])
-        .args([
-            "-pix_fmt",
-            "yuv420p",
-            "-f",
-            "segment",
-            "-segment_time",
-            "10",
-        ])
-        .args(["-segment_format", "mp4", "-segment_format_options"])
-        .args(["movflags=+faststart", "-reset_timestamps", "1"])
-        .arg(dir.join("seg%03d.mp4"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffmpeg: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), n);
-    files
-}
-
-pub fn ffprobe_duration(path: &Path) -> f64 {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of"])
-        .args(["csv=p=0"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ffprobe cannot read {}",
-        path.display()
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("no duration for {}", path.display()))
-}
 
 /// Frigate's name for `camera`'s segment starting at `secs`, relative to
 /// the recordings folder.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod media;
 
 use std::path::Path;
 use std::process::{Command, Output};

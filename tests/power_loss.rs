@@ -24,6 +24,9 @@ use common::media::{encode, Container};
 use common::*;
 use powerloss::PowerDisk;
 
+/// Both servers record every camera.
+const CAMERAS: &str = "[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n";
+
 fn skip(test: &str) -> bool {
     match PowerDisk::why_not() {
         Some(why) => {
@@ -345,21 +348,14 @@ fn a_power_cut_while_installing_into_a_recorders_folder_loses_nothing() {
         ("rs01", rec1.clone(), c.server("rs01").dir.join("state")),
         ("rs02", rec2.clone(), disk.mnt.join("state")),
     ] {
-        let s = c.server(name);
-        c.write_config(
-            s,
+        c.configure_recorder(
+            name,
+            p(&state),
             &format!(
-                "[recorder]\nkind = \"segments\"\npath = \"{}\"\npattern = \"{{camera}}/%Y%m%d-%H%M%S.ts\"\nsettle = \"0s\"\n\n[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n",
+                "[recorder]\nkind = \"segments\"\npath = \"{}\"\npattern = \"{{camera}}/%Y%m%d-%H%M%S.ts\"\nsettle = \"0s\"\n\n{CAMERAS}",
                 rec.display()
             ),
         );
-        let cfg = s.config();
-        let text = std::fs::read_to_string(&cfg).unwrap().replace(
-            "store = \"store\"\n",
-            &format!("state = \"{}\"\n", state.display()),
-        );
-        std::fs::write(&cfg, text).unwrap();
-        run_ok(&["store", "init", "--config", p(&cfg)]);
     }
     c.serve("rs01");
     let cfg = c.server("rs02").config();
@@ -427,22 +423,15 @@ fn a_power_cut_while_installing_into_frigate_leaves_no_row_without_its_file() {
         ("rs01", &rs01, c.server("rs01").dir.join("state")),
         ("rs02", &rs02, disk.mnt.join("state")),
     ] {
-        let s = c.server(name);
-        c.write_config(
-            s,
+        c.configure_recorder(
+            name,
+            p(&state),
             &format!(
-                "[recorder]\nkind = \"frigate\"\npath = \"{}\"\ndb = \"{}\"\nretain_days = 30\nsettle = \"0s\"\n\n[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n",
+                "[recorder]\nkind = \"frigate\"\npath = \"{}\"\ndb = \"{}\"\nretain_days = 30\nsettle = \"0s\"\n\n{CAMERAS}",
                 fr.rec.display(),
                 fr.db.display()
             ),
         );
-        let cfg = s.config();
-        let text = std::fs::read_to_string(&cfg).unwrap().replace(
-            "store = \"store\"\n",
-            &format!("state = \"{}\"\n", state.display()),
-        );
-        std::fs::write(&cfg, text).unwrap();
-        run_ok(&["store", "init", "--config", p(&cfg)]);
     }
     c.serve("rs01");
     let cfg = c.server("rs02").config();

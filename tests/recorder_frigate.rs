@@ -40,25 +40,18 @@ const CAMERAS: &str = "[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"
 
 /// Points a server at its Frigate with its state in `state/`.
 fn configure(c: &Cluster, server: &str, extra_recorder: &str, extra: &str) -> PathBuf {
-    let s = c.server(server);
     let cameras = if extra.contains("[[camera]]") {
         ""
     } else {
         CAMERAS
     };
-    c.write_config(
-        s,
+    c.configure_recorder(
+        server,
+        "state",
         &format!(
             "[recorder]\nkind = \"frigate\"\npath = \"media/recordings\"\ndb = \"config/frigate.db\"\nretain_days = 30\nsettle = \"0s\"\n{extra_recorder}\n{extra}{cameras}"
         ),
-    );
-    let cfg = s.config();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("store = \"store\"\n", "state = \"state\"\n");
-    std::fs::write(&cfg, text).unwrap();
-    run_ok(&["store", "init", "--config", p(&cfg)]);
-    cfg
+    )
 }
 
 fn site(rs02_recorder: &str, rs02_extra: &str) -> Site {

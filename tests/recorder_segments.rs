@@ -99,23 +99,15 @@ fn cameras(dir: &Path) -> String {
 /// Points each server's config at its recorder folder `rec/` (the
 /// `segments` layout) with its state in `state/`, plus `extra` sections.
 fn configure(c: &Cluster, server: &str, extra: &str) -> PathBuf {
-    let s = c.server(server);
     let cams = cameras(&c.root.path().join("pairing"));
-    c.write_config(
-        s,
+    std::fs::create_dir_all(c.server(server).dir.join("rec")).unwrap();
+    c.configure_recorder(
+        server,
+        "state",
         &format!(
             "[recorder]\nkind = \"segments\"\npath = \"rec\"\npattern = \"{PATTERN}\"\nsettle = \"0s\"\n\n{extra}{cams}"
         ),
-    );
-    let cfg = s.config();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("store = \"store\"\n", "state = \"state\"\n");
-    std::fs::write(&cfg, text).unwrap();
-    std::fs::create_dir_all(s.dir.join("rec")).unwrap();
-    // As at installation: hafill's state beside the recorder.
-    run_ok(&["store", "init", "--config", p(&cfg)]);
-    cfg
+    )
 }
 
 /// rs01 recorded both cameras for 180 s from t0, cut at t0 + 10 k. rs02

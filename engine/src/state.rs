@@ -226,6 +226,39 @@ impl State {
             .cloned()
     }
 
+    /// What the file at `path` (`len` bytes, modified at `mtime_ns`) is:
+    /// from the cache, else read from its container and remembered. The
+    /// flag says it was read now (so a problem is reported once).
+    pub fn facts_or_read(&self, path: &Path, len: u64, mtime_ns: i64) -> (FileFacts, bool) {
+        if let Some(k) = self.facts(path, len, mtime_ns) {
+            return (k, false);
+        }
+        let (duration_us, not_a_segment) = match crate::store::media::duration_us(path) {
+            Ok(d) => (d, None),
+            Err(why) => (None, Some(why)),
+        };
+        let k = FileFacts {
+            path: path.to_path_buf(),
+            len,
+            mtime_ns,
+            duration_us,
+            blake3: None,
+            not_a_segment,
+        };
+        if let Err(e) = self.remember(k.clone()) {
+            tracing::warn!("{e}");
+        }
+        (k, true)
+    }
+
+    /// Notes the BLAKE3 of a file just read whole, so it is hashed once.
+    pub fn remember_hash(&self, mut k: FileFacts, hash: blake3::Hash) {
+        k.blake3 = Some(hash.to_hex().to_string());
+        if let Err(e) = self.remember(k) {
+            tracing::warn!("{e}");
+        }
+    }
+
     /// Remembers what a file was found to be.
     pub fn remember(&self, f: FileFacts) -> Result<(), StoreError> {
         {

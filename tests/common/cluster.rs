@@ -101,6 +101,23 @@ impl Cluster {
         std::fs::write(s.config(), text).unwrap();
     }
 
+    /// Writes `name`'s config for a recorder that hafill works beside:
+    /// `sections` (`[recorder]`, `[[camera]]`, any other) and hafill's
+    /// state in `state` (relative to the config's folder, or absolute)
+    /// instead of a store; then, as at installation, `hafill store init`.
+    /// Returns the config's path.
+    pub fn configure_recorder(&self, name: &str, state: &str, sections: &str) -> PathBuf {
+        let s = self.server(name);
+        self.write_config(s, sections);
+        let cfg = s.config();
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("store = \"store\"\n", &format!("state = \"{state}\"\n"));
+        std::fs::write(&cfg, text).unwrap();
+        run_ok(&["store", "init", "--config", p(&cfg)]);
+        cfg
+    }
+
     pub fn server(&self, name: &str) -> &Server {
         self.servers.iter().find(|s| s.name == name).unwrap()
     }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::native::FileSink;
 use super::staging::{io_at, is_file, list_dir, Installer, Skip, StagedSink, Staging};
 use super::traits::{Matching, Recorder, SegmentSink, UNKNOWN_HASH};
-use super::{media, read_xattr_record, StoreError};
+use super::{read_xattr_record, StoreError};
 use crate::camera::CameraId;
 use crate::config::FrigateConfig;
 use crate::placeholder::{PlaceOptions, Placed};
@@ -625,25 +625,7 @@ impl FrigateRecorder {
 
     /// What the file is: from the state's cache, else read (and cached).
     fn facts(&self, file: &Path, m: &fs::Metadata) -> FileFacts {
-        if let Some(k) = self.state.facts(file, m.len(), mtime_ns(m)) {
-            return k;
-        }
-        let (duration_us, not_a_segment) = match media::duration_us(file) {
-            Ok(d) => (d, None),
-            Err(why) => (None, Some(why)),
-        };
-        let k = FileFacts {
-            path: file.to_path_buf(),
-            len: m.len(),
-            mtime_ns: mtime_ns(m),
-            duration_us,
-            blake3: None,
-            not_a_segment,
-        };
-        if let Err(e) = self.state.remember(k.clone()) {
-            tracing::warn!("{e}");
-        }
-        k
+        self.state.facts_or_read(file, m.len(), mtime_ns(m)).0
     }
 
     fn row_at(&self, camera: &CameraId, start: Timestamp) -> Result<Option<RowFile>, StoreError> {
@@ -867,13 +849,8 @@ impl Recorder for FrigateRecorder {
         let Ok(m) = fs::metadata(&r.file) else {
             return;
         };
-        if m.len() != meta.len {
-            return;
-        }
-        let mut k = self.facts(&r.file, &m);
-        k.blake3 = Some(hash.to_hex().to_string());
-        if let Err(e) = self.state.remember(k) {
-            tracing::warn!("{e}");
+        if m.len() == meta.len {
+            self.state.remember_hash(self.facts(&r.file, &m), hash);
         }
     }
 

@@ -25,7 +25,7 @@ use super::native::FileSink;
 use super::pattern::SegmentPattern;
 use super::staging::{io_at, Installer, Skip, StagedSink, Staging};
 use super::traits::{Matching, Recorder, SegmentSink, UNKNOWN_HASH};
-use super::{media, StoreError};
+use super::StoreError;
 use crate::camera::CameraId;
 use crate::placeholder::{PlaceOptions, Placed};
 use crate::segment::{Origin, SegmentMeta, SegmentState};
@@ -146,29 +146,12 @@ impl SegmentsRecorder {
 
     /// What the file is: from the state's cache, else read (and cached).
     fn facts(&self, f: &RecFile) -> FileFacts {
-        if let Some(k) = self.state.facts(&f.path, f.len, f.mtime_ns) {
-            return k;
-        }
-        let (duration_us, not_a_segment) = match media::duration_us(&f.path) {
-            Ok(d) => (d, None),
-            Err(why) => {
-                tracing::error!(
-                    "{}: named like a segment by [recorder] pattern, but {why}; not offered, not touched",
-                    f.path.display()
-                );
-                (None, Some(why))
-            }
-        };
-        let k = FileFacts {
-            path: f.path.clone(),
-            len: f.len,
-            mtime_ns: f.mtime_ns,
-            duration_us,
-            blake3: None,
-            not_a_segment,
-        };
-        if let Err(e) = self.state.remember(k.clone()) {
-            tracing::warn!("{e}");
+        let (k, fresh) = self.state.facts_or_read(&f.path, f.len, f.mtime_ns);
+        if let (true, Some(why)) = (fresh, &k.not_a_segment) {
+            tracing::error!(
+                "{}: named like a segment by [recorder] pattern, but {why}; not offered, not touched",
+                f.path.display()
+            );
         }
         k
     }
@@ -379,13 +362,8 @@ impl Recorder for SegmentsRecorder {
         else {
             return;
         };
-        let mut k = self.facts(&f);
-        if f.len != meta.len {
-            return;
-        }
-        k.blake3 = Some(hash.to_hex().to_string());
-        if let Err(e) = self.state.remember(k) {
-            tracing::warn!("{e}");
+        if f.len == meta.len {
+            self.state.remember_hash(self.facts(&f), hash);
         }
     }
 

@@ -209,6 +209,12 @@ pub struct BackfillArgs {
     /// drips bytes longer is cut off for the run.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = args::duration_us)]
     stall_timeout: u64,
+    /// Read each finished segment back from the disk (O_DIRECT, past the
+    /// page cache) and hash it before it is installed. Without it, each
+    /// block verified as it arrived is the proof; with it, the disk is
+    /// checked too, at the cost of reading every byte again.
+    #[arg(long)]
+    verify_readback: bool,
     /// zstd per block: auto compresses a block only where that pays.
     #[arg(long, value_enum, default_value = "auto")]
     compress: CompressArg,
@@ -240,6 +246,7 @@ pub fn backfill(a: BackfillArgs) -> CmdResult {
         max_disk_rate: a.max_disk_rate,
         adaptive_disk: a.no_adaptive.then_some(false),
         stall: std::time::Duration::from_micros(a.stall_timeout.max(1_000)),
+        verify_readback: a.verify_readback,
         compression: match a.compress {
             CompressArg::Auto => Compression::Auto,
             CompressArg::On => Compression::On,

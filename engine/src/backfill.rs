@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hafill_protocol::Compression;
+use hafill_protocol::{Compression, ErrorCode};
 use serde::Serialize;
 
 use crate::camera::CameraId;
 use crate::config::Config;
 use crate::identity::{self, IdentityError};
 use crate::io::{DiskWriter, IoBackend, IoChoice, IoSetupError};
-use crate::jobs::{Job, JobQueue};
+use crate::jobs::{Job, JobQueue, BUSY_PAUSE, BUSY_PAUSE_MAX};
 use crate::metrics::Metrics;
 use crate::placeholder;
 use crate::plan::{Plan, PlanOptions, Planner};
@@ -62,6 +62,9 @@ pub struct BackfillOptions {
     /// Longest wait for one whole frame from a peer before it counts as
     /// stalled (and is cut off).
     pub stall: Duration,
+    /// Read each finished segment back from the disk and hash it before it
+    /// is installed (see [`FetchContext::readback`]).
+    pub verify_readback: bool,
 }
 
 /// The default of [`BackfillOptions::coverage_deadline`]: a 30-day
@@ -92,6 +95,7 @@ impl Default for BackfillOptions {
             sparse: false,
             metrics: None,
             stall: client::DEFAULT_STALL,
+            verify_readback: false,
         }
     }
 }
@@ -675,6 +679,7 @@ impl Session {
                     (done_segments.clone(), done_bytes.clone(), commit_tx.clone());
                 let metrics = self.opts.metrics.clone();
                 workers.push(tokio::spawn(async move {
+                    let mut pause = BUSY_PAUSE;
                     while let Some(job) = queue.next(&peer, &stop).await {
                         let meta = SegmentMeta {
                             origin: Origin::Peer(peer.clone()),
@@ -688,7 +693,17 @@ impl Session {
                         })
                         .await;
                         match fetched {
+                            Err(e) if e.remote_code() == Some(ErrorCode::Busy) => {
+                                // The peer serves all it may: ask again after
+                                // a pause, longer each time in a row.
+                                tracing::debug!(camera = %job.meta.camera, start = %job.meta.start, %peer, "{e}");
+                                queue.busy(job, &peer, e.to_string());
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(BUSY_PAUSE_MAX);
+                                continue;
+                            }
                             Ok(m) => {
+                                pause = BUSY_PAUSE;
                                 done_segments.fetch_add(1, Ordering::Relaxed);
                                 done_bytes.fetch_add(m.len, Ordering::Relaxed);
                                 let len = m.len;
@@ -768,6 +783,7 @@ impl Session {
             wire_bytes: AtomicU64::new(0),
             refetched_bytes: AtomicU64::new(0),
             stall: self.opts.stall,
+            readback: self.opts.verify_readback,
         })
     }
 

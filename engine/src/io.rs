@@ -173,6 +173,70 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
     Ok(())
 }
 
+/// The BLAKE3 of a file's bytes as its device holds them (`hafill
+/// backfill --verify-readback`): read with `O_DIRECT`, past the page cache,
+/// through a second open of the same file (`/proc/self/fd`). A filesystem
+/// that refuses `O_DIRECT` (tmpfs, some FUSE) is read through the page
+/// cache once its clean pages are dropped, which on a disk reads the
+/// device too, as far as the kernel honours the hint.
+pub fn hash_from_device(file: &File) -> io::Result<blake3::Hash> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    const ALIGN: usize = 4096;
+    const PIECE: usize = 4 << 20;
+    let len = file.metadata()?.len();
+    let mut h = blake3::Hasher::new();
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    let direct = match direct {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            drop_cached(file);
+            let mut buf = vec![0u8; PIECE];
+            let mut at = 0;
+            while at < len {
+                let n = (PIECE as u64).min(len - at) as usize;
+                read_exact_at(file, &mut buf[..n], at)?;
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            return Ok(h.finalize());
+        }
+        Err(e) => return Err(e),
+    };
+    // An aligned buffer: O_DIRECT wants address, offset and length aligned.
+    let mut raw = vec![0u8; PIECE + ALIGN];
+    let skip = raw.as_ptr().align_offset(ALIGN);
+    let buf = &mut raw[skip..skip + PIECE];
+    let mut at = 0u64;
+    while at < len {
+        // Whole aligned pieces; the last read comes back short at the end.
+        let want = (PIECE as u64).min((len - at).next_multiple_of(ALIGN as u64)) as usize;
+        let n = retry_interrupted(|| direct.read_at(&mut buf[..want], at))?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read back {at} of {len} bytes"),
+            ));
+        }
+        let n = (n as u64).min(len - at) as usize;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finalize())
+}
+
+fn retry_interrupted(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Tells the kernel the file's cached pages are not needed: durable
 /// backfilled (or served) segments are not what anyone views now, and a
 /// page cache full of them is drained by reclaim work that competes with
@@ -236,6 +300,30 @@ fn uring_thread(mut rx: mpsc::Receiver<Op>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_read_back_from_its_device_hashes_to_its_bytes() {
+        // An odd length: the last direct read comes back short.
+        let data: Vec<u8> = (0..(5 << 20) + 123u32)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let dirs = [
+            Some(tempfile::tempdir().unwrap()),
+            tempfile::tempdir_in("/dev/shm").ok(),
+        ];
+        for dir in dirs.iter().flatten() {
+            let p = dir.path().join("f");
+            std::fs::write(&p, &data).unwrap();
+            let f = File::open(&p).unwrap();
+            assert_eq!(hash_from_device(&f).unwrap(), blake3::hash(&data), "{p:?}");
+            std::fs::write(&p, b"").unwrap();
+            assert_eq!(
+                hash_from_device(&f).unwrap(),
+                blake3::hash(b""),
+                "{p:?} empty"
+            );
+        }
+    }
 
     async fn round_trip(choice: IoChoice) -> IoBackend {
         let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,17 @@ pub struct Job {
     pub sources: Vec<String>,
     /// Holders already tried, with why each failed.
     pub tried: Vec<(String, String)>,
+    /// `Busy` answers this job had (see [`JobQueue::busy`]).
+    pub busy: u32,
 }
+
+/// `Busy` answers one job may have before its holder counts as failed: at
+/// a worker's longest pause between asks ([`BUSY_PAUSE_MAX`]), 8 minutes.
+pub const MAX_BUSY_ANSWERS: u32 = 240;
+/// A worker's first pause after a `Busy` answer; it doubles with each one
+/// in a row, up to [`BUSY_PAUSE_MAX`].
+pub const BUSY_PAUSE: Duration = Duration::from_millis(100);
+pub const BUSY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 impl Job {
     pub fn new(meta: SegmentMeta, sources: Vec<String>) -> Job {
@@ -27,6 +37,7 @@ impl Job {
             meta,
             sources,
             tried: Vec::new(),
+            busy: 0,
         }
     }
 
@@ -168,6 +179,29 @@ impl JobQueue {
         self.wake.notify_waiters();
     }
 
+    /// `peer` answered `Busy` for `job` (it serves as many fetches as it
+    /// may): the job goes back to the front of that peer's queue, as not
+    /// tried. After [`MAX_BUSY_ANSWERS`] it fails there instead, and moves
+    /// to its next holder. The worker pauses before it asks again.
+    pub fn busy(&self, mut job: Job, peer: &str, why: String) {
+        job.busy += 1;
+        if job.busy > MAX_BUSY_ANSWERS {
+            let why = format!("busy {MAX_BUSY_ANSWERS} times in a row ({why})");
+            return self.failed(job, peer, why);
+        }
+        let mut inner = self.lock();
+        if inner.usable(peer) {
+            if let Some(q) = inner.by_peer.get_mut(peer) {
+                q.push_front(job);
+            }
+        } else {
+            inner.place(job);
+        }
+        inner.in_flight -= 1;
+        drop(inner);
+        self.wake.notify_waiters();
+    }
+
     /// `peer` misbehaved: its queued work moves on, and it gets no more.
     /// True the first time.
     pub fn cut_off(&self, peer: &str, why: String) -> bool {
@@ -274,6 +308,28 @@ mod tests {
         let lost = q.undeliverable();
         assert_eq!(lost.len(), 1);
         assert!(lost[0].reason().contains("cut off"), "{}", lost[0].reason());
+    }
+
+    #[tokio::test]
+    async fn a_busy_job_is_asked_again_of_the_same_peer_then_fails_there() {
+        let stop = AtomicBool::new(false);
+        let q = JobQueue::new(vec![job(2, &["a", "b"]), job(1, &["a", "b"])], peers());
+        let j = q.next("a", &stop).await.unwrap();
+        assert_eq!(j.meta.start.0, 2);
+        q.busy(j, "a", "busy".into());
+        // Back at the front of a's queue, as not tried.
+        let mut j = q.next("a", &stop).await.unwrap();
+        assert_eq!((j.meta.start.0, j.tried.len()), (2, 0));
+        for _ in 0..MAX_BUSY_ANSWERS - 1 {
+            q.busy(j, "a", "busy".into());
+            j = q.next("a", &stop).await.unwrap();
+            assert_eq!(j.meta.start.0, 2);
+        }
+        // One answer too many: it fails at a and moves to b.
+        q.busy(j, "a", "busy".into());
+        let j = q.next("b", &stop).await.unwrap();
+        assert_eq!(j.meta.start.0, 2);
+        assert!(j.tried[0].1.contains("busy 240 times"), "{:?}", j.tried);
     }
 
     #[tokio::test]

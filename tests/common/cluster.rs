@@ -192,6 +192,21 @@ impl Cluster {
         rustix::process::kill_process(pid, signal).unwrap();
     }
 
+    /// The `i`-th server's peak resident memory so far (`VmHWM` in
+    /// `/proc/PID/status`), in bytes.
+    pub fn peak_resident(&mut self, i: usize) -> u64 {
+        assert!(self.running(i), "server {i} has already exited");
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.children[i].id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+        kib * 1024
+    }
+
     /// Whether the `i`-th server this cluster started is still running.
     pub fn running(&mut self, i: usize) -> bool {
         self.children[i].try_wait().unwrap().is_none()

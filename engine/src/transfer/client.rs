@@ -191,9 +191,10 @@ pub enum FetchError {
     Store(#[from] StoreError),
     #[error("disk: {0}")]
     Disk(#[from] std::io::Error),
-    /// Every block verified, yet the file re-read from disk does not hash
-    /// to the segment's BLAKE3: the local disk, not the peer.
-    #[error("re-hash after writing: {0}")]
+    /// Every block verified, yet the file read back from the disk
+    /// (`--verify-readback`) does not hash to the segment's BLAKE3: the
+    /// local disk, not the peer.
+    #[error("read-back after writing: {0}")]
     Rehash(String),
     /// A bug in hafill (a panic) while fetching the segment: the segment
     /// fails, the run goes on.
@@ -246,6 +247,11 @@ pub struct FetchContext {
     /// Longest wait for one whole frame of a fetch: a peer slower than
     /// that (stalled, or dripping bytes) is given up on.
     pub stall: Duration,
+    /// Read each finished segment back from the device (`O_DIRECT`) and
+    /// hash it before it is installed (`--verify-readback`). Off, the
+    /// blocks verified as they arrived are the proof, and no byte is
+    /// hashed twice.
+    pub readback: bool,
 }
 
 /// The default of [`FetchContext::stall`].
@@ -293,8 +299,8 @@ async fn read_within<T>(
 /// Fetches the missing blocks of the reserved segment `meta` (the source's
 /// length and BLAKE3; a BLAKE3 still [`UNKNOWN_HASH`] is taken from the
 /// peer's fetch header) of camera `wire_camera` (its id on the wire) from
-/// `conn` into `sink`, then re-hashes what was written and has the sink
-/// install it. Returns the segment as installed.
+/// `conn` into `sink`, verifying each block as it arrives, then has the
+/// sink install it. Returns the segment as installed.
 ///
 /// `leave_early` says whether the run is in its end game for this segment
 /// (see [`END_GAME_PATIENCE`]); it is asked about once a second while
@@ -325,7 +331,7 @@ pub async fn fetch_segment(
         )
         .await?;
     }
-    finish(sink, &meta, progress).await
+    finish(sink, &meta, progress, ctx.readback).await
 }
 
 /// Asks for the blocks `fetch` lacks, verifies and writes each as it
@@ -489,8 +495,8 @@ async fn receive_blocks(
             TransferError::Protocol(format!("peer sent {arrived} of {asked} blocks")).into(),
         );
     }
-    // Every block is in: make the bytes durable; `finish` re-hashes them and
-    // installs the segment. (A crash before that leaves the last checkpoint,
+    // Every block is in: make the bytes durable; `finish` installs the
+    // segment. (A crash before that leaves the last checkpoint,
     // so at most the window is fetched again.)
     ctx.writer.sync_data(file.clone()).await?;
     fetch.handle_synced();
@@ -562,46 +568,42 @@ async fn checkpoint(
     // Attributes and an fsync: small, but blocking.
     tokio::task::block_in_place(|| {
         sink.record_durable(meta, fetch.progress())?;
-        if meta.len > REHASH_FROM_CACHE_MAX {
-            crate::io::drop_cached(sink.file());
-        }
+        crate::io::drop_cached(sink.file());
         Ok::<_, StoreError>(())
     })?;
     Ok(())
 }
 
-/// Segments up to this size keep their written pages in the page cache
-/// until [`finish`] has re-hashed them (then the pages are dropped): the
-/// re-hash reads the bytes the kernel wrote and made durable (`fdatasync`)
-/// instead of reading the whole segment back from the disk (see
-/// docs/benchmarks.md for what that read-back cost). Larger segments drop
-/// their pages at every checkpoint, so a backfill holds at most this much
-/// page cache per segment in flight.
-const REHASH_FROM_CACHE_MAX: u64 = 64 << 20;
-
-/// Every block is durable: re-hash the whole file (through the page cache
-/// for segments up to [`REHASH_FROM_CACHE_MAX`], from disk for larger ones)
-/// and install it only if it is exactly the source's bytes.
+/// Every block is durable, and was verified against the segment's BLAKE3
+/// as it arrived: install it. With `readback`, the file is first read
+/// back from the device and hashed, and installed only if that is exactly
+/// the source's BLAKE3.
 async fn finish(
     sink: Arc<dyn SegmentSink>,
     meta: &SegmentMeta,
     progress: Progress,
+    readback: bool,
 ) -> Result<SegmentMeta, FetchError> {
     let m = meta.clone();
     tokio::task::spawn_blocking(move || -> Result<SegmentMeta, FetchError> {
         let file: &File = sink.file();
-        let mut h = blake3::Hasher::new();
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        h.update_reader(&mut reader)?;
-        let got = h.finalize();
-        if got != m.blake3 {
-            // Start this segment over: its bytes on disk are not the source's.
-            let fresh = Progress::new(progress.block_size, progress.blocks);
-            sink.record_durable(&m, &fresh)?;
-            return Err(FetchError::Rehash(format!(
-                "written file hashes to {got}, source says {}",
-                m.blake3
+        if m.blake3 == UNKNOWN_HASH || !progress.missing_ranges().is_empty() {
+            return Err(FetchError::Internal(format!(
+                "asked to install {} {} before it was whole and verified",
+                m.camera, m.start
             )));
+        }
+        if readback {
+            let got = crate::io::hash_from_device(file)?;
+            if got != m.blake3 {
+                // Start this segment over: its bytes on disk are not the source's.
+                let fresh = Progress::new(progress.block_size, progress.blocks);
+                sink.record_durable(&m, &fresh)?;
+                return Err(FetchError::Rehash(format!(
+                    "read back from the disk, the file hashes to {got}, the source to {}",
+                    m.blake3
+                )));
+            }
         }
         crate::io::drop_cached(file);
         match sink.install(&m) {
@@ -609,8 +611,8 @@ async fn finish(
             Err(e) => {
                 // Not installed (a recorder's database that stayed locked,
                 // say): the verified bytes are kept, recorded as durable
-                // with their BLAKE3, so the next run re-hashes and
-                // installs them without fetching them again.
+                // with their BLAKE3, so the next run installs them
+                // without fetching them again.
                 if sink.still_reserved() {
                     let _ = sink.record_durable(&m, &progress);
                 }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod fetch;
 pub mod ledbat;
+pub mod limits;
 pub mod server;
 
 use std::collections::HashMap;
@@ -127,6 +128,19 @@ pub fn transport_config(congestion: Congestion) -> quinn::TransportConfig {
     t
 }
 
+/// The serving side's transport: [`transport_config`] with a send window
+/// of [`limits::SEND_WINDOW`] per connection (what QUIC may hold
+/// unacknowledged, see `limits`), and receive windows sized for requests
+/// (a peer only ever sends requests of up to [`MAX_REQUEST_FRAME`]), so a
+/// peer that sends more cannot make this side buffer it.
+pub fn serve_transport_config(congestion: Congestion) -> quinn::TransportConfig {
+    let mut t = transport_config(congestion);
+    t.send_window(limits::SEND_WINDOW);
+    t.stream_receive_window((2 * MAX_REQUEST_FRAME as u32).into());
+    t.receive_window((1u32 << 20).into());
+    t
+}
+
 /// Socket buffers for bulk QUIC: the kernel's default (about 200 KiB) holds
 /// a dozen 16 KiB datagrams, so a receiver busy for a millisecond drops
 /// packets and every congestion controller halves its window. Capped by
@@ -178,7 +192,7 @@ pub fn server_endpoint(
     let crypto =
         QuicServerConfig::try_from(tls).map_err(|e| TransferError::Setup(e.to_string()))?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    sc.transport_config(Arc::new(transport_config(config.congestion)));
+    sc.transport_config(Arc::new(serve_transport_config(config.congestion)));
     let socket =
         std::net::UdpSocket::bind(config.listen).map_err(|source| TransferError::Listen {
             addr: config.listen,

@@ -14,6 +14,7 @@ use hafill_protocol::{
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
+use super::limits::ServeLimits;
 use super::{read_message, write_block, write_message, TransferError, MAX_REQUEST_FRAME};
 use crate::camera::CameraId;
 use crate::config::Config;
@@ -21,9 +22,6 @@ use crate::identity::id_of_cert;
 use crate::segment::SegmentState;
 use crate::store::traits::{Recorder, UNKNOWN_HASH};
 use crate::units::Timestamp;
-
-/// Why a request is refused: the code and message of the `Error` frame.
-type Refusal = (ErrorCode, String);
 
 /// Shared by every connection of a server.
 #[derive(Debug)]
@@ -34,6 +32,8 @@ pub struct ServerState {
     pub peers: Arc<HashMap<String, String>>,
     /// Connections open per peer, against [`MAX_CONNECTIONS_PER_PEER`].
     pub open: std::sync::Mutex<HashMap<String, usize>>,
+    /// Fetch slots and the read budget (see `limits`).
+    pub limits: Arc<ServeLimits>,
     /// Only `hafill sim hostile`: how this server lies when asked for a
     /// segment. None for every real server.
     pub hook: Option<Arc<dyn FetchHook>>,
@@ -50,6 +50,7 @@ impl ServerState {
             recorder,
             peers,
             open: std::sync::Mutex::new(HashMap::new()),
+            limits: Arc::new(ServeLimits::default()),
             hook: None,
         }
     }
@@ -466,51 +467,40 @@ async fn fetch(
         }
         Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
     };
+    // A slot for this fetch, or `Busy`: it holds until the peer has every
+    // byte (see `limits`).
+    let _slot = match state.limits.fetch_slot(peer) {
+        Ok(slot) => slot,
+        Err(why) => return send_error(send, ErrorCode::Busy, why).await,
+    };
     let n_blocks = block_count(meta.len, block_size);
-    // The block list: read the file (once, when it fits in memory), hash its
-    // blocks in parallel, and refuse to serve a file that no longer matches
-    // its own record. A recorder's file not hashed before is hashed now,
-    // once: the adapter keeps its BLAKE3.
-    let header = {
-        let meta = meta.clone();
-        let st = state.clone();
-        tokio::task::spawn_blocking(move || -> Result<(Source, Vec<[u8; 32]>, blake3::Hash), Refusal> {
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            if len != meta.len {
-                return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: {len} bytes on disk, expected {}", meta.len)));
-            }
-            let internal = |e: std::io::Error| (ErrorCode::Internal, e.to_string());
-            let (source, cvs) = if len <= IN_MEMORY_MAX {
-                let mut buf = vec![0u8; len as usize];
-                crate::io::read_exact_at(&file, &mut buf, 0).map_err(internal)?;
-                // Served from memory now: its pages need not stay cached
-                // (see `io::drop_cached`).
-                crate::io::drop_cached(&file);
-                let cvs = block_cvs_parallel(&buf, block_size);
-                (Source::Memory(Bytes::from(buf)), cvs)
-            } else {
-                let cvs = block_cvs_of_file(&file, meta.len, block_size).map_err(internal)?;
-                (Source::File(file), cvs)
-            };
-            let root = tree::root_of(&cvs).unwrap_or(UNKNOWN_HASH);
-            if meta.blake3 == UNKNOWN_HASH {
-                st.recorder.note_hash(&meta, root);
-            } else if root != meta.blake3 {
-                tracing::error!(%camera, %start, "source segment does not match its BLAKE3; not serving it");
-                return Err((ErrorCode::SourceDamaged, format!("{camera} {start}: file on disk does not match its BLAKE3")));
-            }
-            Ok((source, cvs, root))
-        })
-        .await
-        .map_err(|e| TransferError::Protocol(e.to_string()))?
+    // The block list, hashed from the file in pieces under the read
+    // budget; a file that no longer matches its own record is refused. A
+    // recorder's file not hashed before is hashed now, once: the adapter
+    // keeps its BLAKE3.
+    let file = Arc::new(file);
+    let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if on_disk != meta.len {
+        let msg = format!(
+            "{camera} {start}: {on_disk} bytes on disk, expected {}",
+            meta.len
+        );
+        return send_error(send, ErrorCode::SourceDamaged, msg).await;
+    }
+    let mut cvs = match block_cvs_of_file(&state.limits, &file, meta.len, block_size).await {
+        Ok(cvs) => cvs,
+        Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
     };
-    let (source, mut cvs) = match header {
-        Ok((source, cvs, root)) => {
-            meta.blake3 = root;
-            (source, cvs)
-        }
-        Err((code, msg)) => return send_error(send, code, msg).await,
-    };
+    let root = tree::root_of(&cvs).unwrap_or(UNKNOWN_HASH);
+    if meta.blake3 == UNKNOWN_HASH {
+        let (st, m) = (state.clone(), meta.clone());
+        let _ = tokio::task::spawn_blocking(move || st.recorder.note_hash(&m, root)).await;
+        meta.blake3 = root;
+    } else if root != meta.blake3 {
+        tracing::error!(%camera, %start, "source segment does not match its BLAKE3; not serving it");
+        let msg = format!("{camera} {start}: file on disk does not match its BLAKE3");
+        return send_error(send, ErrorCode::SourceDamaged, msg).await;
+    }
     let hook = state.hook.clone();
     let mut len = meta.len;
     if let Some(h) = &hook {
@@ -540,38 +530,38 @@ async fn fetch(
             .filter(|i| (*i as u64) < n_blocks)
             .collect()
     };
-    // Slicing (or reading) and compression on a blocking thread, a few
-    // blocks ahead of the network; block data is sent without copying.
-    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes), String>>(4);
+    // Blocks are read from disk (each once room is free in the read
+    // budget) and compressed a couple ahead of the network, and handed to
+    // QUIC without copying; the room is given back once QUIC has them.
+    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes, ReadRoom), String>>(2);
+    let (limits, reading) = (state.limits.clone(), file.clone());
     let len = meta.len;
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
         for i in wanted {
             let off = i as u64 * block_size as u64;
             let n = (len - off.min(len)).min(block_size as u64) as usize;
-            let data = match &source {
-                Source::Memory(all) => Ok(all.slice(off as usize..off as usize + n)),
-                Source::File(file) => {
-                    let mut buf = vec![0u8; n];
-                    crate::io::read_exact_at(file, &mut buf, off)
-                        .map(|_| Bytes::from(buf))
-                        .map_err(|e| e.to_string())
-                }
-            };
-            let m = data.map(|d| encode_block(i, d, compression));
-            let failed = m.is_err();
-            if tx.blocking_send(m).is_err() || failed {
+            let room = limits.read_room(n as u64).await;
+            let f = reading.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                crate::io::read_exact_at(&f, &mut buf, off)
+                    .map(|_| encode_block(i, Bytes::from(buf), compression))
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let failed = read.is_err();
+            if tx.send(read.map(|(h, d)| (h, d, room))).await.is_err() || failed {
                 break;
             }
         }
         // Read through: its pages need not stay cached.
-        if let Source::File(file) = &source {
-            crate::io::drop_cached(file);
-        }
+        let _ = tokio::task::spawn_blocking(move || crate::io::drop_cached(&reading)).await;
     });
     let mut first = None;
     while let Some(m) = rx.recv().await {
         match m {
-            Ok((header, data)) => {
+            Ok((header, data, _room)) => {
                 if let (None, Some(h)) = (&first, &hook) {
                     first = Some((header, data.clone()));
                     match h.first_block(&data) {
@@ -591,7 +581,7 @@ async fn fetch(
                         }
                     }
                 }
-                write_block(send, header, data).await?
+                write_within_stall(send, header, data).await?
             }
             Err(e) => return send_error(send, ErrorCode::Internal, e).await,
         }
@@ -603,54 +593,81 @@ async fn fetch(
     }
     write_message(send, &Message::FetchEnd).await?;
     send.finish()?;
+    // The slot is held until the peer has every byte: until then QUIC
+    // keeps them. A peer that takes no more within the stall time gets
+    // its stream reset, which frees them.
+    if tokio::time::timeout(SEND_STALL, send.stopped())
+        .await
+        .is_err()
+    {
+        let _ = send.reset(0u32.into());
+    }
     Ok(())
 }
 
-/// Segments up to this size are read once into memory and served from
-/// there; larger ones are hashed in a first pass and read block by block.
-const IN_MEMORY_MAX: u64 = 64 << 20;
+/// Room taken in the read budget for one block, until QUIC has it.
+type ReadRoom = tokio::sync::OwnedSemaphorePermit;
 
-/// Where a fetch's blocks come from.
-enum Source {
-    Memory(Bytes),
-    File(File),
-}
+/// Longest the serving side waits for a peer to take more of a fetch (to
+/// give QUIC credit for one more block, or acknowledge the last bytes):
+/// a peer that stops reading would hold its fetch slot and QUIC's buffer
+/// for ever.
+const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn block_cvs_parallel(data: &[u8], block_size: u32) -> Vec<[u8; 32]> {
-    if block_count(data.len() as u64, block_size) == 1 {
-        return vec![*blake3::hash(data).as_bytes()];
+/// Writes one block within [`SEND_STALL`]; past it the stream is reset,
+/// and what QUIC held for it is freed.
+async fn write_within_stall(
+    send: &mut quinn::SendStream,
+    header: BlockHeader,
+    data: Bytes,
+) -> Result<(), TransferError> {
+    match tokio::time::timeout(SEND_STALL, write_block(send, header, data)).await {
+        Ok(r) => r,
+        Err(_) => {
+            let _ = send.reset(0u32.into());
+            Err(TransferError::Stalled(SEND_STALL))
+        }
     }
-    data.par_chunks(block_size as usize)
-        .enumerate()
-        .map(|(k, b)| tree::block_cv(k as u32, block_size, b))
-        .collect()
 }
 
-/// Chaining values of every block of a file, hashed in parallel.
-fn block_cvs_of_file(file: &File, len: u64, block_size: u32) -> std::io::Result<Vec<[u8; 32]>> {
+/// Bytes of a file hashed per piece of the block-list pass: each piece is
+/// read under the read budget, and its blocks hashed in parallel.
+const HASH_PIECE: u64 = 8 << 20;
+
+/// Chaining values of every block of a file: read in pieces of about
+/// [`HASH_PIECE`] (whole blocks), each under the read budget, and each
+/// piece's blocks hashed in parallel.
+async fn block_cvs_of_file(
+    limits: &ServeLimits,
+    file: &Arc<File>,
+    len: u64,
+    block_size: u32,
+) -> std::io::Result<Vec<[u8; 32]>> {
     let n = block_count(len, block_size);
-    if n == 1 {
-        let mut buf = vec![0u8; len as usize];
-        crate::io::read_exact_at(file, &mut buf, 0)?;
-        return Ok(vec![*blake3::hash(&buf).as_bytes()]);
-    }
-    // Read in groups of blocks (about 16 MiB) and hash each group's blocks
-    // in parallel.
-    let per_group = ((16u64 << 20) / block_size as u64).max(1);
+    let per_piece = (HASH_PIECE / block_size as u64).max(1);
     let mut cvs = Vec::with_capacity(n as usize);
     let mut first = 0u64;
     while first < n {
-        let count = per_group.min(n - first);
+        let count = per_piece.min(n - first);
         let off = first * block_size as u64;
-        let bytes = ((count * block_size as u64).min(len - off)) as usize;
-        let mut buf = vec![0u8; bytes];
-        crate::io::read_exact_at(file, &mut buf, off)?;
-        let group: Vec<[u8; 32]> = buf
-            .par_chunks(block_size as usize)
-            .enumerate()
-            .map(|(k, b)| tree::block_cv((first + k as u64) as u32, block_size, b))
-            .collect();
-        cvs.extend(group);
+        let bytes = (count * block_size as u64).min(len - off) as usize;
+        let _room = limits.read_room(bytes as u64).await;
+        let f = file.clone();
+        let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<[u8; 32]>> {
+            let mut buf = vec![0u8; bytes];
+            crate::io::read_exact_at(&f, &mut buf, off)?;
+            if n == 1 {
+                return Ok(vec![*blake3::hash(&buf).as_bytes()]);
+            }
+            Ok(buf
+                .par_chunks(block_size as usize)
+                .enumerate()
+                .map(|(k, b)| tree::block_cv((first + k as u64) as u32, block_size, b))
+                .collect())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        cvs.extend(piece);
         first += count;
     }
     Ok(cvs)

@@ -15,7 +15,7 @@ use crate::camera::CameraId;
 use crate::config::Config;
 use crate::identity::{self, IdentityError};
 use crate::io::{DiskWriter, IoBackend, IoChoice, IoSetupError};
-use crate::jobs::{Job, JobQueue, BUSY_PAUSE, BUSY_PAUSE_MAX};
+use crate::jobs::{Job, JobQueue};
 use crate::metrics::Metrics;
 use crate::placeholder;
 use crate::plan::{Plan, PlanOptions, Planner};
@@ -679,7 +679,6 @@ impl Session {
                     (done_segments.clone(), done_bytes.clone(), commit_tx.clone());
                 let metrics = self.opts.metrics.clone();
                 workers.push(tokio::spawn(async move {
-                    let mut pause = BUSY_PAUSE;
                     while let Some(job) = queue.next(&peer, &stop).await {
                         let meta = SegmentMeta {
                             origin: Origin::Peer(peer.clone()),
@@ -694,16 +693,12 @@ impl Session {
                         .await;
                         match fetched {
                             Err(e) if e.remote_code() == Some(ErrorCode::Busy) => {
-                                // The peer serves all it may: ask again after
-                                // a pause, longer each time in a row.
+                                // The peer serves all it may: the job is asked
+                                // for again after a pause (see `jobs`).
                                 tracing::debug!(camera = %job.meta.camera, start = %job.meta.start, %peer, "{e}");
                                 queue.busy(job, &peer, e.to_string());
-                                tokio::time::sleep(pause).await;
-                                pause = (pause * 2).min(BUSY_PAUSE_MAX);
-                                continue;
                             }
                             Ok(m) => {
-                                pause = BUSY_PAUSE;
                                 done_segments.fetch_add(1, Ordering::Relaxed);
                                 done_bytes.fetch_add(m.len, Ordering::Relaxed);
                                 let len = m.len;
@@ -784,6 +779,7 @@ impl Session {
             refetched_bytes: AtomicU64::new(0),
             stall: self.opts.stall,
             readback: self.opts.verify_readback,
+            outboards: Some(Arc::new(crate::store::outboards_of(&self.config))),
         })
     }
 

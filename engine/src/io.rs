@@ -175,38 +175,43 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
 
 /// The BLAKE3 of a file's bytes as its device holds them (`hafill
 /// backfill --verify-readback`): read with `O_DIRECT`, past the page cache,
-/// through a second open of the same file (`/proc/self/fd`). A filesystem
-/// that refuses `O_DIRECT` (tmpfs, some FUSE) is read through the page
-/// cache once its clean pages are dropped, which on a disk reads the
+/// through a second open of the same file (`/proc/self/fd`). Where that is
+/// refused (tmpfs, some FUSE, no `/proc`), the file is read through the
+/// page cache once its clean pages are dropped, which on a disk reads the
 /// device too, as far as the kernel honours the hint.
 pub fn hash_from_device(file: &File) -> io::Result<blake3::Hash> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    const ALIGN: usize = 4096;
-    const PIECE: usize = 4 << 20;
     let len = file.metadata()?.len();
-    let mut h = blake3::Hasher::new();
     let direct = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
         .open(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    let direct = match direct {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            drop_cached(file);
-            let mut buf = vec![0u8; PIECE];
-            let mut at = 0;
-            while at < len {
-                let n = (PIECE as u64).min(len - at) as usize;
-                read_exact_at(file, &mut buf[..n], at)?;
-                h.update(&buf[..n]);
-                at += n as u64;
-            }
-            return Ok(h.finalize());
+    if let Ok(direct) = direct {
+        match hash_direct(&direct, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            r => return r,
         }
-        Err(e) => return Err(e),
-    };
-    // An aligned buffer: O_DIRECT wants address, offset and length aligned.
+    }
+    drop_cached(file);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut at = 0;
+    while at < len {
+        let n = (buf.len() as u64).min(len - at) as usize;
+        read_exact_at(file, &mut buf[..n], at)?;
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(h.finalize())
+}
+
+/// Hashes `len` bytes of `direct` (opened with `O_DIRECT`): aligned
+/// buffer, offsets and lengths.
+fn hash_direct(direct: &File, len: u64) -> io::Result<blake3::Hash> {
+    const ALIGN: usize = 4096;
+    const PIECE: usize = 4 << 20;
+    let mut h = blake3::Hasher::new();
     let mut raw = vec![0u8; PIECE + ALIGN];
     let skip = raw.as_ptr().align_offset(ALIGN);
     let buf = &mut raw[skip..skip + PIECE];
@@ -214,16 +219,21 @@ pub fn hash_from_device(file: &File) -> io::Result<blake3::Hash> {
     while at < len {
         // Whole aligned pieces; the last read comes back short at the end.
         let want = (PIECE as u64).min((len - at).next_multiple_of(ALIGN as u64)) as usize;
-        let n = retry_interrupted(|| direct.read_at(&mut buf[..want], at))?;
+        let n = retry_interrupted(|| direct.read_at(&mut buf[..want], at))? as u64;
+        // Short before the end: keep only whole aligned blocks of it.
+        let n = if at + n >= len {
+            len - at
+        } else {
+            n - n % ALIGN as u64
+        };
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("read back {at} of {len} bytes"),
             ));
         }
-        let n = (n as u64).min(len - at) as usize;
-        h.update(&buf[..n]);
-        at += n as u64;
+        h.update(&buf[..n as usize]);
+        at += n;
     }
     Ok(h.finalize())
 }

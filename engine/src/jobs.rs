@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::segment::SegmentMeta;
 
@@ -19,17 +19,28 @@ pub struct Job {
     pub sources: Vec<String>,
     /// Holders already tried, with why each failed.
     pub tried: Vec<(String, String)>,
-    /// `Busy` answers this job had (see [`JobQueue::busy`]).
+    /// `Busy` answers this job had from its current holder (see
+    /// [`JobQueue::busy`]).
     pub busy: u32,
+    /// Not to be asked for again before this (after a `Busy` answer).
+    pub not_before: Option<Instant>,
 }
 
-/// `Busy` answers one job may have before its holder counts as failed: at
-/// a worker's longest pause between asks ([`BUSY_PAUSE_MAX`]), 8 minutes.
+/// `Busy` answers one job may have from one holder before it counts as
+/// failed there: with the pauses between asks ([`BUSY_PAUSE`] doubling up
+/// to [`BUSY_PAUSE_MAX`]), about 8 minutes.
 pub const MAX_BUSY_ANSWERS: u32 = 240;
-/// A worker's first pause after a `Busy` answer; it doubles with each one
-/// in a row, up to [`BUSY_PAUSE_MAX`].
+/// A job's pause after its first `Busy` answer; it doubles with each one in
+/// a row, up to [`BUSY_PAUSE_MAX`].
 pub const BUSY_PAUSE: Duration = Duration::from_millis(100);
 pub const BUSY_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// The pause after a job's `n`-th `Busy` answer in a row (n >= 1).
+fn busy_pause(n: u32) -> Duration {
+    BUSY_PAUSE
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(BUSY_PAUSE_MAX)
+}
 
 impl Job {
     pub fn new(meta: SegmentMeta, sources: Vec<String>) -> Job {
@@ -38,6 +49,7 @@ impl Job {
             sources,
             tried: Vec::new(),
             busy: 0,
+            not_before: None,
         }
     }
 
@@ -46,6 +58,11 @@ impl Job {
             .iter()
             .find(|s| usable(s) && !self.tried.iter().any(|(t, _)| t == *s))
             .cloned()
+    }
+
+    /// Whether it may be asked for now (not paused after a `Busy`).
+    fn ready(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| t <= now)
     }
 
     fn may_serve(&self, peer: &str) -> bool {
@@ -93,15 +110,24 @@ impl Inner {
     }
 
     fn pick(&mut self, peer: &str) -> Option<Job> {
-        if let Some(j) = self.by_peer.get_mut(peer).and_then(VecDeque::pop_front) {
-            return Some(j);
+        let now = Instant::now();
+        // The first that is not paused (paused ones, after a `Busy`, sit
+        // at the front).
+        if let Some(q) = self.by_peer.get_mut(peer) {
+            if let Some(i) = q.iter().position(|j| j.ready(now)) {
+                return q.remove(i);
+            }
         }
         // Take from the back (the oldest) of the others' queues.
         for (other, q) in self.by_peer.iter_mut() {
             if other == peer {
                 continue;
             }
-            let found = q.iter().rev().take(256).position(|j| j.may_serve(peer));
+            let found = q
+                .iter()
+                .rev()
+                .take(256)
+                .position(|j| j.may_serve(peer) && j.ready(now));
             if let Some(k) = found {
                 let i = q.len() - 1 - k;
                 return q.remove(i);
@@ -154,8 +180,10 @@ impl JobQueue {
                     inner.in_flight += 1;
                     return Some(j);
                 }
-                // Work in flight elsewhere may fail and come to this peer.
-                if inner.in_flight == 0 {
+                // Work in flight elsewhere may fail and come to this peer;
+                // work of its own may be paused after a `Busy`.
+                let paused = inner.by_peer.get(peer).is_some_and(|q| !q.is_empty());
+                if inner.in_flight == 0 && !paused {
                     return None;
                 }
             }
@@ -172,6 +200,7 @@ impl JobQueue {
     /// A job failed at `peer`: it moves to its next holder.
     pub fn failed(&self, mut job: Job, peer: &str, why: String) {
         job.tried.push((peer.to_string(), why));
+        (job.busy, job.not_before) = (0, None);
         let mut inner = self.lock();
         inner.place(job);
         inner.in_flight -= 1;
@@ -181,14 +210,17 @@ impl JobQueue {
 
     /// `peer` answered `Busy` for `job` (it serves as many fetches as it
     /// may): the job goes back to the front of that peer's queue, as not
-    /// tried. After [`MAX_BUSY_ANSWERS`] it fails there instead, and moves
-    /// to its next holder. The worker pauses before it asks again.
+    /// tried, paused (see [`busy_pause`]); another holder with nothing of
+    /// its own to do may take it once the pause is over. After
+    /// [`MAX_BUSY_ANSWERS`] it fails there instead, and moves to its next
+    /// holder.
     pub fn busy(&self, mut job: Job, peer: &str, why: String) {
         job.busy += 1;
         if job.busy > MAX_BUSY_ANSWERS {
             let why = format!("busy {MAX_BUSY_ANSWERS} times in a row ({why})");
             return self.failed(job, peer, why);
         }
+        job.not_before = Some(Instant::now() + busy_pause(job.busy));
         let mut inner = self.lock();
         if inner.usable(peer) {
             if let Some(q) = inner.by_peer.get_mut(peer) {
@@ -317,19 +349,35 @@ mod tests {
         let j = q.next("a", &stop).await.unwrap();
         assert_eq!(j.meta.start.0, 2);
         q.busy(j, "a", "busy".into());
-        // Back at the front of a's queue, as not tried.
+        // Paused: a's next job is the other one.
+        let j1 = q.next("a", &stop).await.unwrap();
+        assert_eq!(j1.meta.start.0, 1);
+        q.finished();
+        // Then, once the pause is over, job 2 again, as not tried.
         let mut j = q.next("a", &stop).await.unwrap();
-        assert_eq!((j.meta.start.0, j.tried.len()), (2, 0));
+        assert_eq!((j.meta.start.0, j.tried.len(), j.busy), (2, 0, 1));
         for _ in 0..MAX_BUSY_ANSWERS - 1 {
             q.busy(j, "a", "busy".into());
+            // (The pause is the queue's business; skip it here.)
+            q.lock().by_peer.get_mut("a").unwrap()[0].not_before = None;
             j = q.next("a", &stop).await.unwrap();
             assert_eq!(j.meta.start.0, 2);
         }
-        // One answer too many: it fails at a and moves to b.
+        // One answer too many: it fails at a and moves to b, its count of
+        // busy answers starting over there.
         q.busy(j, "a", "busy".into());
         let j = q.next("b", &stop).await.unwrap();
-        assert_eq!(j.meta.start.0, 2);
+        assert_eq!((j.meta.start.0, j.busy), (2, 0));
         assert!(j.tried[0].1.contains("busy 240 times"), "{:?}", j.tried);
+    }
+
+    #[test]
+    fn the_pause_after_busy_doubles_up_to_its_cap() {
+        assert_eq!(busy_pause(1), BUSY_PAUSE);
+        assert_eq!(busy_pause(2), BUSY_PAUSE * 2);
+        assert_eq!(busy_pause(5), BUSY_PAUSE * 16);
+        assert_eq!(busy_pause(6), BUSY_PAUSE_MAX);
+        assert_eq!(busy_pause(u32::MAX), BUSY_PAUSE_MAX);
     }
 
     #[tokio::test]

@@ -169,11 +169,11 @@ pub fn create(
                 // An earlier run's placeholder for other bytes: start over,
                 // without its progress.
                 let f = OpenOptions::new()
-                    .truncate(true)
                     .write(true)
                     .open(path)
                     .map_err(io_at(path))?;
-                let _ = xattr::FileExt::remove_xattr(&f, PROGRESS_XATTR);
+                forget_progress(&f, path)?;
+                f.set_len(0).map_err(io_at(path))?;
                 f
             }
             Err(e) => return Err(io_at(path)(e)),
@@ -559,6 +559,18 @@ impl Progress {
     }
 }
 
+/// Forgets a file's block progress before its bytes are dropped (truncated,
+/// or given a new length): first, so that a crash in between never leaves
+/// a durable bitmap over bytes that are gone. (ext4's journal keeps the
+/// two in order on a power cut too.)
+pub fn forget_progress(file: &File, path: &Path) -> Result<(), StoreError> {
+    match xattr::FileExt::remove_xattr(file, PROGRESS_XATTR) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+        Err(e) => Err(io_at(path)(e)),
+    }
+}
+
 pub fn read_progress(path: &Path) -> Result<Option<Progress>, StoreError> {
     match xattr::get(path, PROGRESS_XATTR) {
         Ok(v) => Ok(v.as_deref().and_then(Progress::decode)),
@@ -590,8 +602,8 @@ pub fn write_durable(
     file.sync_all().map_err(io_at(path))
 }
 
-/// Marks a filled segment complete on its file: the caller verified that
-/// the durable bytes hash to `meta.blake3`. The index append follows.
+/// Marks a filled segment complete on its file: every durable block was
+/// verified against `meta.blake3`. The index append follows.
 pub fn mark_complete(file: &File, path: &Path, meta: &SegmentMeta) -> Result<(), StoreError> {
     let complete = SegmentMeta {
         state: SegmentState::Complete,
@@ -647,7 +659,7 @@ pub fn outstanding(
 
 /// The segment as its file's own record has it, if that record says
 /// complete, for these bytes, and the file has their length: the install
-/// finished (records are marked complete only after the re-hash), and only
+/// finished (records are marked complete only once every block is verified and durable), and only
 /// its index append was lost.
 fn completed_on_file(store: &Store, s: &SegmentMeta) -> Option<SegmentMeta> {
     let path = segment_path(store, s);

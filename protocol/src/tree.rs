@@ -71,6 +71,22 @@ pub fn root_of(cvs: &[ChainingValue]) -> Option<blake3::Hash> {
     }
 }
 
+/// The block list of the same bytes in blocks `per` times larger (`per` a
+/// power of two), merged from a finer list: each larger block is a whole
+/// subtree of the smaller ones. As in [`block_cvs`], a list of one block
+/// holds the root hash.
+pub fn coarser(cvs: &[ChainingValue], per: usize) -> Vec<ChainingValue> {
+    if cvs.len() <= 1 || per <= 1 {
+        return cvs.to_vec();
+    }
+    if cvs.len() <= per {
+        return root_of(cvs)
+            .map(|h| vec![*h.as_bytes()])
+            .unwrap_or_default();
+    }
+    cvs.chunks(per).map(merge).collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {
@@ -159,6 +175,11 @@ impl VerifiedTree {
         self.cvs.len() as u32
     }
 
+    /// The checked block list.
+    pub fn cvs(&self) -> &[ChainingValue] {
+        &self.cvs
+    }
+
     pub fn block_size(&self) -> u32 {
         self.block_size
     }
@@ -214,6 +235,20 @@ mod tests {
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_coarser_list_merged_from_a_finer_one_is_the_list_of_larger_blocks() {
+        for len in [
+            0usize, 1, 1024, 4096, 4097, 9000, 16384, 16385, 40_000, 65536, 200_000,
+        ] {
+            let d = data(len);
+            let fine = block_cvs(&d, 1024);
+            for per in [1usize, 2, 4, 16, 64, 256] {
+                let size = 1024 * per as u32;
+                assert_eq!(coarser(&fine, per), block_cvs(&d, size), "len {len} x{per}");
+            }
+        }
     }
 
     #[test]

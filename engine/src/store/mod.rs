@@ -12,6 +12,7 @@ pub mod layout;
 pub mod log;
 pub mod media;
 pub mod native;
+pub mod outboard;
 pub mod pattern;
 pub mod segments;
 pub mod staging;
@@ -42,6 +43,16 @@ pub const MAX_SEGMENT_DURATION_US: u64 = 6 * 3600 * 1_000_000;
 /// hafill's state beside a recorder) that lacks its marker is refused, so
 /// an unmounted volume is never filled on the root filesystem; `hafill
 /// store init` ([`init`]) makes one.
+/// Where a server keeps its segments' block lists (see [`outboard`]): in
+/// the native store, or in hafill's state beside a recorder.
+pub fn outboards_of(config: &crate::config::Config) -> outboard::Outboards {
+    let dir = match config.recorder {
+        crate::config::RecorderConfig::Native => config.store.join("outboard"),
+        _ => config.state.join("outboard"),
+    };
+    outboard::Outboards::new(dir, config.retention_us.div_ceil(86_400_000_000))
+}
+
 pub fn open_recorder(
     config: &crate::config::Config,
     writer: bool,

@@ -158,6 +158,9 @@ impl FileSink {
             .open(&path)
             .map_err(io)?;
         if file.metadata().map_err(io)?.len() != len {
+            // Its bytes are not the ones its progress describes: that goes
+            // first.
+            crate::placeholder::forget_progress(&file, &path)?;
             file.set_len(len).map_err(io)?;
         }
         Ok(FileSink {

@@ -176,12 +176,14 @@ impl Staging {
             }
             let f = OpenOptions::new()
                 .create(true)
-                .truncate(true)
+                .truncate(false)
                 .write(true)
                 .open(&path)
                 .map_err(io_at(&path))?;
-            let _ = xattr::FileExt::remove_xattr(&f, PROGRESS_XATTR);
+            // An earlier reservation's progress goes before its bytes do.
+            placeholder::forget_progress(&f, &path)?;
             let _ = xattr::FileExt::remove_xattr(&f, NOTES_XATTR);
+            f.set_len(0).map_err(io_at(&path))?;
             if !placeholder::reserve_space(&f, &path, meta.len, opts.sparse)? && !opts.sparse {
                 unallocated.push((path.clone(), meta.len));
             }

@@ -107,8 +107,9 @@ pub trait Recorder: Send + Sync + std::fmt::Debug {
 
 /// Where a fetch puts one segment's verified blocks. The fetch writes each
 /// verified block into [`SegmentSink::file`] at its offset, syncs, and
-/// reports progress; when every block is durable and the whole file hashes
-/// to the source's BLAKE3, [`SegmentSink::install`] makes it the recorder's.
+/// reports progress; when every block (each verified against the source's
+/// BLAKE3 as it arrived) is durable, [`SegmentSink::install`] makes it the
+/// recorder's.
 pub trait SegmentSink: Send + Sync + std::fmt::Debug {
     /// The file the blocks are written into, at their offsets.
     fn file(&self) -> &Arc<File>;
@@ -128,7 +129,7 @@ pub trait SegmentSink: Send + Sync + std::fmt::Debug {
         true
     }
 
-    /// Every byte is durable and hashes to `meta.blake3`: install the
+    /// Every byte is durable and verified against `meta.blake3`: install the
     /// segment where the recorder and its players see it. Returns the
     /// segment as installed.
     fn install(&self, meta: &SegmentMeta) -> Result<SegmentMeta, StoreError>;

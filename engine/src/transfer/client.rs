@@ -21,6 +21,7 @@ use crate::identity::Identity;
 use crate::io::DiskWriter;
 use crate::placeholder::Progress;
 use crate::segment::SegmentMeta;
+use crate::store::outboard::Outboards;
 use crate::store::traits::{SegmentSink, UNKNOWN_HASH};
 use crate::store::StoreError;
 use crate::throttle::governor::Rates;
@@ -252,6 +253,9 @@ pub struct FetchContext {
     /// blocks verified as they arrived are the proof, and no byte is
     /// hashed twice.
     pub readback: bool,
+    /// Where each segment's block list is kept once it arrived (see
+    /// `store::outboard`).
+    pub outboards: Option<Arc<Outboards>>,
 }
 
 /// The default of [`FetchContext::stall`].
@@ -318,9 +322,10 @@ pub async fn fetch_segment(
         Some(p) if p.blocks as u64 == block_count(meta.len, p.block_size) => p,
         _ => Progress::new(ctx.block_size, block_count(meta.len, ctx.block_size) as u32),
     };
+    let mut tree = None;
     if !progress.missing_ranges().is_empty() || meta.blake3 == UNKNOWN_HASH {
         let fetch = BlockFetch::new(progress, ctx.window);
-        progress = receive_blocks(
+        let (p, t) = receive_blocks(
             ctx,
             conn,
             wire_camera,
@@ -330,8 +335,26 @@ pub async fn fetch_segment(
             leave_early,
         )
         .await?;
+        (progress, tree) = (p, Some(t));
     }
-    finish(sink, &meta, progress, ctx.readback).await
+    let done = finish(sink.clone(), &meta, progress, ctx.readback).await?;
+    // Its block list, checked as it arrived, is kept: serving it later
+    // needs no hashing pass.
+    if let (Some(ob), Some(tree)) = (ctx.outboards.clone(), tree) {
+        let m = done.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(md) = sink.file().metadata() {
+                ob.put(
+                    &m,
+                    tree.block_size(),
+                    tree.cvs(),
+                    crate::state::mtime_ns(&md),
+                );
+            }
+        })
+        .await;
+    }
+    Ok(done)
 }
 
 /// Asks for the blocks `fetch` lacks, verifies and writes each as it
@@ -345,7 +368,7 @@ async fn receive_blocks(
     meta: &mut SegmentMeta,
     mut fetch: BlockFetch,
     leave_early: &(dyn Fn() -> bool + Sync),
-) -> Result<Progress, FetchError> {
+) -> Result<(Progress, Arc<VerifiedTree>), FetchError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
@@ -500,7 +523,7 @@ async fn receive_blocks(
     // so at most the window is fetched again.)
     ctx.writer.sync_data(file.clone()).await?;
     fetch.handle_synced();
-    Ok(fetch.into_progress())
+    Ok((fetch.into_progress(), tree))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

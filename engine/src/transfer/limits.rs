@@ -4,11 +4,11 @@
 //! acknowledging its last byte; past [`FETCHES_PER_PEER`] for one peer, or
 //! [`FETCHES_IN_ALL`] for every peer together, a fetch is answered `Busy`
 //! and the peer asks again later. Bytes read from disk wait for room in
-//! [`READ_BUDGET`] before they are read, and give it back once QUIC has
-//! them; QUIC then holds at most [`SEND_WINDOW`] unacknowledged bytes per
-//! connection. So the serving side's memory for fetches is bounded by
-//! `FETCHES_IN_ALL x SEND_WINDOW + READ_BUDGET` (192 MiB), with no whole
-//! segment ever read into memory.
+//! [`READ_BUDGET`] (one peer may take half of it) before they are read,
+//! and give it back once QUIC has them; QUIC then holds at most
+//! [`SEND_WINDOW`] unacknowledged bytes per connection. So the serving
+//! side's memory for fetches is bounded by `FETCHES_IN_ALL x SEND_WINDOW +
+//! READ_BUDGET` (192 MiB), with no whole segment ever read into memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,16 @@ pub struct ServeLimits {
     fetches: Mutex<Fetches>,
     read: Arc<Semaphore>,
     read_budget: u32,
+    /// Each peer's half of the read budget, so that one peer on a slow
+    /// link cannot hold all of it.
+    peer_read: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// Room taken in the read budget for one read, until QUIC has its bytes.
+#[derive(Debug)]
+pub struct ReadRoom {
+    _peer: OwnedSemaphorePermit,
+    _all: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +68,7 @@ impl ServeLimits {
             fetches: Mutex::new(Fetches::default()),
             read: Arc::new(Semaphore::new(read_budget.max(1) as usize)),
             read_budget: read_budget.max(1),
+            peer_read: Mutex::new(HashMap::new()),
         }
     }
 
@@ -89,13 +100,27 @@ impl ServeLimits {
         })
     }
 
-    /// Waits for room to read `n` bytes (at most the whole budget).
-    pub async fn read_room(&self, n: u64) -> OwnedSemaphorePermit {
-        let n = n.clamp(1, self.read_budget as u64) as u32;
-        match self.read.clone().acquire_many_owned(n).await {
-            Ok(p) => p,
-            // The semaphore is never closed.
-            Err(_) => unreachable!("the read budget is never closed"),
+    /// Waits for room to read `n` bytes for `peer` (at most its half of
+    /// the budget).
+    pub async fn read_room(&self, peer: &str, n: u64) -> ReadRoom {
+        let share = (self.read_budget / 2).max(1);
+        let n = n.clamp(1, share as u64) as u32;
+        let mine = {
+            let mut m = self.peer_read.lock().unwrap_or_else(|p| p.into_inner());
+            m.entry(peer.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(share as usize)))
+                .clone()
+        };
+        // Neither semaphore is ever closed.
+        let Ok(peer_room) = mine.acquire_many_owned(n).await else {
+            unreachable!("a read budget is never closed")
+        };
+        let Ok(all_room) = self.read.clone().acquire_many_owned(n).await else {
+            unreachable!("the read budget is never closed")
+        };
+        ReadRoom {
+            _peer: peer_room,
+            _all: all_room,
         }
     }
 
@@ -144,16 +169,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_wait_for_room_in_the_budget() {
-        let l = ServeLimits::new(1, 1, 4 << 20);
-        let first = l.read_room(3 << 20).await;
-        // More than the whole budget asks for the whole budget.
+    async fn reads_wait_for_room_and_one_peer_takes_half_the_budget() {
         use futures::FutureExt;
-        assert!(
-            l.read_room(u64::MAX).now_or_never().is_none(),
-            "a read past the budget went ahead"
-        );
-        drop(first);
-        let _all = l.read_room(u64::MAX).await;
+        let l = ServeLimits::new(4, 4, 8 << 20);
+        let a1 = l.read_room("a", 3 << 20).await;
+        // a's half is 4 MiB: 2 more MiB do not fit, b's do.
+        assert!(l.read_room("a", 2 << 20).now_or_never().is_none());
+        let b1 = l.read_room("b", 3 << 20).await;
+        // 6 of 8 MiB taken: b's next 3 MiB wait for the whole budget.
+        assert!(l.read_room("b", 1 << 20).now_or_never().is_some());
+        assert!(l.read_room("c", 3 << 20).now_or_never().is_none());
+        drop((a1, b1));
+        // More than a peer's half asks for the half.
+        let _all = l.read_room("a", u64::MAX).await;
+        assert!(l.read_room("a", 1).now_or_never().is_none());
     }
 }

@@ -14,12 +14,13 @@ use hafill_protocol::{
 use rayon::prelude::*;
 use tokio::sync::mpsc;
 
-use super::limits::ServeLimits;
+use super::limits::{ReadRoom, ServeLimits};
 use super::{read_message, write_block, write_message, TransferError, MAX_REQUEST_FRAME};
 use crate::camera::CameraId;
 use crate::config::Config;
 use crate::identity::id_of_cert;
 use crate::segment::SegmentState;
+use crate::store::outboard::Outboards;
 use crate::store::traits::{Recorder, UNKNOWN_HASH};
 use crate::units::Timestamp;
 
@@ -34,6 +35,8 @@ pub struct ServerState {
     pub open: std::sync::Mutex<HashMap<String, usize>>,
     /// Fetch slots and the read budget (see `limits`).
     pub limits: Arc<ServeLimits>,
+    /// The segments' kept block lists (see `store::outboard`).
+    pub outboards: Arc<Outboards>,
     /// Only `hafill sim hostile`: how this server lies when asked for a
     /// segment. None for every real server.
     pub hook: Option<Arc<dyn FetchHook>>,
@@ -45,12 +48,15 @@ impl ServerState {
         recorder: Arc<dyn Recorder>,
         peers: Arc<HashMap<String, String>>,
     ) -> Self {
+        let outboards = Arc::new(crate::store::outboards_of(&config));
         ServerState {
             config,
             recorder,
             peers,
             open: std::sync::Mutex::new(HashMap::new()),
             limits: Arc::new(ServeLimits::default()),
+            outboards,
+
             hook: None,
         }
     }
@@ -447,6 +453,12 @@ async fn fetch(
         )
         .await;
     }
+    // A slot for this fetch, or `Busy` (before any work): it holds until
+    // the peer has every byte (see `limits`).
+    let _slot = match state.limits.fetch_slot(peer) {
+        Ok(slot) => slot,
+        Err(why) => return send_error(send, ErrorCode::Busy, why).await,
+    };
     let start = Timestamp(start_us);
     let found = {
         let st = state.clone();
@@ -467,19 +479,12 @@ async fn fetch(
         }
         Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
     };
-    // A slot for this fetch, or `Busy`: it holds until the peer has every
-    // byte (see `limits`).
-    let _slot = match state.limits.fetch_slot(peer) {
-        Ok(slot) => slot,
-        Err(why) => return send_error(send, ErrorCode::Busy, why).await,
-    };
     let n_blocks = block_count(meta.len, block_size);
-    // The block list, hashed from the file in pieces under the read
-    // budget; a file that no longer matches its own record is refused. A
-    // recorder's file not hashed before is hashed now, once: the adapter
-    // keeps its BLAKE3.
     let file = Arc::new(file);
-    let on_disk = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let (on_disk, mtime_ns) = match file.metadata() {
+        Ok(m) => (m.len(), crate::state::mtime_ns(&m)),
+        Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
+    };
     if on_disk != meta.len {
         let msg = format!(
             "{camera} {start}: {on_disk} bytes on disk, expected {}",
@@ -487,26 +492,52 @@ async fn fetch(
         );
         return send_error(send, ErrorCode::SourceDamaged, msg).await;
     }
-    let mut cvs = match block_cvs_of_file(&state.limits, &file, meta.len, block_size).await {
-        Ok(cvs) => cvs,
-        Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
+    // The block list: kept since the segment was first hashed (see
+    // `store::outboard`), else hashed from the file now, in pieces under
+    // the read budget, and kept. A file that no longer matches its own
+    // record is refused. A recorder's file not hashed before is hashed
+    // now, once: the adapter keeps its BLAKE3.
+    let kept = {
+        let (ob, m) = (state.outboards.clone(), meta.clone());
+        tokio::task::spawn_blocking(move || ob.get(&m, block_size, mtime_ns))
+            .await
+            .ok()
+            .flatten()
     };
-    let root = tree::root_of(&cvs).unwrap_or(UNKNOWN_HASH);
-    if meta.blake3 == UNKNOWN_HASH {
-        let (st, m) = (state.clone(), meta.clone());
-        let _ = tokio::task::spawn_blocking(move || st.recorder.note_hash(&m, root)).await;
-        meta.blake3 = root;
-    } else if root != meta.blake3 {
-        tracing::error!(%camera, %start, "source segment does not match its BLAKE3; not serving it");
-        let msg = format!("{camera} {start}: file on disk does not match its BLAKE3");
-        return send_error(send, ErrorCode::SourceDamaged, msg).await;
-    }
+    let mut cvs = match kept {
+        Some(cvs) => {
+            tracing::debug!(%camera, %start, "block list: kept");
+            cvs
+        }
+        None => {
+            tracing::debug!(%camera, %start, "block list: hashing the file");
+            let cvs = match block_cvs_of_file(state, peer, &file, meta.len, block_size).await {
+                Ok(cvs) => cvs,
+                Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
+            };
+            let root = tree::root_of(&cvs).unwrap_or(UNKNOWN_HASH);
+            if meta.blake3 == UNKNOWN_HASH {
+                let (st, m) = (state.clone(), meta.clone());
+                let _ = tokio::task::spawn_blocking(move || st.recorder.note_hash(&m, root)).await;
+                meta.blake3 = root;
+            } else if root != meta.blake3 {
+                tracing::error!(%camera, %start, "source segment does not match its BLAKE3; not serving it");
+                let msg = format!("{camera} {start}: file on disk does not match its BLAKE3");
+                return send_error(send, ErrorCode::SourceDamaged, msg).await;
+            }
+            let (ob, m, c) = (state.outboards.clone(), meta.clone(), cvs.clone());
+            let _ = tokio::task::spawn_blocking(move || ob.put(&m, block_size, &c, mtime_ns)).await;
+            cvs
+        }
+    };
     let hook = state.hook.clone();
     let mut len = meta.len;
     if let Some(h) = &hook {
         if let Some(bytes) = h.instead_of_header() {
             send.write_all(&bytes).await?;
-            std::future::pending::<()>().await;
+            // Hangs until the peer gives up on the stream.
+            let _ = send.stopped().await;
+            return Ok(());
         }
         h.header(&mut len, &mut cvs);
     }
@@ -516,9 +547,10 @@ async fn fetch(
         block_size,
         cvs,
     };
-    write_message(send, &header).await?;
+    send_within_stall(send, message_chunks(&header)).await?;
     if hook.as_ref().is_some_and(|h| h.hang_after_header()) {
-        std::future::pending::<()>().await;
+        let _ = send.stopped().await;
+        return Ok(());
     }
 
     let wanted: Vec<u32> = if ranges.is_empty() {
@@ -530,17 +562,21 @@ async fn fetch(
             .filter(|i| (*i as u64) < n_blocks)
             .collect()
     };
-    // Blocks are read from disk (each once room is free in the read
-    // budget) and compressed a couple ahead of the network, and handed to
-    // QUIC without copying; the room is given back once QUIC has them.
-    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes, ReadRoom), String>>(2);
-    let (limits, reading) = (state.limits.clone(), file.clone());
+    // Blocks are read from disk (each once it has a place in the queue and
+    // room in the read budget) and compressed one ahead of the network,
+    // and handed to QUIC without copying; the room is given back once QUIC
+    // has them.
+    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes, ReadRoom), String>>(1);
+    let (st, reading, asker) = (state.clone(), file.clone(), peer.to_string());
     let len = meta.len;
     tokio::spawn(async move {
         for i in wanted {
+            let Ok(place) = tx.reserve().await else {
+                break;
+            };
             let off = i as u64 * block_size as u64;
             let n = (len - off.min(len)).min(block_size as u64) as usize;
-            let room = limits.read_room(n as u64).await;
+            let room = st.limits.read_room(&asker, n as u64).await;
             let f = reading.clone();
             let read = tokio::task::spawn_blocking(move || {
                 let mut buf = vec![0u8; n];
@@ -551,7 +587,8 @@ async fn fetch(
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
             let failed = read.is_err();
-            if tx.send(read.map(|(h, d)| (h, d, room))).await.is_err() || failed {
+            place.send(read.map(|(h, d)| (h, d, room)));
+            if failed {
                 break;
             }
         }
@@ -581,7 +618,7 @@ async fn fetch(
                         }
                     }
                 }
-                write_within_stall(send, header, data).await?
+                send_within_stall(send, block_chunks(header, data)).await?
             }
             Err(e) => return send_error(send, ErrorCode::Internal, e).await,
         }
@@ -591,7 +628,7 @@ async fn fetch(
             write_block(send, header, data).await?;
         }
     }
-    write_message(send, &Message::FetchEnd).await?;
+    send_within_stall(send, message_chunks(&Message::FetchEnd)).await?;
     send.finish()?;
     // The slot is held until the peer has every byte: until then QUIC
     // keeps them. A peer that takes no more within the stall time gets
@@ -605,24 +642,23 @@ async fn fetch(
     Ok(())
 }
 
-/// Room taken in the read budget for one block, until QUIC has it.
-type ReadRoom = tokio::sync::OwnedSemaphorePermit;
+/// Longest the serving side waits for a peer to take more of a fetch
+/// (credit for one more frame, or the acknowledgement of the last bytes):
+/// a peer that stops reading would otherwise hold its fetch slot, its
+/// share of the read budget and QUIC's buffer for ever. Below a
+/// receiver's default stall timeout (30 s), so that fetches waiting for
+/// that room are not taken for stalled by their own receivers.
+const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Longest the serving side waits for a peer to take more of a fetch (to
-/// give QUIC credit for one more block, or acknowledge the last bytes):
-/// a peer that stops reading would hold its fetch slot and QUIC's buffer
-/// for ever.
-const SEND_STALL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Writes one block within [`SEND_STALL`]; past it the stream is reset,
-/// and what QUIC held for it is freed.
-async fn write_within_stall(
+/// Writes `chunks` on `send` within [`SEND_STALL`]; past it the stream is
+/// reset, and what QUIC held for it is freed.
+async fn send_within_stall(
     send: &mut quinn::SendStream,
-    header: BlockHeader,
-    data: Bytes,
+    mut chunks: Vec<Bytes>,
 ) -> Result<(), TransferError> {
-    match tokio::time::timeout(SEND_STALL, write_block(send, header, data)).await {
-        Ok(r) => r,
+    let written = tokio::time::timeout(SEND_STALL, send.write_all_chunks(&mut chunks)).await;
+    match written {
+        Ok(r) => Ok(r?),
         Err(_) => {
             let _ = send.reset(0u32.into());
             Err(TransferError::Stalled(SEND_STALL))
@@ -630,15 +666,24 @@ async fn write_within_stall(
     }
 }
 
+fn message_chunks(m: &Message) -> Vec<Bytes> {
+    vec![Bytes::from(m.to_frame())]
+}
+
+fn block_chunks(header: BlockHeader, data: Bytes) -> Vec<Bytes> {
+    vec![Bytes::copy_from_slice(&header.encode()), data]
+}
+
 /// Bytes of a file hashed per piece of the block-list pass: each piece is
 /// read under the read budget, and its blocks hashed in parallel.
-const HASH_PIECE: u64 = 8 << 20;
+const HASH_PIECE: u64 = 4 << 20;
 
 /// Chaining values of every block of a file: read in pieces of about
 /// [`HASH_PIECE`] (whole blocks), each under the read budget, and each
 /// piece's blocks hashed in parallel.
 async fn block_cvs_of_file(
-    limits: &ServeLimits,
+    state: &ServerState,
+    peer: &str,
     file: &Arc<File>,
     len: u64,
     block_size: u32,
@@ -651,7 +696,7 @@ async fn block_cvs_of_file(
         let count = per_piece.min(n - first);
         let off = first * block_size as u64;
         let bytes = (count * block_size as u64).min(len - off) as usize;
-        let _room = limits.read_room(bytes as u64).await;
+        let _room = state.limits.read_room(peer, bytes as u64).await;
         let f = file.clone();
         let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<[u8; 32]>> {
             let mut buf = vec![0u8; bytes];

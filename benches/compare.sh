@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# hafill backfill vs rsync -a over ssh, on loopback, in one run.
+# hafill backfill vs rsync -a over ssh and vs a plain local copy (the
+# ceiling), on loopback, in one run.
 #
 # Data: SIZE_GB (default 2.2) of synthetic 4 Mbit/s recordings in 60-second
 # segments, and the same span of the same cameras in 10-second segments.
@@ -11,6 +12,15 @@
 # counts; rsync's ends with its copy still in the page cache. So the script
 # also times rsync followed by `sync` (its copy on disk too), and prints
 # the ratio against both.
+#
+# The ceiling: `cp -r` of the same segment tree to a fresh folder, then
+# `sync`, from a cold cache: the same bytes made durable on the same disk,
+# with no network, no crypto and no hashing.
+#
+# CPU: for each run, the machine's busy CPU time (user, nice, system, irq,
+# softirq in /proc/stat) over the run, per GB moved: both ends of each
+# tool together, with the kernel's work for them (and anything else that
+# ran meanwhile; the script waits for a quiet spell first).
 #
 # ROUNDS (default 3): each round runs both tools on both sets, taking
 # turns; the last lines are the medians over the rounds. LOGS=DIR keeps
@@ -65,6 +75,9 @@ drop_caches() {
   wait_for_quiet 3 30 >/dev/null
 }
 
+# Busy CPU seconds of the whole machine so far.
+busy_cpu() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / { print ($2 + $3 + $4 + $7 + $8) / hz }' /proc/stat; }
+
 config() { # dir name port peer peer_port peer_id
   cat > "$1/hafill.toml" <<CFG
 [server]
@@ -102,15 +115,15 @@ make_set() { # segment length: rs01 holds the recording, rs02 is configured
   find "$set/rs01/store/segments" -name '*.seg' | wc -l > "$set/files"
 }
 
-run_hafill() { # segment length -> appends "bytes seconds steal%" to set/hafill.runs
+run_hafill() { # segment length -> appends "bytes seconds steal% cpu_seconds" to set/hafill.runs
   local set=$work/set-$1
   rm -rf "$set/rs02/store"
   "$hafill" store init --store "$set/rs02/store" >/dev/null
   HAFILL_LOG=warn "$hafill" serve --no-scrub --config "$set/rs01/hafill.toml" & local sp=$!
   sleep 0.5
   drop_caches
-  local a b out
-  a=$(cpu_times)
+  local a b out c0 c1
+  a=$(cpu_times); c0=$(busy_cpu)
   if [ -n "${LOGS:-}" ]; then
     mkdir -p "$LOGS"
     out=$(HAFILL_LOG=debug "$hafill" backfill --config "$set/rs02/hafill.toml" --since "$from" --json ${HAFILL_ARGS:-} \
@@ -118,44 +131,63 @@ run_hafill() { # segment length -> appends "bytes seconds steal%" to set/hafill.
   else
     out=$(HAFILL_LOG=warn "$hafill" backfill --config "$set/rs02/hafill.toml" --since "$from" --json ${HAFILL_ARGS:-})
   fi
-  b=$(cpu_times)
+  b=$(cpu_times); c1=$(busy_cpu)
   kill $sp; wait $sp 2>/dev/null || true
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["bytes"], d["seconds"], sys.argv[2])' "$out" "$(steal_pct "$a" "$b")" >> "$set/hafill.runs"
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["bytes"], d["seconds"], sys.argv[2], float(sys.argv[4]) - float(sys.argv[3]))' "$out" "$(steal_pct "$a" "$b")" "$c0" "$c1" >> "$set/hafill.runs"
 }
 
-run_rsync() { # segment length -> appends "seconds seconds-with-sync steal%" to set/rsync.runs
+run_rsync() { # segment length -> appends "seconds seconds-with-sync steal% cpu_seconds" to set/rsync.runs
   local set=$work/set-$1
   rm -rf "$set/rsync-dst" && mkdir -p "$set/rsync-dst"
   drop_caches
-  local t0 t1 t2 a b
-  a=$(cpu_times)
+  local t0 t1 t2 a b c0 c1
+  a=$(cpu_times); c0=$(busy_cpu)
   t0=$(date +%s.%N)
   rsync -a -e "$ssh_cmd" "$set/rs01/store/segments/" "root@127.0.0.1:$set/rsync-dst/"
   t1=$(date +%s.%N)
   b=$(cpu_times)
   sync
-  t2=$(date +%s.%N)
-  python3 -c "print($t1 - $t0, $t2 - $t0, $(steal_pct "$a" "$b"))" >> "$set/rsync.runs"
+  t2=$(date +%s.%N); c1=$(busy_cpu)
+  python3 -c "print($t1 - $t0, $t2 - $t0, $(steal_pct "$a" "$b"), $c1 - $c0)" >> "$set/rsync.runs"
   rm -rf "$set/rsync-dst"
 }
 
-echo "hafill vs rsync -a over ssh on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s, $rounds rounds"
+run_copy() { # segment length -> appends "seconds cpu_seconds" to set/copy.runs
+  local set=$work/set-$1
+  rm -rf "$set/copy-dst"
+  drop_caches
+  local t0 t1 c0 c1
+  c0=$(busy_cpu); t0=$(date +%s.%N)
+  cp -r "$set/rs01/store/segments" "$set/copy-dst"
+  sync
+  t1=$(date +%s.%N); c1=$(busy_cpu)
+  python3 -c "print($t1 - $t0, $c1 - $c0)" >> "$set/copy.runs"
+  rm -rf "$set/copy-dst"
+}
+
+echo "hafill vs rsync -a over ssh and cp -r on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s, $rounds rounds"
 for seg in 60s 10s; do make_set $seg; done
 # The tools take turns, round after round, so that a slow spell of the
 # machine (this VM's disk writes vary 300-1,400 MB/s from minute to minute)
 # falls on both; the summary compares medians.
 for r in $(seq "$rounds"); do
   for seg in 60s 10s; do
-    if [ $((r % 2)) -eq 1 ]; then run_hafill $seg; run_rsync $seg; else run_rsync $seg; run_hafill $seg; fi
+    case $((r % 3)) in
+      1) run_hafill $seg; run_rsync $seg; run_copy $seg ;;
+      2) run_rsync $seg; run_copy $seg; run_hafill $seg ;;
+      0) run_copy $seg; run_hafill $seg; run_rsync $seg ;;
+    esac
     python3 - "$work/set-$seg" "$seg" "$r" <<'PY'
 import sys
 d, seg, r = sys.argv[1], sys.argv[2], sys.argv[3]
 total = int(open(f"{d}/bytes").read())
-hb, hs, hsteal = open(f"{d}/hafill.runs").read().split("\n")[-2].split()
-rs, rd, rsteal = map(float, open(f"{d}/rsync.runs").read().split("\n")[-2].split())
+gb = total / 1e9
+hb, hs, hsteal, hc = open(f"{d}/hafill.runs").read().split("\n")[-2].split()
+rs, rd, rsteal, rc = map(float, open(f"{d}/rsync.runs").read().split("\n")[-2].split())
+cs, cc = map(float, open(f"{d}/copy.runs").read().split("\n")[-2].split())
 assert int(hb) == total, f"hafill moved {hb} bytes, set holds {total}"
-h, r_, d_ = total / float(hs) / 2**20, total / rs / 2**20, total / rd / 2**20
-print(f"round {r} {seg:>4}: hafill {float(hs):6.2f} s {h:6.1f} MiB/s (steal {float(hsteal):.1f}%) | rsync+ssh {rs:6.2f} s {r_:6.1f} MiB/s (steal {rsteal:.1f}%) ({h/r_:.2f}x) | rsync+ssh then sync {rd:6.2f} s {d_:6.1f} MiB/s ({h/d_:.2f}x)")
+h, r_, d_, c_ = total / float(hs) / 2**20, total / rs / 2**20, total / rd / 2**20, total / cs / 2**20
+print(f"round {r} {seg:>4}: hafill {float(hs):6.2f} s {h:6.1f} MiB/s {float(hc)/gb:.2f} CPU s/GB (steal {float(hsteal):.1f}%) | rsync+ssh {rs:6.2f} s {r_:6.1f} MiB/s (steal {rsteal:.1f}%) ({h/r_:.2f}x) | rsync+ssh then sync {rd:6.2f} s {d_:6.1f} MiB/s {rc/gb:.2f} CPU s/GB ({h/d_:.2f}x) | cp -r then sync {cs:6.2f} s {c_:6.1f} MiB/s {cc/gb:.2f} CPU s/GB ({h/c_:.2f}x)")
 PY
   done
 done
@@ -166,10 +198,16 @@ rate = {}
 for seg in ("60s", "10s"):
     d = f"{work}/set-{seg}"
     total, files = int(open(f"{d}/bytes").read()), int(open(f"{d}/files").read())
-    h = st.median(total / float(l.split()[1]) / 2**20 for l in open(f"{d}/hafill.runs") if l.strip())
-    r = st.median(total / float(l.split()[0]) / 2**20 for l in open(f"{d}/rsync.runs") if l.strip())
-    s = st.median(total / float(l.split()[1]) / 2**20 for l in open(f"{d}/rsync.runs") if l.strip())
+    runs = lambda tool: [l.split() for l in open(f"{d}/{tool}.runs") if l.strip()]
+    gb = total / 1e9
+    h = st.median(total / float(l[1]) / 2**20 for l in runs("hafill"))
+    hc = st.median(float(l[3]) / gb for l in runs("hafill"))
+    r = st.median(total / float(l[0]) / 2**20 for l in runs("rsync"))
+    s = st.median(total / float(l[1]) / 2**20 for l in runs("rsync"))
+    rc = st.median(float(l[3]) / gb for l in runs("rsync"))
+    c = st.median(total / float(l[0]) / 2**20 for l in runs("copy"))
+    cc = st.median(float(l[1]) / gb for l in runs("copy"))
     rate[seg] = h
-    print(f"median {seg:>4} ({files} files, {total/2**30:.2f} GiB): hafill {h:6.1f} MiB/s | rsync+ssh {r:6.1f} MiB/s, ratio {h/r:.2f}x | rsync+ssh then sync {s:6.1f} MiB/s, ratio {h/s:.2f}x")
+    print(f"median {seg:>4} ({files} files, {total/2**30:.2f} GiB): hafill {h:6.1f} MiB/s, {hc:.2f} CPU s/GB | rsync+ssh {r:6.1f} MiB/s, ratio {h/r:.2f}x | rsync+ssh then sync {s:6.1f} MiB/s, {rc:.2f} CPU s/GB, ratio {h/s:.2f}x | cp -r then sync (ceiling) {c:6.1f} MiB/s, {cc:.2f} CPU s/GB, ratio {h/c:.2f}")
 print(f"10-second set rate / 60-second set rate (hafill, medians): {rate['10s']/rate['60s']:.2f}")
 PY

@@ -8,6 +8,11 @@
 # recordings in 60-second segments (about 2.2 GB); rs02 holds nothing and
 # backfills all of it from rs01 with HAFILL_ARGS (default: none).
 #
+# LISTS=cold (the default) removes rs01's kept block lists before every
+# run, so each segment is hashed as it is first served, as in a backfill
+# of a recorder's own segments; LISTS=kept keeps them from run to run, as
+# when segments are served again (to another peer, or backfilled ones).
+#
 # One build, or two taking turns (BUILDS="old=/path/a new=/path/b"), ROUNDS
 # (default 3) each; the last lines are the medians per build.
 #
@@ -67,6 +72,7 @@ cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1
 run() { # label binary -> appends "label bytes seconds serve_cpu backfill_cpu serve_hwm_kib"
     local label=$1 bin=$2
     rm -rf "$work/rs02/store"
+    [ "${LISTS:-cold}" = kept ] || rm -rf "$work/rs01/store/outboard"
     "$bin" store init --store "$work/rs02/store" >/dev/null
     HAFILL_LOG=warn "$bin" serve --no-scrub --cpu normal --config "$work/rs01/hafill.toml" & local sp=$!
     sleep 0.5
@@ -91,7 +97,7 @@ PY
     tail -1 "$work/runs" | awk '{ gb = $2 / 1e9; printf "%-6s %.2f GB in %.2f s, %6.1f MiB/s | CPU per GB: serve %.2f s, backfill %.2f s, both %.2f s | serve peak %d MiB\n", $1, gb, $3, $2 / $3 / 1048576, $4 / gb, $5 / gb, ($4 + $5) / gb, $6 / 1024 }'
 }
 
-echo "backfill cost on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s in 60 s segments, $rounds rounds"
+echo "backfill cost on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s in 60 s segments, $rounds rounds, block lists ${LISTS:-cold}"
 for r in $(seq "$rounds"); do
     # Builds take turns, in a different order each round.
     builds=($BUILDS)

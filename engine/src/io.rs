@@ -173,6 +173,30 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
     Ok(())
 }
 
+/// `n` bytes of `file` at `offset`, read into a new buffer that is not
+/// zeroed first (the kernel fills it): a block read to be sent.
+pub fn read_new_at(file: &File, n: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(n);
+    while buf.len() < n {
+        let at = offset + buf.len() as u64;
+        let got = loop {
+            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => break r?,
+            }
+        };
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} of {n} bytes at {offset}: the file ends", buf.len()),
+            ));
+        }
+    }
+    // (A buffer given more room than asked may have read past `n`.)
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// The BLAKE3 of a file's bytes as its device holds them (`hafill
 /// backfill --verify-readback`): read with `O_DIRECT`, past the page cache,
 /// through a second open of the same file (`/proc/self/fd`). Where that is
@@ -310,6 +334,22 @@ fn uring_thread(mut rx: mpsc::Receiver<Op>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_buffer_read_holds_the_bytes_and_a_read_past_the_end_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = File::open(&p).unwrap();
+        assert_eq!(
+            read_new_at(&f, 70_000, 20_000).unwrap(),
+            &data[20_000..90_000]
+        );
+        assert_eq!(read_new_at(&f, 0, 5).unwrap(), b"");
+        let e = read_new_at(&f, 20_000, 90_000).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
 
     #[test]
     fn a_file_read_back_from_its_device_hashes_to_its_bytes() {

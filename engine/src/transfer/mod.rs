@@ -308,8 +308,16 @@ pub async fn read_incoming(
         let mut h = [0u8; 9];
         recv.read_exact(&mut h).await?;
         let header = BlockHeader::decode(n, &h)?;
-        let mut data = vec![0u8; header.data_len as usize];
-        recv.read_exact(&mut data).await?;
+        // QUIC's chunks appended as they come: one copy, no zeroing first.
+        let len = header.data_len as usize;
+        let mut data = Vec::with_capacity(len);
+        while data.len() < len {
+            match recv.read_chunk(len - data.len(), true).await {
+                Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(quinn::ReadExactError::FinishedEarly(data.len()).into()),
+                Err(e) => return Err(quinn::ReadExactError::ReadError(e).into()),
+            }
+        }
         return Ok(Some(Incoming::Block(header, data)));
     }
     let mut body = vec![0u8; n - 1];

@@ -579,9 +579,8 @@ async fn fetch(
             let room = st.limits.read_room(&asker, n as u64).await;
             let f = reading.clone();
             let read = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0u8; n];
-                crate::io::read_exact_at(&f, &mut buf, off)
-                    .map(|_| encode_block(i, Bytes::from(buf), compression))
+                crate::io::read_new_at(&f, n, off)
+                    .map(|buf| encode_block(i, Bytes::from(buf), compression))
                     .map_err(|e| e.to_string())
             })
             .await
@@ -699,8 +698,7 @@ async fn block_cvs_of_file(
         let _room = state.limits.read_room(peer, bytes as u64).await;
         let f = file.clone();
         let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<[u8; 32]>> {
-            let mut buf = vec![0u8; bytes];
-            crate::io::read_exact_at(&f, &mut buf, off)?;
+            let buf = crate::io::read_new_at(&f, bytes, off)?;
             if n == 1 {
                 return Ok(vec![*blake3::hash(&buf).as_bytes()]);
             }

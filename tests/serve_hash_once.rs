@@ -79,3 +79,88 @@ fn a_segment_is_hashed_once_to_serve_it_and_its_receiver_serves_it_unhashed() {
     assert_eq!(count(&log, "block list: kept"), 8, "{log}");
     assert_eq!(file_hashes(&a), file_hashes(&d));
 }
+
+/// A file whose bytes changed after its block list was kept, with its
+/// length and modification time as they were (rot on the disk, a restore
+/// that kept its time), is refused as damaged by the serving side, which
+/// checks each block against the kept list as it reads it: the receiver
+/// fails that one segment and does not cut the honest server off.
+#[test]
+fn a_file_that_rotted_after_its_list_was_kept_is_refused_and_its_server_not_cut_off() {
+    let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
+    let t0 = base_time();
+    let (a, b, d) = (
+        c.server("rs01").store(),
+        c.server("rs02").store(),
+        c.server("rs03").store(),
+    );
+    sim_record(&a, 2, "1Mbit", "60s", t0, t0 + 300, 5);
+    sim_record(&b, 2, "1Mbit", "60s", t0, t0 + 60, 5);
+    sim_record(&d, 2, "1Mbit", "60s", t0, t0 + 60, 5);
+    c.serve("rs01");
+    let cfg = |n: &str| p(&c.server(n).config()).to_string();
+    let first = json(&[
+        "backfill",
+        "--config",
+        &cfg("rs02"),
+        "--json",
+        "--from",
+        "rs01",
+    ]);
+    assert_eq!(first["segments"], 8, "{first:#}");
+    assert_eq!(kept(&a), 8);
+
+    // One byte of cam-0002's segment at t0 + 180 s flips; length and
+    // modification time stay.
+    let start = rfc3339(t0 + 180);
+    let name = start.replace(['-', ':'], "").replace('Z', ".000000Z.seg");
+    let path = a
+        .join("segments/cam-0002")
+        .join(&start[..10])
+        .join(&start[11..13])
+        .join(&name);
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100_000] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+
+    for round in ["kept list", "hashing pass"] {
+        let out = run(&[
+            "backfill",
+            "--config",
+            &cfg("rs03"),
+            "--json",
+            "--from",
+            "rs01",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{round}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let failed = report["failed"].as_array().unwrap();
+        assert_eq!(failed.len(), 1, "{round}: {report:#}");
+        assert_eq!(failed[0]["camera"], "cam-0002", "{round}: {report:#}");
+        assert!(
+            failed[0]["reason"].as_str().unwrap().contains("BLAKE3"),
+            "{round}: {report:#}"
+        );
+        // rs01 stays connected: not cut off.
+        let rs01 = &report["peers"][0];
+        assert_eq!(rs01["peer"], "rs01", "{report:#}");
+        assert_eq!(rs01["connected"], true, "{round}: {report:#}");
+        assert!(rs01["error"].is_null(), "{round}: {report:#}");
+    }
+    // The other seven arrived whole; the damaged one is still only
+    // reserved.
+    let (ours, theirs) = (file_hashes(&d), file_hashes(&a));
+    let differ: Vec<&String> = ours
+        .keys()
+        .filter(|k| theirs.get(*k) != ours.get(*k))
+        .collect();
+    assert_eq!(differ.len(), 1, "{differ:?}");
+    assert!(differ[0].ends_with(&name), "{differ:?}");
+}

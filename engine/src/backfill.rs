@@ -742,7 +742,10 @@ impl Session {
         // Work left: undeliverable, or not taken because `stop` was set (it
         // stays a placeholder for the next run).
         let mut failed = Vec::new();
-        for job in queue.undeliverable() {
+        // Jobs still queued when every worker has ended were not taken
+        // because `stop` was set (they stay reservations for the next
+        // run), or were left by a peer that kept answering `Busy`.
+        for job in queue.undeliverable(!stop.load(Ordering::Relaxed)) {
             if let Some(m) = &self.opts.metrics {
                 m.segment_failed(job.meta.len);
             }

@@ -86,6 +86,9 @@ impl Job {
 #[derive(Debug, Default)]
 struct Inner {
     by_peer: BTreeMap<String, VecDeque<Job>>,
+    /// Peers that answered `Busy`: none of their workers asks again
+    /// before this.
+    peer_paused: BTreeMap<String, Instant>,
     in_flight: usize,
     cut: BTreeMap<String, String>,
     /// Jobs no usable peer is left for.
@@ -93,6 +96,17 @@ struct Inner {
 }
 
 impl Inner {
+    /// Whether any queued job is this peer's, or one it also holds.
+    fn any_queued_for(&self, peer: &str) -> bool {
+        self.by_peer.iter().any(|(p, q)| {
+            if p == peer {
+                !q.is_empty()
+            } else {
+                q.iter().any(|j| j.may_serve(peer))
+            }
+        })
+    }
+
     fn usable(&self, peer: &str) -> bool {
         self.by_peer.contains_key(peer) && !self.cut.contains_key(peer)
     }
@@ -111,6 +125,9 @@ impl Inner {
 
     fn pick(&mut self, peer: &str) -> Option<Job> {
         let now = Instant::now();
+        if self.peer_paused.get(peer).is_some_and(|t| *t > now) {
+            return None;
+        }
         // The first that is not paused (paused ones, after a `Busy`, sit
         // at the front).
         if let Some(q) = self.by_peer.get_mut(peer) {
@@ -181,9 +198,8 @@ impl JobQueue {
                     return Some(j);
                 }
                 // Work in flight elsewhere may fail and come to this peer;
-                // work of its own may be paused after a `Busy`.
-                let paused = inner.by_peer.get(peer).is_some_and(|q| !q.is_empty());
-                if inner.in_flight == 0 && !paused {
+                // work queued that it may take may be paused after a `Busy`.
+                if inner.in_flight == 0 && !inner.any_queued_for(peer) {
                     return None;
                 }
             }
@@ -220,13 +236,19 @@ impl JobQueue {
             let why = format!("busy {MAX_BUSY_ANSWERS} times in a row ({why})");
             return self.failed(job, peer, why);
         }
-        job.not_before = Some(Instant::now() + busy_pause(job.busy));
+        let until = Instant::now() + busy_pause(job.busy);
+        job.not_before = Some(until);
         let mut inner = self.lock();
+        // The peer is paused too, so its workers do not answer each `Busy`
+        // with the next request at once.
+        let paused = inner.peer_paused.entry(peer.to_string()).or_insert(until);
+        *paused = (*paused).max(until);
         if inner.usable(peer) {
             if let Some(q) = inner.by_peer.get_mut(peer) {
                 q.push_front(job);
             }
         } else {
+            (job.busy, job.not_before) = (0, None);
             inner.place(job);
         }
         inner.in_flight -= 1;
@@ -249,6 +271,7 @@ impl JobQueue {
             .unwrap_or_default();
         for mut j in queued {
             j.tried.push((peer.to_string(), format!("cut off ({why})")));
+            (j.busy, j.not_before) = (0, None);
             inner.place(j);
         }
         drop(inner);
@@ -273,9 +296,18 @@ impl JobQueue {
         self.lock().cut.clone()
     }
 
-    /// Jobs no peer could deliver.
-    pub fn undeliverable(&self) -> Vec<Job> {
-        std::mem::take(&mut self.lock().undeliverable)
+    /// Jobs no peer could deliver; with `queued`, also those still queued
+    /// (every worker has ended: a job a peer kept answering `Busy` for,
+    /// whose other holder's workers had ended before it moved there).
+    pub fn undeliverable(&self, queued: bool) -> Vec<Job> {
+        let mut inner = self.lock();
+        let mut out = std::mem::take(&mut inner.undeliverable);
+        if queued {
+            for q in inner.by_peer.values_mut() {
+                out.extend(q.drain(..));
+            }
+        }
+        out
     }
 }
 
@@ -337,7 +369,7 @@ mod tests {
         assert_eq!(j.meta.start.0, 2);
         q.finished();
         assert!(q.next("b", &stop).await.is_none());
-        let lost = q.undeliverable();
+        let lost = q.undeliverable(false);
         assert_eq!(lost.len(), 1);
         assert!(lost[0].reason().contains("cut off"), "{}", lost[0].reason());
     }
@@ -346,20 +378,31 @@ mod tests {
     async fn a_busy_job_is_asked_again_of_the_same_peer_then_fails_there() {
         let stop = AtomicBool::new(false);
         let q = JobQueue::new(vec![job(2, &["a", "b"]), job(1, &["a", "b"])], peers());
+        // (The pauses are the queue's business; skipped here.)
+        let unpause = |q: &JobQueue| {
+            let mut inner = q.lock();
+            inner.peer_paused.clear();
+            for j in inner.by_peer.values_mut().flatten() {
+                j.not_before = None;
+            }
+        };
         let j = q.next("a", &stop).await.unwrap();
         assert_eq!(j.meta.start.0, 2);
         q.busy(j, "a", "busy".into());
-        // Paused: a's next job is the other one.
+        // a is paused; b, whose queue is empty, waits for what it also holds.
+        assert!(q.lock().pick("a").is_none());
+        assert!(q.lock().any_queued_for("b"));
+        q.lock().peer_paused.clear();
+        // Job 2 itself is paused: a's next job is the other one.
         let j1 = q.next("a", &stop).await.unwrap();
         assert_eq!(j1.meta.start.0, 1);
         q.finished();
-        // Then, once the pause is over, job 2 again, as not tried.
+        unpause(&q);
         let mut j = q.next("a", &stop).await.unwrap();
         assert_eq!((j.meta.start.0, j.tried.len(), j.busy), (2, 0, 1));
         for _ in 0..MAX_BUSY_ANSWERS - 1 {
             q.busy(j, "a", "busy".into());
-            // (The pause is the queue's business; skip it here.)
-            q.lock().by_peer.get_mut("a").unwrap()[0].not_before = None;
+            unpause(&q);
             j = q.next("a", &stop).await.unwrap();
             assert_eq!(j.meta.start.0, 2);
         }
@@ -369,6 +412,13 @@ mod tests {
         let j = q.next("b", &stop).await.unwrap();
         assert_eq!((j.meta.start.0, j.busy), (2, 0));
         assert!(j.tried[0].1.contains("busy 240 times"), "{:?}", j.tried);
+    }
+
+    #[test]
+    fn jobs_left_queued_are_reported_unless_the_run_was_stopped() {
+        let q = JobQueue::new(vec![job(2, &["a"]), job(1, &["b"])], peers());
+        assert_eq!(q.undeliverable(false).len(), 0);
+        assert_eq!(q.undeliverable(true).len(), 2);
     }
 
     #[test]

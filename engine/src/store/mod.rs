@@ -120,8 +120,9 @@ pub fn init(config: &crate::config::Config) -> Result<Init> {
 
 /// What hafill itself puts in a store or state folder: a folder holding
 /// only these may be made one by [`init`].
-const OWN_ENTRIES: [&str; 10] = [
+const OWN_ENTRIES: [&str; 11] = [
     "index",
+    "outboard",
     "installing",
     "segments",
     "staging",

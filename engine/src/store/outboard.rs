@@ -30,10 +30,9 @@ use crate::store::traits::UNKNOWN_HASH;
 
 const MAGIC: &[u8; 4] = b"HOB1";
 const HEADER: usize = 24;
-/// Blocks kept per segment at most (8 KiB of chaining values): a 60 MB
-/// segment in 1 MiB blocks is kept as it arrived; a 1 GB one in 4 MiB
-/// blocks.
-pub const MAX_KEPT: usize = 256;
+/// Blocks kept per segment at most (32 KiB of chaining values): a segment
+/// of up to 1 GiB in 1 MiB blocks (the default) is kept as it arrived.
+pub const MAX_KEPT: usize = 1024;
 
 /// The kept block lists of one store (or one recorder's state).
 #[derive(Debug, Clone)]
@@ -52,10 +51,9 @@ impl Outboards {
     }
 
     fn day_dir(&self, meta: &SegmentMeta) -> PathBuf {
-        let day = meta.start.to_string();
         self.dir
             .join(meta.camera.as_str())
-            .join(day.get(..10).unwrap_or("unknown"))
+            .join(super::layout::day_name(meta.start))
     }
 
     fn path(&self, meta: &SegmentMeta) -> PathBuf {
@@ -76,6 +74,11 @@ impl Outboards {
             return None;
         }
         Some(tree::coarser(&cvs, (block_size / kept_size) as usize))
+    }
+
+    /// Forgets `meta`'s kept list (its file no longer matches it).
+    pub fn forget(&self, meta: &SegmentMeta) {
+        let _ = fs::remove_file(self.path(meta));
     }
 
     /// Keeps `cvs`, the chaining values of `meta`'s blocks of `block_size`
@@ -109,6 +112,14 @@ impl Outboards {
     ) -> io::Result<()> {
         let day = self.day_dir(meta);
         if !day.is_dir() {
+            // Never a store or state folder of its own: on a volume that is
+            // not mounted, nothing is made.
+            if !self.dir.parent().is_some_and(Path::is_dir) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{}: its folder is not there", self.dir.display()),
+                ));
+            }
             fs::create_dir_all(&day)?;
             if let Some(camera) = day.parent() {
                 self.prune(camera, meta);
@@ -138,13 +149,15 @@ impl Outboards {
         written
     }
 
-    /// Removes `camera`'s day folders older than the retention and a day.
+    /// Removes `camera`'s day folders older than the retention and a day
+    /// before `newest` (a day older than others removes nothing newer).
     fn prune(&self, camera: &Path, newest: &SegmentMeta) {
-        let cutoff = newest.start.0 - self.keep_days * 86_400_000_000;
-        let cutoff = crate::units::Timestamp(cutoff).to_string();
-        let Some(cutoff) = cutoff.get(..10) else {
-            return;
-        };
+        let cutoff = newest
+            .start
+            .0
+            .saturating_sub(self.keep_days.saturating_mul(86_400_000_000));
+        let cutoff = super::layout::day_name(crate::units::Timestamp(cutoff));
+        let cutoff = cutoff.as_str();
         let Ok(days) = fs::read_dir(camera) else {
             return;
         };

@@ -24,6 +24,9 @@ use crate::store::outboard::Outboards;
 use crate::store::traits::{Recorder, UNKNOWN_HASH};
 use crate::units::Timestamp;
 
+/// Why a fetch is refused: the code and message of the `Error` frame.
+type Refusal = (ErrorCode, String);
+
 /// Shared by every connection of a server.
 #[derive(Debug)]
 pub struct ServerState {
@@ -504,9 +507,15 @@ async fn fetch(
             .ok()
             .flatten()
     };
+    // A kept list is checked block by block as the blocks are read to be
+    // sent: a file whose bytes changed since (rot, a rewrite that kept its
+    // time) is answered `SourceDamaged`, as when it is hashed first, not
+    // sent for its receiver to find bad blocks and cut this server off.
+    let mut check = None;
     let mut cvs = match kept {
         Some(cvs) => {
             tracing::debug!(%camera, %start, "block list: kept");
+            check = Some(Arc::new(cvs.clone()));
             cvs
         }
         None => {
@@ -525,8 +534,9 @@ async fn fetch(
                 let msg = format!("{camera} {start}: file on disk does not match its BLAKE3");
                 return send_error(send, ErrorCode::SourceDamaged, msg).await;
             }
+            // Kept in the background: the header need not wait for it.
             let (ob, m, c) = (state.outboards.clone(), meta.clone(), cvs.clone());
-            let _ = tokio::task::spawn_blocking(move || ob.put(&m, block_size, &c, mtime_ns)).await;
+            tokio::task::spawn_blocking(move || ob.put(&m, block_size, &c, mtime_ns));
             cvs
         }
     };
@@ -566,9 +576,10 @@ async fn fetch(
     // room in the read budget) and compressed one ahead of the network,
     // and handed to QUIC without copying; the room is given back once QUIC
     // has them.
-    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes, ReadRoom), String>>(1);
+    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes, ReadRoom), Refusal>>(1);
     let (st, reading, asker) = (state.clone(), file.clone(), peer.to_string());
-    let len = meta.len;
+    let (len, what) = (meta.len, format!("{camera} {start}"));
+    let internal = |e: String| (ErrorCode::Internal, e);
     tokio::spawn(async move {
         for i in wanted {
             let Ok(place) = tx.reserve().await else {
@@ -576,15 +587,36 @@ async fn fetch(
             };
             let off = i as u64 * block_size as u64;
             let n = (len - off.min(len)).min(block_size as u64) as usize;
-            let room = st.limits.read_room(&asker, n as u64).await;
-            let f = reading.clone();
+            // Waiting for room counts against the send stall too: this
+            // fetch's receiver would take a longer wait for a stall.
+            let Ok(room) =
+                tokio::time::timeout(SEND_STALL, st.limits.read_room(&asker, n as u64)).await
+            else {
+                let why = format!("busy: no room to read within {SEND_STALL:?}; ask again later");
+                place.send(Err((ErrorCode::Busy, why)));
+                break;
+            };
+            let (f, check, what) = (reading.clone(), check.clone(), what.clone());
             let read = tokio::task::spawn_blocking(move || {
-                crate::io::read_new_at(&f, n, off)
-                    .map(|buf| encode_block(i, Bytes::from(buf), compression))
-                    .map_err(|e| e.to_string())
+                let buf =
+                    crate::io::read_new_at(&f, n, off).map_err(|e| internal(e.to_string()))?;
+                if let Some(cvs) = &check {
+                    let cv = if cvs.len() == 1 {
+                        *blake3::hash(&buf).as_bytes()
+                    } else {
+                        tree::block_cv(i, block_size, &buf)
+                    };
+                    if cvs.get(i as usize) != Some(&cv) {
+                        return Err((
+                            ErrorCode::SourceDamaged,
+                            format!("{what}: block {i} on disk no longer matches its BLAKE3"),
+                        ));
+                    }
+                }
+                Ok(encode_block(i, Bytes::from(buf), compression))
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            .unwrap_or_else(|e| Err(internal(e.to_string())));
             let failed = read.is_err();
             place.send(read.map(|(h, d)| (h, d, room)));
             if failed {
@@ -619,7 +651,14 @@ async fn fetch(
                 }
                 send_within_stall(send, block_chunks(header, data)).await?
             }
-            Err(e) => return send_error(send, ErrorCode::Internal, e).await,
+            Err((code, e)) => {
+                if code == ErrorCode::SourceDamaged {
+                    tracing::error!(%camera, %start, "{e}; not serving it");
+                    let (ob, m) = (state.outboards.clone(), meta.clone());
+                    let _ = tokio::task::spawn_blocking(move || ob.forget(&m)).await;
+                }
+                return send_error(send, code, e).await;
+            }
         }
     }
     if let (Some(h), Some((header, data))) = (&hook, first) {

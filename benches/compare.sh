@@ -22,7 +22,7 @@
 # tool together, with the kernel's work for them (and anything else that
 # ran meanwhile; the script waits for a quiet spell first).
 #
-# ROUNDS (default 3): each round runs both tools on both sets, taking
+# ROUNDS (default 3): each round runs the three on both sets, taking
 # turns; the last lines are the medians over the rounds. LOGS=DIR keeps
 # each hafill backfill's debug log there (DIR/hafill-60s-1.log, ...): its
 # `throttle` lines show what the adaptive disk control saw and did.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hafill_protocol::{Compression, ErrorCode};
+use hafill_protocol::Compression;
 use serde::Serialize;
 
 use crate::camera::CameraId;
@@ -692,9 +692,10 @@ impl Session {
                         })
                         .await;
                         match fetched {
-                            Err(e) if e.remote_code() == Some(ErrorCode::Busy) => {
-                                // The peer serves all it may: the job is asked
-                                // for again after a pause (see `jobs`).
+                            Err(e) if e.ask_again_later() => {
+                                // The peer serves all it may, or gave up on
+                                // our pace: the job is asked for again after
+                                // a pause (see `jobs`).
                                 tracing::debug!(camera = %job.meta.camera, start = %job.meta.start, %peer, "{e}");
                                 queue.busy(job, &peer, e.to_string());
                             }

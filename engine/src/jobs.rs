@@ -233,7 +233,9 @@ impl JobQueue {
     pub fn busy(&self, mut job: Job, peer: &str, why: String) {
         job.busy += 1;
         if job.busy > MAX_BUSY_ANSWERS {
-            let why = format!("busy {MAX_BUSY_ANSWERS} times in a row ({why})");
+            let why = format!(
+                "answered Busy {MAX_BUSY_ANSWERS} times in a row, about 8 minutes; the last: {why}"
+            );
             return self.failed(job, peer, why);
         }
         let until = Instant::now() + busy_pause(job.busy);
@@ -386,9 +388,22 @@ mod tests {
                 j.not_before = None;
             }
         };
+        // The pauses made long, so that no slow moment of this test ends
+        // them.
+        let hold = |q: &JobQueue| {
+            let later = Instant::now() + Duration::from_secs(3600);
+            let mut inner = q.lock();
+            inner.peer_paused.insert("a".into(), later);
+            for j in inner.by_peer.values_mut().flatten() {
+                if j.not_before.is_some() {
+                    j.not_before = Some(later);
+                }
+            }
+        };
         let j = q.next("a", &stop).await.unwrap();
         assert_eq!(j.meta.start.0, 2);
         q.busy(j, "a", "busy".into());
+        hold(&q);
         // a is paused; b, whose queue is empty, waits for what it also holds.
         assert!(q.lock().pick("a").is_none());
         assert!(q.lock().any_queued_for("b"));
@@ -411,7 +426,7 @@ mod tests {
         q.busy(j, "a", "busy".into());
         let j = q.next("b", &stop).await.unwrap();
         assert_eq!((j.meta.start.0, j.busy), (2, 0));
-        assert!(j.tried[0].1.contains("busy 240 times"), "{:?}", j.tried);
+        assert!(j.tried[0].1.contains("Busy 240 times"), "{:?}", j.tried);
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Each segment's block list (the BLAKE3 chaining values of its blocks),
-//! kept once it is known, so that serving a segment needs no hashing pass:
-//! a segment's bytes are hashed when it arrives (block by block, as they
-//! are verified) or the first time it is served, and never again to serve
-//! it.
+//! kept once it is known, so that serving a segment needs no hashing pass
+//! over its file before the header: the list is made when the segment
+//! arrives (its blocks verified as they come) or the first time it is
+//! served. (The serving side still checks each block against the list as
+//! it reads it to send it.)
 //!
-//! One small file per segment, `<dir>/<camera>/<YYYY-MM-DD>/<start_us>-<BLAKE3
-//! hex>`: `HOB1`, the block size, the segment's length and its file's
+//! One small file per segment,
+//! `<dir>/<camera>/<YYYY-MM-DD>/<start_us>-<BLAKE3 hex>`: `HOB1`, the
+//! block size, the segment's length and its file's
 //! modification time in nanoseconds (little-endian u32, u64, i64), then
 //! the chaining values. It is a cache: a list is used only if the file's
 //! length and modification time are still those and its chaining values

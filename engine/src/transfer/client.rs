@@ -195,8 +195,8 @@ pub enum FetchError {
     /// Every block verified, yet the file read back from the disk
     /// (`--verify-readback`) does not hash to the segment's BLAKE3: the
     /// local disk, not the peer.
-    #[error("read-back after writing: {0}")]
-    Rehash(String),
+    #[error("this machine's disk: {0}")]
+    Readback(String),
     /// A bug in hafill (a panic) while fetching the segment: the segment
     /// fails, the run goes on.
     #[error("internal error (a bug in hafill, please report it): {0}")]
@@ -210,6 +210,19 @@ impl FetchError {
         match self {
             FetchError::Integrity(_) => true,
             FetchError::Transfer(t) => t.is_misbehaviour(),
+            _ => false,
+        }
+    }
+
+    /// Whether the peer asked to be asked again later: it answered `Busy`,
+    /// or reset the fetch because this side took nothing for its send
+    /// stall (a receiver starved of CPU; see [`super::RESET_STALLED`]).
+    pub fn ask_again_later(&self) -> bool {
+        match self {
+            FetchError::Transfer(TransferError::Remote { code, .. }) => *code == ErrorCode::Busy,
+            FetchError::Transfer(TransferError::Read(quinn::ReadExactError::ReadError(
+                quinn::ReadError::Reset(code),
+            ))) => u64::from(*code) == u64::from(super::RESET_STALLED),
             _ => false,
         }
     }
@@ -617,13 +630,15 @@ async fn finish(
             )));
         }
         if readback {
-            let got = crate::io::hash_from_device(file)?;
+            let got = crate::io::hash_from_device(file).map_err(|e| {
+                FetchError::Readback(format!("reading the written file back failed: {e}"))
+            })?;
             if got != m.blake3 {
                 // Start this segment over: its bytes on disk are not the source's.
                 let fresh = Progress::new(progress.block_size, progress.blocks);
                 sink.record_durable(&m, &fresh)?;
-                return Err(FetchError::Rehash(format!(
-                    "read back from the disk, the file hashes to {got}, the source to {}",
+                return Err(FetchError::Readback(format!(
+                    "read back, the written file hashes to {got}, not to the {} that was verified and written; the segment starts over",
                     m.blake3
                 )));
             }

@@ -125,7 +125,8 @@ impl ServeLimits {
     }
 
     /// Fetches in flight now, in all.
-    pub fn fetches(&self) -> usize {
+    #[cfg(test)]
+    fn fetches(&self) -> usize {
         self.lock().total
     }
 }
@@ -176,7 +177,7 @@ mod tests {
         // a's half is 4 MiB: 2 more MiB do not fit, b's do.
         assert!(l.read_room("a", 2 << 20).now_or_never().is_none());
         let b1 = l.read_room("b", 3 << 20).await;
-        // 6 of 8 MiB taken: b's next 3 MiB wait for the whole budget.
+        // 6 of 8 MiB taken: b's next 1 MiB fits, c's 3 MiB wait.
         assert!(l.read_room("b", 1 << 20).now_or_never().is_some());
         assert!(l.read_room("c", 3 << 20).now_or_never().is_none());
         drop((a1, b1));

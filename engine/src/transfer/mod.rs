@@ -21,6 +21,12 @@ use crate::identity::{self, Identity, PinnedClients, PinnedServer};
 /// Largest request frame a server reads (requests are small).
 pub const MAX_REQUEST_FRAME: usize = 64 * 1024;
 
+/// The code a serving side resets a fetch's stream with when its peer took
+/// nothing more of it for the send stall (`server::SEND_STALL`): from a
+/// receiver starved of CPU as much as from one that stopped reading. The
+/// receiver asks again later, as after `Busy`; what it made durable stays.
+pub const RESET_STALLED: u32 = 0x5354;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransferError {

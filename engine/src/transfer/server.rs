@@ -59,7 +59,6 @@ impl ServerState {
             open: std::sync::Mutex::new(HashMap::new()),
             limits: Arc::new(ServeLimits::default()),
             outboards,
-
             hook: None,
         }
     }
@@ -675,7 +674,7 @@ async fn fetch(
         .await
         .is_err()
     {
-        let _ = send.reset(0u32.into());
+        let _ = send.reset(super::RESET_STALLED.into());
     }
     Ok(())
 }
@@ -698,7 +697,7 @@ async fn send_within_stall(
     match written {
         Ok(r) => Ok(r?),
         Err(_) => {
-            let _ = send.reset(0u32.into());
+            let _ = send.reset(super::RESET_STALLED.into());
             Err(TransferError::Stalled(SEND_STALL))
         }
     }

@@ -179,6 +179,20 @@ fn init_logging(default: &str) {
 }
 
 /// Prints a value as pretty JSON on standard output.
+/// Writes `bytes` to a temporary file beside `path`, syncs, and renames it
+/// into place: a crash leaves the old file or the new one, never half.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 pub fn print_json(v: &impl serde::Serialize) -> Result<(), Box<dyn std::error::Error>> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())

@@ -38,7 +38,7 @@ pub fn run(a: PairArgs) -> CmdResult {
     let toml = pairing.to_toml();
     match &a.out {
         Some(out) => {
-            write_atomically(out, toml.as_bytes())?;
+            crate::write_atomically(out, toml.as_bytes())?;
             eprintln!(
                 "wrote {} cameras to {} ({} findings)",
                 pairing.cameras.len(),
@@ -61,16 +61,3 @@ pub fn run(a: PairArgs) -> CmdResult {
     })
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs, and renames it
-/// into place: a crash leaves the old file or the new one, never half.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    std::fs::File::open(dir)?.sync_all()
-}

@@ -27,16 +27,31 @@ pub struct StatusArgs {
     /// Print the status as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the operator's page, with this status and the timelines
+    /// inside, as one self-contained HTML file (for a ticket or an email).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
 }
 
 pub fn status(a: StatusArgs) -> CmdResult {
     let config = Config::load(&a.config)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let s = rt.block_on(health::status(
+    let (s, timeline) = rt.block_on(health::site(
         &config,
         a.since,
         Duration::from_micros(a.timeout),
     ))?;
+    if let Some(file) = &a.html {
+        let page = hafill_engine::page::render(&s, &timeline, config.retention_us, false)?;
+        crate::write_atomically(file, page.as_bytes())
+            .map_err(|e| format!("--html {}: {e}", file.display()))?;
+        eprintln!(
+            "wrote {} ({}, {} cameras)",
+            file.display(),
+            format_bytes(page.len() as u64),
+            timeline.cameras.len()
+        );
+    }
     if a.json {
         print_json(&s)?;
     } else {

@@ -686,11 +686,13 @@ impl Session {
                         };
                         let wire = config.id_of_local(&job.meta.camera);
                         let leave_early = || queue.end_game_for(&job, &peer);
+                        let in_flight = metrics.as_ref().map(|m| m.fetching(&job.meta, &peer));
                         let fetched = caught(async {
                             let sink = recorder.sink(&meta)?;
                             client::fetch_segment(&ctx, &conn, wire.as_str(), Arc::from(sink), &meta, &leave_early).await
                         })
                         .await;
+                        drop(in_flight);
                         match fetched {
                             Err(e) if e.ask_again_later() => {
                                 // The peer serves all it may, or gave up on
@@ -705,7 +707,7 @@ impl Session {
                                 let len = m.len;
                                 let _ = commit_tx.send(m).await;
                                 if let Some(metrics) = &metrics {
-                                    metrics.segment_done(len);
+                                    metrics.segment_done(&peer, len);
                                 }
                                 queue.finished();
                             }

@@ -98,6 +98,9 @@ struct ServerSection {
     congestion: Congestion,
     #[serde(default = "default_status")]
     status: String,
+    /// A file holding the token the HTTP side asks of requests from other
+    /// machines.
+    status_token_file: Option<PathBuf>,
 }
 
 fn default_status() -> String {
@@ -220,8 +223,34 @@ pub struct Config {
     /// The congestion controller this server sends with.
     pub congestion: Congestion,
     pub throttle: Throttle,
-    /// The HTTP side (`/metrics`, `/status`); None: off.
+    /// The HTTP side (`/`, `/metrics`, `/status`, ...); None: off.
     pub status: Option<SocketAddr>,
+    /// What a request from another machine must carry to be answered
+    /// (`[server] status_token_file`); required when `status` is not a
+    /// loopback address.
+    pub status_token: Option<Token>,
+}
+
+/// Shortest token the HTTP side accepts.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// A secret: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Whether `given` is this token, in time that does not depend on
+    /// where they differ.
+    pub fn matches(&self, given: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), given.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
 }
 
 /// How backfill yields to live recording (`[throttle]`).
@@ -493,6 +522,30 @@ impl Config {
                 ))
             })?),
         };
+        let status_token = match &s.status_token_file {
+            None => None,
+            Some(f) => {
+                let f = resolve(f);
+                let t = std::fs::read_to_string(&f).map_err(|e| {
+                    invalid(format!("[server] status_token_file {}: {e}", f.display()))
+                })?;
+                let t = t.trim();
+                if t.len() < MIN_TOKEN_LEN || !t.chars().all(|c| c.is_ascii_graphic()) {
+                    return Err(invalid(format!(
+                        "[server] status_token_file {}: the token must be at least {MIN_TOKEN_LEN} printable ASCII characters without spaces (for example `openssl rand -hex 24`)",
+                        f.display()
+                    )));
+                }
+                Some(Token(t.to_string()))
+            }
+        };
+        if let (Some(a), None) = (status, &status_token) {
+            if !a.ip().is_loopback() {
+                return Err(invalid(format!(
+                    "[server] status {a}: serving the HTTP side beyond this machine needs a token: set [server] status_token_file, or keep status on {DEFAULT_STATUS_ADDR}"
+                )));
+            }
+        }
         let state = s.state.as_deref().map(resolve);
         let (recorder, store, retain_us) = match file.recorder {
             None => (RecorderConfig::Native, None, None),
@@ -536,6 +589,7 @@ impl Config {
             congestion: s.congestion,
             throttle,
             status,
+            status_token,
         })
     }
 

@@ -124,13 +124,17 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::new());
     let meter = tokio::spawn(metrics.clone().meter_rate());
     let caps = tokio::spawn(metrics.clone().meter_caps(throttle.clone()));
-    let board = Arc::new(crate::http::Board::new(metrics.clone()));
+    let board = Arc::new(crate::http::Board::new(
+        metrics.clone(),
+        config.clone(),
+        opts.status_every,
+    ));
     // Metrics are for operators; a port already taken must not stop backfill.
     let listener = config
         .status
-        .and_then(|addr| match crate::http::listen(addr, board.clone()) {
+        .and_then(|addr| match crate::http::listen(addr, board.clone(), tokio::runtime::Handle::current()) {
             Ok(l) => {
-                tracing::info!(addr = %l.addr, "metrics and status on http://{}/", l.addr);
+                tracing::info!(addr = %l.addr, "the operator's page, metrics and status on http://{}/", l.addr);
                 Some(l)
             }
             Err(e) => {

@@ -83,6 +83,8 @@ pub struct ServerView {
 pub struct LocalWork {
     pub placeholders: BTreeMap<CameraId, Count>,
     pub backfilled: BTreeMap<CameraId, Count>,
+    /// What the store holds per camera, in time order, for the timeline.
+    pub spans: BTreeMap<CameraId, crate::timeline::Spans>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -236,6 +238,15 @@ pub struct SiteStatus {
     pub alerts: Vec<Alert>,
 }
 
+/// Whether a server holding `held` lacks another server's segment `x`.
+/// Recorders cut at their own moments: a hole under the seam tolerance is
+/// not a gap.
+pub fn lacks(held: &IntervalSet, x: &Slot, seam_us: u64) -> bool {
+    let len = (x.end - x.start) as u64;
+    let uncovered = len.saturating_sub(held.covered_len(x.start, x.end));
+    uncovered > seam_us.min(len.saturating_sub(1))
+}
+
 /// The servers expected to record a camera: all of them in active-active,
 /// the primary otherwise.
 fn expected(ha: HaMode, servers: &[String]) -> &[String] {
@@ -298,11 +309,7 @@ pub fn assess(
             let mut missing: BTreeMap<i64, u64> = BTreeMap::new();
             for o in servers.iter().filter(|o| *o != s) {
                 for x in slots_of(o) {
-                    // Recorders cut at their own moments: a hole under the
-                    // seam tolerance is not a gap.
-                    let uncovered =
-                        ((x.end - x.start) as u64).saturating_sub(held.covered_len(x.start, x.end));
-                    if uncovered > seam_us.min(((x.end - x.start) as u64).saturating_sub(1)) {
+                    if lacks(&held, x, seam_us) {
                         missing.entry(x.start).or_insert(x.len);
                     }
                 }
@@ -491,11 +498,14 @@ pub fn local_view(
     };
     let mut work = LocalWork::default();
     let recorder = crate::store::open_recorder(config, false)?;
+    let seam = config.recorder.seam_us() as i64;
     for local in recorder.cameras()? {
         // Health speaks of cameras by id, as the peers' coverage does.
         let camera = config.id_of_local(&local);
         let mut slots = Vec::new();
+        let mut spans = crate::timeline::Spans::default();
         for m in recorder.segments(&local, window.0, window.1)? {
+            spans.push_segment(&m, seam);
             if m.state == SegmentState::Complete {
                 slots.push(Slot::from(&m));
                 if matches!(m.origin, Origin::Peer(_)) {
@@ -510,6 +520,9 @@ pub fn local_view(
                     .or_default()
                     .add(m.len);
             }
+        }
+        if !spans.is_empty() {
+            work.spans.insert(camera.clone(), spans);
         }
         if !slots.is_empty() {
             view.cameras.insert(camera, slots);
@@ -598,12 +611,23 @@ pub async fn status(
     since: Option<Timestamp>,
     timeout: Duration,
 ) -> Result<SiteStatus, HealthError> {
+    Ok(site(config, since, timeout).await?.0)
+}
+
+/// The status and, from the same look, the site's timeline.
+pub async fn site(
+    config: &Config,
+    since: Option<Timestamp>,
+    timeout: Duration,
+) -> Result<(SiteStatus, crate::timeline::Timeline), HealthError> {
     let now = Timestamp::now();
     let window = window(now, since);
     let (mine, work) = local_view_off_thread(config, window).await?;
     let mut views = vec![mine];
     views.extend(peer_views(config, &config.peers, window, &[], timeout).await?);
-    Ok(assess(config, now, window, &views, &work))
+    let status = assess(config, now, window, &views, &work);
+    let timeline = crate::timeline::build(config, now, window, &status, &views, &work);
+    Ok((status, timeline))
 }
 
 /// Where to view a camera at a moment.

@@ -1,45 +1,83 @@
-//! The daemon's HTTP side (`[server] status`, local by default): Prometheus
-//! `/metrics` and `/status` (the JSON of `hafill status`).
+//! The daemon's HTTP side (`[server] status`, this machine only unless a
+//! token is set): the operator's page at `/`, Prometheus `/metrics`,
+//! `/status` (the JSON of `hafill status`), `/timeline` (the page's bars)
+//! and `/locate` (the JSON of `hafill locate`).
 //!
-//! Scrapes never reach the peers: a background task takes the site status
-//! every so often and the handlers serve its last result; the backfill
-//! counters are live.
+//! Scrapes and page loads never reach the peers: a background task takes
+//! the site status and timeline every so often and the handlers serve its
+//! last result; the backfill counters and progress are live. Only
+//! `/locate`, and a timeline older than the last look, ask the peers, a
+//! few at a time, on the daemon's runtime.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
-use crate::health;
+use crate::camera::CameraId;
+use crate::config::{Config, Token};
+use crate::health::{self, SiteStatus};
 use crate::metrics::Metrics;
+use crate::timeline::Timeline;
+use crate::units::Timestamp;
+
+/// Requests that ask the peers (`/locate`, an older timeline) at once;
+/// more are answered 503.
+const ASKING_AT_ONCE: usize = 4;
+/// How long each peer may take to answer such a request.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The cookie a browser keeps the token in once it opened `/?token=...`.
+const COOKIE: &str = "hafill_token";
+
+/// What the site looked like at the last look.
+#[derive(Debug)]
+struct Look {
+    at: Instant,
+    status: Arc<SiteStatus>,
+    timeline: Arc<Timeline>,
+}
 
 /// What the handlers serve.
 #[derive(Debug)]
 pub struct Board {
     pub metrics: Arc<Metrics>,
-    /// The last status (JSON) and when it was taken.
-    status: RwLock<Option<(Instant, String)>>,
+    config: Arc<Config>,
+    /// How often the status is taken: a wider timeline asked for is kept
+    /// this long.
+    every: Duration,
+    last: RwLock<Option<Arc<Look>>>,
+    /// The last timeline that reached further back than the regular look.
+    wide: tokio::sync::Mutex<Option<(Instant, Arc<Timeline>)>>,
+    asking: Arc<tokio::sync::Semaphore>,
 }
 
 impl Board {
-    pub fn new(metrics: Arc<Metrics>) -> Board {
+    pub fn new(metrics: Arc<Metrics>, config: Arc<Config>, every: Duration) -> Board {
         Board {
             metrics,
-            status: RwLock::new(None),
+            config,
+            every,
+            last: RwLock::new(None),
+            wide: tokio::sync::Mutex::new(None),
+            asking: Arc::new(tokio::sync::Semaphore::new(ASKING_AT_ONCE)),
         }
     }
 
-    fn set_status(&self, json: String) {
-        let v = Some((Instant::now(), json));
-        match self.status.write() {
+    fn set_look(&self, status: SiteStatus, timeline: Timeline) {
+        let v = Some(Arc::new(Look {
+            at: Instant::now(),
+            status: Arc::new(status),
+            timeline: Arc::new(timeline),
+        }));
+        match self.last.write() {
             Ok(mut s) => *s = v,
             Err(p) => *p.into_inner() = v,
         }
     }
 
-    fn status(&self) -> Option<(Instant, String)> {
-        match self.status.read() {
+    fn look(&self) -> Option<Arc<Look>> {
+        match self.last.read() {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         }
@@ -70,8 +108,15 @@ impl Drop for Listener {
     }
 }
 
-/// Listens on `addr` and answers on a thread of its own.
-pub fn listen(addr: SocketAddr, board: Arc<Board>) -> Result<Listener, std::io::Error> {
+type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+
+/// Listens on `addr` and answers on a thread of its own; what must ask
+/// the peers runs on `runtime`.
+pub fn listen(
+    addr: SocketAddr,
+    board: Arc<Board>,
+    runtime: tokio::runtime::Handle,
+) -> Result<Listener, std::io::Error> {
     let server = Arc::new(
         tiny_http::Server::http(addr)
             .map_err(|e| std::io::Error::other(format!("status address {addr}: {e}")))?,
@@ -85,9 +130,20 @@ pub fn listen(addr: SocketAddr, board: Arc<Board>) -> Result<Listener, std::io::
         .name("hafill-http".into())
         .spawn(move || {
             for req in s.incoming_requests() {
-                let resp = answer(&req, &board);
-                if let Err(e) = req.respond(resp) {
-                    tracing::debug!("http: {e}");
+                match route(&req, &board) {
+                    Route::Now(resp) => respond(req, resp),
+                    Route::AskPeers(ask) => {
+                        let Ok(permit) = board.asking.clone().try_acquire_owned() else {
+                            respond(req, text(503, "too many requests are asking the peers; try again shortly\n"));
+                            continue;
+                        };
+                        let board = board.clone();
+                        runtime.spawn(async move {
+                            let resp = ask.answer(&board).await;
+                            drop(permit);
+                            let _ = tokio::task::spawn_blocking(move || respond(req, resp)).await;
+                        });
+                    }
                 }
             }
         })?;
@@ -98,54 +154,240 @@ pub fn listen(addr: SocketAddr, board: Arc<Board>) -> Result<Listener, std::io::
     })
 }
 
-fn answer(
-    req: &tiny_http::Request,
-    board: &Board,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    let text = |code: u16, ctype: &str, body: String| {
-        let r = tiny_http::Response::from_data(body.into_bytes()).with_status_code(code);
-        match tiny_http::Header::from_bytes(&b"Content-Type"[..], ctype.as_bytes()) {
-            Ok(h) => r.with_header(h),
-            Err(()) => r,
-        }
-    };
-    if *req.method() != tiny_http::Method::Get && *req.method() != tiny_http::Method::Head {
-        return text(405, "text/plain", "only GET\n".into());
-    }
-    match req.url().split('?').next().unwrap_or("") {
-        "/metrics" => {
-            if let Some((at, _)) = board.status() {
-                board.metrics.set_status_age(at.elapsed());
-            }
-            text(
-                200,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                board.metrics.encode(),
-            )
-        }
-        "/status" => match board.status() {
-            Some((_, json)) => text(200, "application/json", json),
-            None => text(
-                503,
-                "text/plain",
-                "the first status is still being taken; try again in a few seconds\n".into(),
-            ),
-        },
-        "/" => text(
-            200,
-            "text/plain",
-            "hafill: /metrics (Prometheus), /status (JSON of `hafill status`)\n".into(),
-        ),
-        _ => text(
-            404,
-            "text/plain",
-            "not found: try /metrics or /status\n".into(),
-        ),
+fn respond(req: tiny_http::Request, resp: Response) {
+    if let Err(e) = req.respond(resp) {
+        tracing::debug!("http: {e}");
     }
 }
 
-/// Takes the site status now and then every `every`, for `/status` and the
-/// alert gauges, until `stop` is set.
+fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+fn with_type(code: u16, ctype: &str, body: Vec<u8>) -> Response {
+    let r = tiny_http::Response::from_data(body).with_status_code(code);
+    let r = match header("Content-Type", ctype) {
+        Some(h) => r.with_header(h),
+        None => r,
+    };
+    match header("Cache-Control", "no-store") {
+        Some(h) => r.with_header(h),
+        None => r,
+    }
+}
+
+fn text(code: u16, body: &str) -> Response {
+    with_type(code, "text/plain; charset=utf-8", body.as_bytes().to_vec())
+}
+
+fn json<T: serde::Serialize>(code: u16, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => with_type(code, "application/json", b),
+        Err(e) => text(500, &format!("{e}\n")),
+    }
+}
+
+fn error_json(code: u16, message: String) -> Response {
+    json(code, &serde_json::json!({ "error": message }))
+}
+
+/// The query's parameters, decoded.
+fn query(url: &str) -> HashMap<String, String> {
+    url.split_once('?')
+        .map(|(_, q)| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+/// Whether the request may be answered: from this machine always; from
+/// another only with the token (as a bearer, the cookie, or `?token=`).
+fn allowed(req: &tiny_http::Request, token: Option<&Token>, q: &HashMap<String, String>) -> bool {
+    if req
+        .remote_addr()
+        .is_some_and(|a| a.ip().to_canonical().is_loopback())
+    {
+        return true;
+    }
+    let Some(token) = token else {
+        return false;
+    };
+    let given = req.headers().iter().find_map(|h| {
+        if h.field.equiv("Authorization") {
+            h.value.as_str().strip_prefix("Bearer ").map(str::trim)
+        } else if h.field.equiv("Cookie") {
+            h.value
+                .as_str()
+                .split(';')
+                .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        } else {
+            None
+        }
+    });
+    given.is_some_and(|g| token.matches(g))
+        || q.get("token").is_some_and(|g| token.matches(g))
+}
+
+enum Route {
+    Now(Response),
+    AskPeers(Ask),
+}
+
+/// Work that asks the peers.
+enum Ask {
+    Locate(CameraId, Timestamp),
+    Timeline(i64, i64),
+}
+
+fn route(req: &tiny_http::Request, board: &Board) -> Route {
+    let url = req.url();
+    let q = query(url);
+    if !allowed(req, board.config.status_token.as_ref(), &q) {
+        let r = text(
+            401,
+            "this address needs the token of [server] status_token_file (Authorization: Bearer, or open /?token=...)\n",
+        );
+        return Route::Now(match header("WWW-Authenticate", "Bearer") {
+            Some(h) => r.with_header(h),
+            None => r,
+        });
+    }
+    if *req.method() != tiny_http::Method::Get && *req.method() != tiny_http::Method::Head {
+        return Route::Now(text(405, "only GET\n"));
+    }
+    let now = Timestamp::now();
+    let time = |key: &str| -> Result<Option<Timestamp>, Response> {
+        match q.get(key) {
+            None => Ok(None),
+            Some(v) => Timestamp::parse(v, now).map(Some).map_err(|e| {
+                error_json(400, format!("{key}={v:?}: {e} (RFC 3339, `now` or `-2h`)"))
+            }),
+        }
+    };
+    let path = url.split('?').next().unwrap_or("");
+    Route::Now(match path {
+        "/metrics" => {
+            if let Some(l) = board.look() {
+                board.metrics.set_status_age(l.at.elapsed());
+            }
+            with_type(
+                200,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                board.metrics.encode().into_bytes(),
+            )
+        }
+        "/" | "/status" | "/timeline" => {
+            let Some(look) = board.look() else {
+                return Route::Now(text(
+                    503,
+                    "the first status is still being taken; try again in a few seconds\n",
+                ));
+            };
+            match path {
+                "/status" => json(200, &*look.status),
+                "/timeline" => {
+                    let (since, until) = match (time("since"), time("until")) {
+                        (Ok(s), Ok(u)) => (s, u),
+                        (Err(r), _) | (_, Err(r)) => return Route::Now(r),
+                    };
+                    let to = until.map_or(i64::MAX, |t| t.0);
+                    let from = since.map_or(look.timeline.from_us, |t| t.0);
+                    if from >= look.timeline.from_us {
+                        json(200, &live(&look.timeline.cut(from, to), board))
+                    } else {
+                        return Route::AskPeers(Ask::Timeline(from, to));
+                    }
+                }
+                _ => {
+                    let page = crate::page::render(
+                        &look.status,
+                        &live(&look.timeline, board),
+                        board.config.retention_us,
+                        true,
+                    );
+                    let r = match page {
+                        Ok(p) => with_type(200, "text/html; charset=utf-8", p.into_bytes()),
+                        Err(e) => text(500, &format!("{e}\n")),
+                    };
+                    // A browser that came with `?token=` keeps it for the
+                    // page's own requests.
+                    match q.get("token").and_then(|t| {
+                        header(
+                            "Set-Cookie",
+                            &format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict"),
+                        )
+                    }) {
+                        Some(h) => r.with_header(h),
+                        None => r,
+                    }
+                }
+            }
+        }
+        "/locate" => {
+            let camera = match q.get("camera").map(|c| CameraId::new(c.clone())) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => return Route::Now(error_json(400, format!("camera: {e}"))),
+                None => return Route::Now(error_json(400, "camera= is missing".into())),
+            };
+            match time("at") {
+                Ok(Some(at)) => return Route::AskPeers(Ask::Locate(camera, at)),
+                Ok(None) => error_json(400, "at= is missing (RFC 3339, `now` or `-2h`)".into()),
+                Err(r) => r,
+            }
+        }
+        _ => text(
+            404,
+            "not found: try / (the page), /metrics, /status, /timeline or /locate\n",
+        ),
+    })
+}
+
+/// The timeline with the backfill's progress as it is now.
+fn live(t: &Timeline, board: &Board) -> Timeline {
+    t.with_progress(&board.config, board.metrics.progress())
+}
+
+impl Ask {
+    async fn answer(self, board: &Board) -> Response {
+        let config = &board.config;
+        match self {
+            Ask::Locate(camera, at) => match health::locate(config, &camera, at, ASK_TIMEOUT).await
+            {
+                Ok((Some(l), _)) => json(200, &l),
+                Ok((None, unreachable)) => json(
+                    404,
+                    &serde_json::json!({
+                        "error": format!("no server holds {camera} at {at}"),
+                        "unreachable": unreachable,
+                    }),
+                ),
+                Err(e) => error_json(400, e.to_string()),
+            },
+            Ask::Timeline(from, to) => {
+                let mut wide = board.wide.lock().await;
+                let kept = wide
+                    .as_ref()
+                    .filter(|(at, t)| at.elapsed() < board.every && t.from_us <= from)
+                    .map(|(_, t)| t.clone());
+                let t = match kept {
+                    Some(t) => t,
+                    None => {
+                        match health::site(config, Some(Timestamp(from)), ASK_TIMEOUT).await {
+                            Ok((_, t)) => {
+                                let t = Arc::new(t);
+                                *wide = Some((Instant::now(), t.clone()));
+                                t
+                            }
+                            Err(e) => return error_json(500, e.to_string()),
+                        }
+                    }
+                };
+                json(200, &live(&t.cut(from, to), board))
+            }
+        }
+    }
+}
+
+/// Takes the site status and timeline now and then every `every`, for
+/// `/status`, the page and the alert gauges, until `stop` is set.
 pub async fn status_loop(
     config: Arc<Config>,
     board: Arc<Board>,
@@ -154,16 +396,13 @@ pub async fn status_loop(
 ) {
     while !stop.load(Ordering::Relaxed) {
         let taken = tokio::select! {
-            s = health::status(&config, None, Duration::from_secs(10)) => s,
+            s = health::site(&config, None, Duration::from_secs(10)) => s,
             _ = crate::daemon::stopped(&stop) => return,
         };
         match taken {
-            Ok(s) => {
+            Ok((s, t)) => {
                 board.metrics.set_status(&s);
-                match serde_json::to_string_pretty(&s) {
-                    Ok(json) => board.set_status(json),
-                    Err(e) => tracing::warn!("status: {e}"),
-                }
+                board.set_look(s, t);
             }
             Err(e) => tracing::warn!("status: {e}; next in {every:?}"),
         }

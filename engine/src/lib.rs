@@ -22,6 +22,7 @@ pub mod interval;
 pub mod io;
 pub mod jobs;
 pub mod metrics;
+pub mod page;
 pub mod pair;
 pub mod placeholder;
 pub mod plan;
@@ -30,6 +31,7 @@ pub mod sim;
 pub mod state;
 pub mod store;
 pub mod throttle;
+pub mod timeline;
 pub mod transfer;
 pub mod units;
 

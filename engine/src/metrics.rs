@@ -3,8 +3,9 @@
 //! Backfill updates them as it goes; the status task sets the peer and
 //! alert gauges from its last look at the site.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,7 +14,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use serde::Serialize;
+
+use crate::camera::CameraId;
 use crate::health::{AlertKind, Severity, SiteStatus};
+use crate::segment::SegmentMeta;
 use crate::throttle::governor::{limits_now, SharedThrottle};
 use crate::throttle::schedule::Limits;
 
@@ -46,6 +51,98 @@ pub struct Metrics {
     status_age: Gauge<f64, AtomicU64>,
     net_cap: Gauge,
     disk_cap: Gauge,
+    peer_bytes: Family<PeerLabel, Counter>,
+    progress: Mutex<Flow>,
+}
+
+/// Seconds over which the page's backfill rate (and so its ETA) is
+/// averaged.
+const RATE_WINDOW: usize = 10;
+
+/// What the backfill is doing now, for the operator's page.
+#[derive(Debug, Default)]
+struct Flow {
+    in_flight: BTreeMap<(CameraId, i64), InFlight>,
+    /// Bytes and segments done per peer, and the bytes a second ago.
+    peers: BTreeMap<String, PeerFlow>,
+    /// The byte counter at each of the last seconds, newest last.
+    totals: VecDeque<u64>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct PeerFlow {
+    bytes: u64,
+    segments: u64,
+    window: VecDeque<u64>,
+}
+
+/// A segment being fetched now.
+#[derive(Debug, Clone, Serialize)]
+pub struct InFlight {
+    /// The camera as this server's recorder names it.
+    pub camera: CameraId,
+    pub start: i64,
+    pub end: i64,
+    pub peer: String,
+}
+
+/// A peer's share of the backfill since the daemon started.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerProgress {
+    pub peer: String,
+    /// Verified and durable.
+    pub bytes: u64,
+    pub segments: u64,
+    /// Bytes per second over the last seconds.
+    pub rate: f64,
+    pub in_flight: usize,
+}
+
+/// The backfill's progress, as the operator's page shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// What the current round still has to fetch.
+    pub pending_segments: u64,
+    pub pending_bytes: u64,
+    /// Bytes per second over the last seconds, all peers.
+    pub rate: f64,
+    /// Seconds left at that rate; None when nothing is pending or nothing
+    /// moves.
+    pub eta_seconds: Option<f64>,
+    pub peers: Vec<PeerProgress>,
+    pub in_flight: Vec<InFlight>,
+}
+
+/// Mean bytes per second over a window of byte counts taken a second
+/// apart.
+fn mean_rate(window: &VecDeque<u64>) -> f64 {
+    match (window.front(), window.back()) {
+        (Some(a), Some(b)) if window.len() > 1 => {
+            b.saturating_sub(*a) as f64 / (window.len() - 1) as f64
+        }
+        _ => 0.0,
+    }
+}
+
+fn push_sample(window: &mut VecDeque<u64>, v: u64) {
+    window.push_back(v);
+    while window.len() > RATE_WINDOW + 1 {
+        window.pop_front();
+    }
+}
+
+/// Ends a segment's in-flight entry when dropped (done, failed or
+/// cancelled alike).
+#[derive(Debug)]
+pub struct Fetching<'a> {
+    metrics: &'a Metrics,
+    key: (CameraId, i64),
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.metrics.flow().in_flight.remove(&self.key);
+    }
 }
 
 impl Default for Metrics {
@@ -71,6 +168,8 @@ impl Metrics {
             status_age: Gauge::default(),
             net_cap: Gauge::default(),
             disk_cap: Gauge::default(),
+            peer_bytes: Family::default(),
+            progress: Mutex::default(),
             registry: Registry::with_prefix("hafill"),
         };
         m.registry.register(
@@ -114,6 +213,11 @@ impl Metrics {
             m.failed_segments.clone(),
         );
         m.registry.register(
+            "peer_backfilled_bytes",
+            "Bytes backfilled from each peer, verified and durable",
+            m.peer_bytes.clone(),
+        );
+        m.registry.register(
             "backfill_rounds",
             "Backfill rounds run by the daemon",
             m.rounds.clone(),
@@ -154,8 +258,37 @@ impl Metrics {
         self.placeholders.set(segments as i64);
     }
 
-    /// One segment made whole.
-    pub fn segment_done(&self, bytes: u64) {
+    fn flow(&self) -> std::sync::MutexGuard<'_, Flow> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A segment's fetch from `peer` begins; it ends when the returned
+    /// guard is dropped.
+    pub fn fetching(&self, meta: &SegmentMeta, peer: &str) -> Fetching<'_> {
+        let key = (meta.camera.clone(), meta.start.0);
+        self.flow().in_flight.insert(
+            key.clone(),
+            InFlight {
+                camera: meta.camera.clone(),
+                start: meta.start.0,
+                end: meta.end().0,
+                peer: peer.to_string(),
+            },
+        );
+        Fetching { metrics: self, key }
+    }
+
+    /// One segment made whole, from `peer`.
+    pub fn segment_done(&self, peer: &str, bytes: u64) {
+        {
+            let mut f = self.flow();
+            let p = f.peers.entry(peer.to_string()).or_default();
+            p.bytes += bytes;
+            p.segments += 1;
+        }
+        self.peer_bytes
+            .get_or_create(&PeerLabel { peer: peer.into() })
+            .inc_by(bytes);
         self.bytes.inc_by(bytes);
         self.segments.inc();
         self.pending_segments.dec();
@@ -230,6 +363,32 @@ impl Metrics {
         }
     }
 
+    /// The backfill's progress now: per peer, in flight, and the ETA.
+    pub fn progress(&self) -> Progress {
+        let f = self.flow();
+        let rate = mean_rate(&f.totals);
+        let pending_bytes = self.pending_bytes.get().max(0) as u64;
+        let peers = f
+            .peers
+            .iter()
+            .map(|(peer, p)| PeerProgress {
+                peer: peer.clone(),
+                bytes: p.bytes,
+                segments: p.segments,
+                rate: mean_rate(&p.window),
+                in_flight: f.in_flight.values().filter(|i| &i.peer == peer).count(),
+            })
+            .collect();
+        Progress {
+            pending_segments: self.pending_segments.get().max(0) as u64,
+            pending_bytes,
+            rate,
+            eta_seconds: (pending_bytes > 0 && rate > 0.0).then(|| pending_bytes as f64 / rate),
+            peers,
+            in_flight: f.in_flight.values().cloned().collect(),
+        }
+    }
+
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -248,6 +407,12 @@ impl Metrics {
             let now = self.bytes.get();
             let before = last.swap(now, Ordering::Relaxed);
             self.rate.set(now.saturating_sub(before) as f64);
+            let mut f = self.flow();
+            push_sample(&mut f.totals, now);
+            for p in f.peers.values_mut() {
+                let b = p.bytes;
+                push_sample(&mut p.window, b);
+            }
         }
     }
 }
@@ -260,7 +425,7 @@ mod tests {
     fn backfill_progress_shows_in_the_text() {
         let m = Metrics::new();
         m.planned(3, 300);
-        m.segment_done(100);
+        m.segment_done("rs01", 100);
         m.segment_failed(100);
         m.verify_failed();
         m.peer("rs01", true);
@@ -275,10 +440,65 @@ mod tests {
             "hafill_gaps_pending_bytes 100",
             "hafill_verify_failures_total 1",
             "hafill_peer_up{peer=\"rs01\"} 1",
+            "hafill_peer_backfilled_bytes_total{peer=\"rs01\"} 100",
             "hafill_throttle_net_cap_bytes_per_second 25000000",
             "hafill_throttle_disk_cap_bytes_per_second 0",
         ] {
             assert!(t.lines().any(|l| l == line), "{line} not in\n{t}");
         }
+    }
+
+    #[test]
+    fn progress_shows_what_is_in_flight_per_peer_and_the_eta() {
+        let m = Metrics::new();
+        m.planned(2, 3000);
+        let meta = SegmentMeta {
+            camera: CameraId::new("cam-1").unwrap(),
+            start: crate::units::Timestamp(60_000_000),
+            duration_us: 60_000_000,
+            len: 1000,
+            blake3: blake3::hash(b""),
+            state: crate::segment::SegmentState::Placeholder,
+            origin: crate::segment::Origin::Peer("rs01".into()),
+            notes: None,
+        };
+        {
+            let _f = m.fetching(&meta, "rs01");
+            let p = m.progress();
+            assert_eq!(p.in_flight.len(), 1);
+            assert_eq!(p.in_flight[0].peer, "rs01");
+            assert_eq!(p.eta_seconds, None, "nothing moved yet");
+        }
+        assert!(m.progress().in_flight.is_empty(), "the guard ends it");
+        // Two samples a second apart, 1000 bytes between them.
+        {
+            let mut f = m.flow();
+            push_sample(&mut f.totals, 0);
+        }
+        m.segment_done("rs01", 1000);
+        {
+            let mut f = m.flow();
+            push_sample(&mut f.totals, 1000);
+            let p = f.peers.get_mut("rs01").unwrap();
+            push_sample(&mut p.window, 0);
+            push_sample(&mut p.window, 1000);
+        }
+        let p = m.progress();
+        assert_eq!(p.pending_bytes, 2000);
+        assert_eq!(p.rate, 1000.0);
+        assert_eq!(p.eta_seconds, Some(2.0));
+        assert_eq!(p.peers[0].bytes, 1000);
+        assert_eq!(p.peers[0].rate, 1000.0);
+    }
+
+    #[test]
+    fn the_rate_window_keeps_its_last_seconds() {
+        let mut w = VecDeque::new();
+        for i in 0..100u64 {
+            push_sample(&mut w, i * 10);
+        }
+        assert_eq!(w.len(), RATE_WINDOW + 1);
+        assert_eq!(mean_rate(&w), 10.0);
+        assert_eq!(mean_rate(&VecDeque::from([5])), 0.0);
     }
 }

@@ -50,7 +50,8 @@ pub struct ServeArgs {
     #[arg(long)]
     no_scrub: bool,
     /// How often the HTTP side (`[server] status`) takes the site status
-    /// behind `/status` and the alert gauges (it asks every peer).
+    /// behind the operator's page, `/status`, `/timeline` and the alert
+    /// gauges (it asks every peer).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = args::duration_us)]
     status_every: u64,
     /// Congestion controller for what this server sends (overrides

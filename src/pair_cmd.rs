@@ -60,4 +60,3 @@ pub fn run(a: PairArgs) -> CmdResult {
         Outcome::Problems
     })
 }
-

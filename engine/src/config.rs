@@ -530,9 +530,13 @@ impl Config {
                     invalid(format!("[server] status_token_file {}: {e}", f.display()))
                 })?;
                 let t = t.trim();
-                if t.len() < MIN_TOKEN_LEN || !t.chars().all(|c| c.is_ascii_graphic()) {
+                if t.len() < MIN_TOKEN_LEN
+                    || !t
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c))
+                {
                     return Err(invalid(format!(
-                        "[server] status_token_file {}: the token must be at least {MIN_TOKEN_LEN} printable ASCII characters without spaces (for example `openssl rand -hex 24`)",
+                        "[server] status_token_file {}: the token must be at least {MIN_TOKEN_LEN} of A-Z a-z 0-9 - _ . ~ (for example `openssl rand -hex 24`)",
                         f.display()
                     )));
                 }
@@ -819,6 +823,38 @@ mod tests {
         assert_eq!(c.retention_us, 30 * 86_400_000_000);
         assert!(c.paired_with(&CameraId::new("cam-0001").unwrap(), "rs01"));
         assert!(!c.paired_with(&CameraId::new("lobby").unwrap(), "rs01"));
+    }
+
+    #[test]
+    fn the_http_side_beyond_loopback_needs_a_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = |status: &str, token: Option<&str>| {
+            let mut text = format!(
+                "[server]\nname = \"rs02\"\nlisten = \"127.0.0.1:7402\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nstatus = \"{status}\"\n"
+            );
+            if let Some(t) = token {
+                std::fs::write(dir.path().join("status.token"), t).unwrap();
+                text += "status_token_file = \"status.token\"\n";
+            }
+            Config::parse(&text, &dir.path().join("hafill.toml"))
+        };
+        assert!(server("127.0.0.1:9402", None)
+            .unwrap()
+            .status_token
+            .is_none());
+        assert!(server("[::1]:9402", None).is_ok());
+        let e = server("0.0.0.0:9402", None).unwrap_err().to_string();
+        assert!(e.contains("status_token_file"), "{e}");
+        let e = server("10.0.0.2:9402", Some("short\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let c = server("0.0.0.0:9402", Some("0123456789abcdef0123\n")).unwrap();
+        let t = c.status_token.unwrap();
+        assert!(t.matches("0123456789abcdef0123"));
+        assert!(!t.matches("0123456789abcdef012"));
+        assert!(!t.matches("0123456789abcdef0124"));
+        assert_eq!(format!("{t:?}"), "Token(..)", "never printed");
     }
 
     #[test]

@@ -108,7 +108,23 @@ impl Drop for Listener {
     }
 }
 
-type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+/// An answer, before it is encoded for the request it answers.
+struct Response {
+    code: u16,
+    ctype: &'static str,
+    body: Vec<u8>,
+    headers: Vec<tiny_http::Header>,
+}
+
+impl Response {
+    fn with_header(mut self, h: tiny_http::Header) -> Response {
+        self.headers.push(h);
+        self
+    }
+}
+
+/// Bodies smaller than this go as they are.
+const GZIP_FROM: usize = 1400;
 
 /// Listens on `addr` and answers on a thread of its own; what must ask
 /// the peers runs on `runtime`.
@@ -134,7 +150,13 @@ pub fn listen(
                     Route::Now(resp) => respond(req, resp),
                     Route::AskPeers(ask) => {
                         let Ok(permit) = board.asking.clone().try_acquire_owned() else {
-                            respond(req, text(503, "too many requests are asking the peers; try again shortly\n"));
+                            respond(
+                                req,
+                                text(
+                                    503,
+                                    "too many requests are asking the peers; try again shortly\n",
+                                ),
+                            );
                             continue;
                         };
                         let board = board.clone();
@@ -154,8 +176,37 @@ pub fn listen(
     })
 }
 
+/// Sends `resp`, gzipped where the client takes gzip and it pays.
 fn respond(req: tiny_http::Request, resp: Response) {
-    if let Err(e) = req.respond(resp) {
+    let gzip = resp.body.len() >= GZIP_FROM
+        && req.headers().iter().any(|h| {
+            h.field.equiv("Accept-Encoding")
+                && h.value
+                    .as_str()
+                    .split(',')
+                    .any(|e| e.split(';').next().is_some_and(|e| e.trim() == "gzip"))
+        });
+    let mut headers = resp.headers;
+    headers.extend(header("Content-Type", resp.ctype));
+    headers.extend(header("Cache-Control", "no-store"));
+    let body = if gzip {
+        use std::io::Write;
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        match z.write_all(&resp.body).and_then(|()| z.finish()) {
+            Ok(b) => {
+                headers.extend(header("Content-Encoding", "gzip"));
+                b
+            }
+            Err(_) => resp.body,
+        }
+    } else {
+        resp.body
+    };
+    let mut r = tiny_http::Response::from_data(body).with_status_code(resp.code);
+    for h in headers {
+        r.add_header(h);
+    }
+    if let Err(e) = req.respond(r) {
         tracing::debug!("http: {e}");
     }
 }
@@ -164,15 +215,12 @@ fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
     tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
 }
 
-fn with_type(code: u16, ctype: &str, body: Vec<u8>) -> Response {
-    let r = tiny_http::Response::from_data(body).with_status_code(code);
-    let r = match header("Content-Type", ctype) {
-        Some(h) => r.with_header(h),
-        None => r,
-    };
-    match header("Cache-Control", "no-store") {
-        Some(h) => r.with_header(h),
-        None => r,
+fn with_type(code: u16, ctype: &'static str, body: Vec<u8>) -> Response {
+    Response {
+        code,
+        ctype,
+        body,
+        headers: Vec::new(),
     }
 }
 
@@ -222,8 +270,7 @@ fn allowed(req: &tiny_http::Request, token: Option<&Token>, q: &HashMap<String, 
             None
         }
     });
-    given.is_some_and(|g| token.matches(g))
-        || q.get("token").is_some_and(|g| token.matches(g))
+    given.is_some_and(|g| token.matches(g)) || q.get("token").is_some_and(|g| token.matches(g))
 }
 
 enum Route {
@@ -309,12 +356,16 @@ fn route(req: &tiny_http::Request, board: &Board) -> Route {
                     };
                     // A browser that came with `?token=` keeps it for the
                     // page's own requests.
-                    match q.get("token").and_then(|t| {
-                        header(
-                            "Set-Cookie",
-                            &format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict"),
-                        )
-                    }) {
+                    let token = board.config.status_token.as_ref();
+                    match q
+                        .get("token")
+                        .filter(|t| token.is_some_and(|k| k.matches(t)))
+                        .and_then(|t| {
+                            header(
+                                "Set-Cookie",
+                                &format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict"),
+                            )
+                        }) {
                         Some(h) => r.with_header(h),
                         None => r,
                     }
@@ -369,16 +420,14 @@ impl Ask {
                     .map(|(_, t)| t.clone());
                 let t = match kept {
                     Some(t) => t,
-                    None => {
-                        match health::site(config, Some(Timestamp(from)), ASK_TIMEOUT).await {
-                            Ok((_, t)) => {
-                                let t = Arc::new(t);
-                                *wide = Some((Instant::now(), t.clone()));
-                                t
-                            }
-                            Err(e) => return error_json(500, e.to_string()),
+                    None => match health::site(config, Some(Timestamp(from)), ASK_TIMEOUT).await {
+                        Ok((_, t)) => {
+                            let t = Arc::new(t);
+                            *wide = Some((Instant::now(), t.clone()));
+                            t
                         }
-                    }
+                        Err(e) => return error_json(500, e.to_string()),
+                    },
                 };
                 json(200, &live(&t.cut(from, to), board))
             }

@@ -52,6 +52,7 @@ pub struct Metrics {
     net_cap: Gauge,
     disk_cap: Gauge,
     peer_bytes: Family<PeerLabel, Counter>,
+    status_gaps: Gauge,
     progress: Mutex<Flow>,
 }
 
@@ -169,6 +170,7 @@ impl Metrics {
             net_cap: Gauge::default(),
             disk_cap: Gauge::default(),
             peer_bytes: Family::default(),
+            status_gaps: Gauge::default(),
             progress: Mutex::default(),
             registry: Registry::with_prefix("hafill"),
         };
@@ -231,6 +233,11 @@ impl Metrics {
             "alerts",
             "HA alerts standing at the last status, by kind and severity",
             m.alerts.clone(),
+        );
+        m.registry.register(
+            "status_gap_segments",
+            "Segments another of their camera's servers holds and this server lacks, at the last status",
+            m.status_gaps.clone(),
         );
         m.registry.register(
             "status_age_seconds",
@@ -338,6 +345,14 @@ impl Metrics {
         for p in &s.peers {
             self.peer(&p.peer, p.connected);
         }
+        let gaps: u64 = s
+            .cameras
+            .iter()
+            .flat_map(|c| &c.servers)
+            .filter(|v| v.server == s.server)
+            .map(|v| v.gaps_pending.segments)
+            .sum();
+        self.status_gaps.set(gaps.min(i64::MAX as u64) as i64);
     }
 
     pub fn set_status_age(&self, age: Duration) {
@@ -489,6 +504,69 @@ mod tests {
         assert_eq!(p.eta_seconds, Some(2.0));
         assert_eq!(p.peers[0].bytes, 1000);
         assert_eq!(p.peers[0].rate, 1000.0);
+    }
+
+    /// Every `hafill_*` name the dashboard and the alerting rules in
+    /// `dist/` use is one the daemon exports.
+    #[test]
+    fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
+        // Families show once they have a member.
+        let m = Metrics::new();
+        m.segment_done("rs01", 1);
+        m.set_status(&SiteStatus {
+            server: "rs02".into(),
+            at: String::new(),
+            from: String::new(),
+            to: String::new(),
+            peers: vec![crate::health::PeerState {
+                peer: "rs01".into(),
+                connected: true,
+                error: None,
+            }],
+            cameras: Vec::new(),
+            overview: Default::default(),
+            alerts: Vec::new(),
+        });
+        let text = m.encode();
+        let exported: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let known = |name: &str| {
+            exported.contains(&name)
+                || name
+                    .strip_suffix("_total")
+                    .is_some_and(|n| exported.contains(&n))
+        };
+        let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist");
+        for file in ["grafana/hafill.json", "prometheus/hafill-alerts.yml"] {
+            let body = std::fs::read_to_string(dist.join(file)).unwrap();
+            let mut names: Vec<&str> = body
+                .match_indices("hafill_")
+                .map(|(i, _)| {
+                    let rest = &body[i..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    &rest[..end]
+                })
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            assert!(names.len() >= 4, "{file}: {names:?}");
+            for n in names {
+                assert!(
+                    known(n),
+                    "dist/{file} uses {n}, which the daemon does not export:\n{text}"
+                );
+            }
+        }
+        let dash: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dist.join("grafana/hafill.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(dash["panels"].as_array().is_some_and(|p| p.len() >= 6));
     }
 
     #[test]

@@ -63,8 +63,10 @@ mod tests {
 
     #[test]
     fn data_cannot_close_its_script_element() {
-        let j = serde_json::to_string(&serde_json::json!({"m": "</script><img src=x onerror=alert(1)>&"}))
-            .unwrap();
+        let j = serde_json::to_string(
+            &serde_json::json!({"m": "</script><img src=x onerror=alert(1)>&"}),
+        )
+        .unwrap();
         let safe = script_safe(&j);
         assert!(!safe.contains('<') && !safe.contains('>'), "{safe}");
         let back: serde_json::Value = serde_json::from_str(&safe).unwrap();

@@ -67,7 +67,12 @@ pub fn load(browser: &Path, profile: &Path, url: &str) -> Load {
 /// Writes a PNG of `url` at 1400 x 900 to `to`.
 pub fn screenshot(browser: &Path, profile: &Path, url: &str, to: &Path) {
     let arg = format!("--screenshot={}", to.display());
-    let out = run(browser, profile, &[&arg, "--window-size=1400,900", "--hide-scrollbars"], url);
+    let out = run(
+        browser,
+        profile,
+        &[&arg, "--window-size=1400,900", "--hide-scrollbars"],
+        url,
+    );
     assert!(
         out.status.success() && to.exists(),
         "chromium wrote no screenshot of {url}: {}",

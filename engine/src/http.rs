@@ -17,16 +17,19 @@ use std::time::{Duration, Instant};
 
 use crate::camera::CameraId;
 use crate::config::{Config, Token};
-use crate::health::{self, SiteStatus};
+use crate::health::{self, HealthError, SiteStatus};
 use crate::metrics::Metrics;
 use crate::timeline::Timeline;
 use crate::units::Timestamp;
 
-/// Requests that ask the peers (`/locate`, an older timeline) at once;
-/// more are answered 503.
-const ASKING_AT_ONCE: usize = 4;
-/// How long each peer may take to answer such a request.
+/// `/locate` requests asking the peers at once; more are answered 503.
+const LOCATING_AT_ONCE: usize = 4;
+/// How long a peer may take to connect for a request that asks it.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a request that asks the peers may take in all; then 504.
+const ASK_DEADLINE: Duration = Duration::from_secs(60);
+/// Threads answering requests: a client that reads slowly holds one.
+const THREADS: usize = 4;
 /// The cookie a browser keeps the token in once it opened `/?token=...`.
 const COOKIE: &str = "hafill_token";
 
@@ -47,9 +50,13 @@ pub struct Board {
     /// this long.
     every: Duration,
     last: RwLock<Option<Arc<Look>>>,
-    /// The last timeline that reached further back than the regular look.
+    /// The last timeline that reached further back than the regular look;
+    /// one such look at a time (a second request waits for it, or is
+    /// answered 503 when one already waits).
     wide: tokio::sync::Mutex<Option<(Instant, Arc<Timeline>)>>,
-    asking: Arc<tokio::sync::Semaphore>,
+    wide_waiting: Arc<tokio::sync::Semaphore>,
+    locating: Arc<tokio::sync::Semaphore>,
+    started: Instant,
 }
 
 impl Board {
@@ -60,7 +67,9 @@ impl Board {
             every,
             last: RwLock::new(None),
             wide: tokio::sync::Mutex::new(None),
-            asking: Arc::new(tokio::sync::Semaphore::new(ASKING_AT_ONCE)),
+            wide_waiting: Arc::new(tokio::sync::Semaphore::new(2)),
+            locating: Arc::new(tokio::sync::Semaphore::new(LOCATING_AT_ONCE)),
+            started: Instant::now(),
         }
     }
 
@@ -84,10 +93,9 @@ impl Board {
     }
 }
 
-/// A running HTTP listener; stops when dropped.
+/// A running HTTP listener; stops taking requests when dropped.
 pub struct Listener {
     server: Arc<tiny_http::Server>,
-    thread: Option<std::thread::JoinHandle<()>>,
     pub addr: SocketAddr,
 }
 
@@ -101,9 +109,10 @@ impl std::fmt::Debug for Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // Each answering thread ends at its next wait for a request; one
+        // still writing to a slow client is not waited for.
+        for _ in 0..THREADS {
+            self.server.unblock();
         }
     }
 }
@@ -126,8 +135,8 @@ impl Response {
 /// Bodies smaller than this go as they are.
 const GZIP_FROM: usize = 1400;
 
-/// Listens on `addr` and answers on a thread of its own; what must ask
-/// the peers runs on `runtime`.
+/// Listens on `addr` and answers on threads of its own; what must ask the
+/// peers runs on `runtime`.
 pub fn listen(
     addr: SocketAddr,
     board: Arc<Board>,
@@ -141,39 +150,59 @@ pub fn listen(
         .server_addr()
         .to_ip()
         .ok_or_else(|| std::io::Error::other("status listener has no IP address"))?;
-    let s = server.clone();
-    let thread = std::thread::Builder::new()
-        .name("hafill-http".into())
-        .spawn(move || {
-            for req in s.incoming_requests() {
-                match route(&req, &board) {
-                    Route::Now(resp) => respond(req, resp),
-                    Route::AskPeers(ask) => {
-                        let Ok(permit) = board.asking.clone().try_acquire_owned() else {
-                            respond(
-                                req,
-                                text(
-                                    503,
-                                    "too many requests are asking the peers; try again shortly\n",
-                                ),
-                            );
-                            continue;
-                        };
-                        let board = board.clone();
-                        runtime.spawn(async move {
-                            let resp = ask.answer(&board).await;
-                            drop(permit);
-                            let _ = tokio::task::spawn_blocking(move || respond(req, resp)).await;
-                        });
+    for i in 0..THREADS {
+        let (s, board, runtime) = (server.clone(), board.clone(), runtime.clone());
+        std::thread::Builder::new()
+            .name(format!("hafill-http-{i}"))
+            .spawn(move || {
+                for req in s.incoming_requests() {
+                    match route(&req, &board) {
+                        Route::Now(resp) => respond(req, resp),
+                        Route::AskPeers(ask) => ask_peers(req, ask, &board, &runtime),
                     }
                 }
-            }
-        })?;
-    Ok(Listener {
-        server,
-        thread: Some(thread),
-        addr,
-    })
+            })?;
+    }
+    Ok(Listener { server, addr })
+}
+
+/// Answers `req` on the runtime, under its kind's limit (held until the
+/// answer is written) and [`ASK_DEADLINE`]; the answering thread goes on.
+fn ask_peers(
+    req: tiny_http::Request,
+    ask: Ask,
+    board: &Arc<Board>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let limit = match ask {
+        Ask::Locate(..) => &board.locating,
+        Ask::Timeline(..) => &board.wide_waiting,
+    };
+    let Ok(permit) = limit.clone().try_acquire_owned() else {
+        return respond(
+            req,
+            text(
+                503,
+                "too many requests are asking the peers; try again shortly\n",
+            ),
+        );
+    };
+    let b = board.clone();
+    runtime.spawn(async move {
+        let resp = tokio::time::timeout(ASK_DEADLINE, ask.answer(&b))
+            .await
+            .unwrap_or_else(|_| {
+                error_json(
+                    504,
+                    format!("the peers did not answer within {ASK_DEADLINE:?}"),
+                )
+            });
+        let _ = tokio::task::spawn_blocking(move || {
+            respond(req, resp);
+            drop(permit);
+        })
+        .await;
+    });
 }
 
 /// Sends `resp`, gzipped where the client takes gzip and it pays.
@@ -246,21 +275,28 @@ fn query(url: &str) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Whether the request may be answered: from this machine always; from
-/// another only with the token (as a bearer, the cookie, or `?token=`).
+/// Whether the request may be answered. With a token set, every request
+/// must carry it (as a bearer, the cookie, or `?token=`), from this
+/// machine too: a proxy on this machine forwards others' requests from
+/// loopback. Without one, only requests from loopback that name this
+/// machine by `localhost` or an address are answered: a web page that
+/// rebinds its own name to 127.0.0.1 gets nothing.
 fn allowed(req: &tiny_http::Request, token: Option<&Token>, q: &HashMap<String, String>) -> bool {
-    if req
-        .remote_addr()
-        .is_some_and(|a| a.ip().to_canonical().is_loopback())
-    {
-        return true;
-    }
     let Some(token) = token else {
-        return false;
+        let local = req
+            .remote_addr()
+            .is_some_and(|a| a.ip().to_canonical().is_loopback());
+        let named_locally = req
+            .headers()
+            .iter()
+            .filter(|h| h.field.equiv("Host"))
+            .all(|h| host_is_local(h.value.as_str()));
+        return local && named_locally;
     };
     let given = req.headers().iter().find_map(|h| {
         if h.field.equiv("Authorization") {
-            h.value.as_str().strip_prefix("Bearer ").map(str::trim)
+            let (scheme, value) = h.value.as_str().trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
         } else if h.field.equiv("Cookie") {
             h.value
                 .as_str()
@@ -271,6 +307,22 @@ fn allowed(req: &tiny_http::Request, token: Option<&Token>, q: &HashMap<String, 
         }
     });
     given.is_some_and(|g| token.matches(g)) || q.get("token").is_some_and(|g| token.matches(g))
+}
+
+/// Whether a `Host` header names this machine without a name a stranger
+/// controls: `localhost` or an IP address, with or without a port.
+fn host_is_local(host: &str) -> bool {
+    let host = host.trim();
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6
+            .split_once(']')
+            .is_some_and(|(a, _)| a.parse::<std::net::Ipv6Addr>().is_ok());
+    }
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.chars().all(|c| c.is_ascii_digit()) => n,
+        _ => host,
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 enum Route {
@@ -310,11 +362,30 @@ fn route(req: &tiny_http::Request, board: &Board) -> Route {
         }
     };
     let path = url.split('?').next().unwrap_or("");
+    // A browser that came with `?token=` keeps it in a cookie for the
+    // page's own requests, and is sent on to `/` so that the token leaves
+    // its address bar.
+    let token = board.config.status_token.as_ref();
+    if path == "/" {
+        let cookie = q
+            .get("token")
+            .filter(|t| token.is_some_and(|k| k.matches(t)))
+            .and_then(|t| {
+                header(
+                    "Set-Cookie",
+                    &format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict"),
+                )
+            });
+        if let (Some(c), Some(l)) = (cookie, header("Location", "/")) {
+            return Route::Now(text(303, "see /\n").with_header(c).with_header(l));
+        }
+    }
     Route::Now(match path {
         "/metrics" => {
-            if let Some(l) = board.look() {
-                board.metrics.set_status_age(l.at.elapsed());
-            }
+            // Before a first look, the age counts from the start: a daemon
+            // that never manages one shows a status ever older.
+            let since = board.look().map_or(board.started, |l| l.at);
+            board.metrics.set_status_age(since.elapsed());
             with_type(
                 200,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -336,8 +407,21 @@ fn route(req: &tiny_http::Request, board: &Board) -> Route {
                         (Err(r), _) | (_, Err(r)) => return Route::Now(r),
                     };
                     let to = until.map_or(i64::MAX, |t| t.0);
-                    let from = since.map_or(look.timeline.from_us, |t| t.0);
-                    if from >= look.timeline.from_us {
+                    // Nothing older than the retention is asked for; a
+                    // moment within a second of the look's start is the
+                    // look's (the page sends milliseconds).
+                    let oldest = now.0.saturating_sub(board.config.retention_us as i64);
+                    let from = since.map_or(look.timeline.from_us, |t| t.0).max(oldest);
+                    let from = if (look.timeline.from_us - 1_000_000..look.timeline.from_us)
+                        .contains(&from)
+                    {
+                        look.timeline.from_us
+                    } else {
+                        from
+                    };
+                    if to <= from {
+                        error_json(400, "until= must be later than since=".into())
+                    } else if from >= look.timeline.from_us {
                         json(200, &live(&look.timeline.cut(from, to), board))
                     } else {
                         return Route::AskPeers(Ask::Timeline(from, to));
@@ -350,24 +434,9 @@ fn route(req: &tiny_http::Request, board: &Board) -> Route {
                         board.config.retention_us,
                         true,
                     );
-                    let r = match page {
+                    match page {
                         Ok(p) => with_type(200, "text/html; charset=utf-8", p.into_bytes()),
                         Err(e) => text(500, &format!("{e}\n")),
-                    };
-                    // A browser that came with `?token=` keeps it for the
-                    // page's own requests.
-                    let token = board.config.status_token.as_ref();
-                    match q
-                        .get("token")
-                        .filter(|t| token.is_some_and(|k| k.matches(t)))
-                        .and_then(|t| {
-                            header(
-                                "Set-Cookie",
-                                &format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict"),
-                            )
-                        }) {
-                        Some(h) => r.with_header(h),
-                        None => r,
                     }
                 }
             }
@@ -410,7 +479,10 @@ impl Ask {
                         "unreachable": unreachable,
                     }),
                 ),
-                Err(e) => error_json(400, e.to_string()),
+                Err(e @ (HealthError::Unpaired(_) | HealthError::NotHere { .. })) => {
+                    error_json(400, e.to_string())
+                }
+                Err(e) => error_json(500, e.to_string()),
             },
             Ask::Timeline(from, to) => {
                 let mut wide = board.wide.lock().await;

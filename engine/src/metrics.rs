@@ -383,15 +383,23 @@ impl Metrics {
         let f = self.flow();
         let rate = mean_rate(&f.totals);
         let pending_bytes = self.pending_bytes.get().max(0) as u64;
-        let peers = f
+        // Every peer that delivered, or has a fetch under way.
+        let names: std::collections::BTreeSet<&String> = f
             .peers
-            .iter()
-            .map(|(peer, p)| PeerProgress {
-                peer: peer.clone(),
-                bytes: p.bytes,
-                segments: p.segments,
-                rate: mean_rate(&p.window),
-                in_flight: f.in_flight.values().filter(|i| &i.peer == peer).count(),
+            .keys()
+            .chain(f.in_flight.values().map(|i| &i.peer))
+            .collect();
+        let peers = names
+            .into_iter()
+            .map(|peer| {
+                let p = f.peers.get(peer).cloned().unwrap_or_default();
+                PeerProgress {
+                    peer: peer.clone(),
+                    bytes: p.bytes,
+                    segments: p.segments,
+                    rate: mean_rate(&p.window),
+                    in_flight: f.in_flight.values().filter(|i| &i.peer == peer).count(),
+                }
             })
             .collect();
         Progress {
@@ -482,6 +490,8 @@ mod tests {
             let p = m.progress();
             assert_eq!(p.in_flight.len(), 1);
             assert_eq!(p.in_flight[0].peer, "rs01");
+            assert_eq!(p.peers.len(), 1, "a peer shows from its first fetch");
+            assert_eq!(p.peers[0].in_flight, 1);
             assert_eq!(p.eta_seconds, None, "nothing moved yet");
         }
         assert!(m.progress().in_flight.is_empty(), "the guard ends it");

@@ -171,7 +171,8 @@ impl Timeline {
 
     /// The same timeline over `[from, to)` only.
     pub fn cut(&self, from: i64, to: i64) -> Timeline {
-        let (from, to) = (from.max(self.from_us), to.min(self.to_us).max(from));
+        let from = from.max(self.from_us);
+        let to = to.min(self.to_us).max(from);
         let cameras = self
             .cameras
             .iter()

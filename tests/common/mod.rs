@@ -129,7 +129,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut text = String::new();

@@ -64,7 +64,6 @@ for i in range(cameras):
 iso = "2025-12-02T18:26:40Z"
 status = {"server": "rs02", "at": iso, "from": iso, "to": iso,
           "peers": [{"peer": "rs01", "connected": True, "error": None}],
-          "cameras": [{"camera": c["camera"]} for c in cams],
           "overview": {"cameras": cameras, "recording": cameras, "mismatched": [], "disconnected": [],
                        "overflow": [a["camera"] + "@rs02" for a in alerts], "alerts": {"warning": len(alerts)}},
           "alerts": alerts}

@@ -286,6 +286,14 @@ fn locate_over_http_answers_as_hafill_locate_does() {
         s.read_to_string(&mut b).unwrap();
         b.split_whitespace().nth(1).unwrap_or("").to_string()
     };
+    // The page's poll: the status without its per-camera table.
+    let (code, body) = http_get(port, "/status?brief=1").unwrap();
+    let brief: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        brief.get("cameras").is_none() && brief["overview"]["cameras"] == 2,
+        "{brief:#}"
+    );
     assert_eq!(answer("evil.example:80"), "401");
     assert_eq!(answer(&format!("localhost:{port}")), "200");
     assert_eq!(answer(&format!("[::1]:{port}")), "200");

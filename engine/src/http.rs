@@ -400,6 +400,12 @@ fn route(req: &tiny_http::Request, board: &Board) -> Route {
                 ));
             };
             match path {
+                "/status" if q.get("brief").is_some_and(|b| b == "1") => {
+                    match crate::page::brief(&look.status) {
+                        Ok(v) => json(200, &v),
+                        Err(e) => text(500, &format!("{e}\n")),
+                    }
+                }
                 "/status" => json(200, &*look.status),
                 "/timeline" => {
                     let (since, until) = match (time("since"), time("until")) {

@@ -22,8 +22,18 @@ struct Boot<'a> {
     live: bool,
     poll_ms: u64,
     retention_s: u64,
-    status: &'a SiteStatus,
+    status: serde_json::Value,
     timeline: &'a Timeline,
+}
+
+/// The status without its per-camera table, which the page does not draw
+/// (the timeline carries the cameras): `/status?brief=1`.
+pub fn brief(status: &SiteStatus) -> Result<serde_json::Value, serde_json::Error> {
+    let mut v = serde_json::to_value(status)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("cameras");
+    }
+    Ok(v)
 }
 
 /// The page with `status` and `timeline` inside; `live` pages poll.
@@ -37,7 +47,7 @@ pub fn render(
         live,
         poll_ms: POLL_MS,
         retention_s: retention_us / 1_000_000,
-        status,
+        status: brief(status)?,
         timeline,
     })?;
     Ok(TEMPLATE.replacen(SLOT, &script_safe(&json), 1))

@@ -149,6 +149,33 @@ fn the_page_shows_every_camera_and_the_outage_shrinking_during_the_backfill() {
         "rs01 lacks the 5 minutes only rs02 recorded: {g1:?}"
     );
 
+    // `hafill status --html` writes the same page, self-contained: opened
+    // from a file, with no daemon behind it, it shows the same bars.
+    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("operator_page");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let html = out_dir.join("status.html");
+    let _ = std::fs::remove_file(&html);
+    let out = run(&[
+        "status",
+        "--config",
+        p(&c.server("rs02").config()),
+        "--html",
+        p(&html),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wrote"),
+        "{out:?}"
+    );
+    let snapshot = browser::load(
+        &chromium,
+        profile.path(),
+        &format!("file://{}", html.display()),
+    );
+    let gs = gaps(&snapshot.dom);
+    assert_eq!(gs, g1, "the snapshot shows what the daemon's page showed");
+    assert!(snapshot.console().is_empty(), "{:?}", snapshot.console());
+    assert!(snapshot.dom.contains("(snapshot)"));
+
     // rs02 restarts and backfills: a later load shows less of its gap, and
     // rs01 in the backfill's table.
     c.signal(1, rustix::process::Signal::TERM);

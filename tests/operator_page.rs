@@ -283,35 +283,21 @@ fn locate_over_http_answers_as_hafill_locate_does() {
         }
     }
     // A browser that takes gzip gets the page gzipped.
-    let raw = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            s,
-            "GET / HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: gzip, deflate\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut b = Vec::new();
-        s.read_to_end(&mut b).unwrap();
-        b
-    };
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
-    assert!(head.contains("content-encoding: gzip"), "{head}");
-    assert!(raw[split + 4..].starts_with(&[0x1f, 0x8b]), "a gzip stream");
+    let (head, body) = raw_get(
+        port,
+        "/",
+        "Host: localhost\r\nAccept-Encoding: gzip, deflate",
+    );
+    assert!(
+        head.to_lowercase().contains("content-encoding: gzip"),
+        "{head}"
+    );
+    assert!(body.starts_with(&[0x1f, 0x8b]), "a gzip stream");
     // Without a token, a request naming this machine by a stranger's name
     // (a page that rebound its name to 127.0.0.1) gets nothing.
     let answer = |host: &str| {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            s,
-            "GET /status HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut b = String::new();
-        s.read_to_string(&mut b).unwrap();
-        b.split_whitespace().nth(1).unwrap_or("").to_string()
+        let (head, _) = raw_get(port, "/status", &format!("Host: {host}"));
+        head.split_whitespace().nth(1).unwrap_or("").to_string()
     };
     // The page's poll: the status without its per-camera table.
     let (code, body) = http_get(port, "/status?brief=1").unwrap();
@@ -328,6 +314,26 @@ fn locate_over_http_answers_as_hafill_locate_does() {
     assert_eq!(code, 400, "{body}");
     let (code, body) = http_get(port, "/locate?camera=cam-0001&at=yesterday").unwrap();
     assert_eq!(code, 400, "{body}");
+}
+
+/// GET `path` from 127.0.0.1:`port` with exactly `headers` (CRLF between
+/// them): the response's head and its body as sent.
+fn raw_get(port: u16, path: &str, headers: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\n{headers}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut b = Vec::new();
+    s.read_to_end(&mut b).unwrap();
+    let split = b
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(b.len());
+    let head = String::from_utf8_lossy(&b[..split]).into_owned();
+    (head, b[(split + 4).min(b.len())..].to_vec())
 }
 
 /// A network namespace joined to this one by a veth pair: a second

@@ -308,6 +308,13 @@ fn locate_over_http_answers_as_hafill_locate_does() {
         "{brief:#}"
     );
     assert_eq!(answer("evil.example:80"), "401");
+    // Nor does a request another web site's page makes the browser send.
+    let (head, _) = raw_get(
+        port,
+        "/status",
+        "Host: localhost\r\nSec-Fetch-Site: cross-site",
+    );
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert_eq!(answer(&format!("localhost:{port}")), "200");
     assert_eq!(answer(&format!("[::1]:{port}")), "200");
     let (code, body) = http_get(port, "/locate?camera=../etc&at=now").unwrap();
@@ -475,7 +482,7 @@ fn the_http_side_refuses_another_address_without_the_token() {
         other.get(
             port,
             "/metrics",
-            &format!("Cookie: hafill_token={token}\\r\\n")
+            &format!("Cookie: hafill_token_rs01={token}\\r\\n")
         ),
         "200"
     );
@@ -496,13 +503,22 @@ fn the_http_side_refuses_another_address_without_the_token() {
         other.get(
             port,
             "/metrics",
-            "Cookie: hafill_token=not-the-token-at-all\\r\\n"
+            "Cookie: hafill_token_rs01=not-the-token-at-all\\r\\n"
         ),
         "401"
     );
     assert_eq!(
         other.get(port, "/metrics?token=not-the-token-at-all", ""),
         "401"
+    );
+    // A proxy's own bearer does not hide a good cookie.
+    assert_eq!(
+        other.get(
+            port,
+            "/metrics",
+            &format!("Authorization: Bearer a-proxy-of-its-own\\r\\nCookie: hafill_token_rs01={token}\\r\\n")
+        ),
+        "200"
     );
     // A browser opening the page with the token keeps it in a cookie and
     // is sent on to `/`, the token out of its address bar.

@@ -98,8 +98,7 @@ struct ServerSection {
     congestion: Congestion,
     #[serde(default = "default_status")]
     status: String,
-    /// A file holding the token the HTTP side asks of requests from other
-    /// machines.
+    /// A file holding the token the HTTP side asks of every request.
     status_token_file: Option<PathBuf>,
 }
 
@@ -225,9 +224,9 @@ pub struct Config {
     pub throttle: Throttle,
     /// The HTTP side (`/`, `/metrics`, `/status`, ...); None: off.
     pub status: Option<SocketAddr>,
-    /// What a request from another machine must carry to be answered
-    /// (`[server] status_token_file`); required when `status` is not a
-    /// loopback address.
+    /// What every request to the HTTP side must carry, once set (`[server]
+    /// status_token_file`); required when `status` is not a loopback
+    /// address.
     pub status_token: Option<Token>,
 }
 

@@ -238,6 +238,16 @@ pub struct SiteStatus {
     pub alerts: Vec<Alert>,
 }
 
+/// What a server that records a camera now holds beyond its last complete
+/// segment: the segment it is writing, up to `until` (as the planner
+/// counts it). Nothing when it does not record.
+pub fn recording_tail(recording: Option<bool>, last_end: Option<i64>, until: i64) -> IntervalSet {
+    match (recording, last_end) {
+        (Some(true), Some(end)) if end < until => IntervalSet::single(end, until),
+        _ => IntervalSet::new(),
+    }
+}
+
 /// Whether a server holding `held` lacks another server's segment `x`.
 /// Recorders cut at their own moments: a hole under the seam tolerance is
 /// not a gap.
@@ -305,7 +315,8 @@ pub fn assess(
             let recording = reachable.then(|| {
                 last.is_some_and(|l| l.end >= now.0 - (l.end - l.start) - RECORDING_GRACE_US)
             });
-            let held = IntervalSet::from_intervals(slots.iter().map(|x| (x.start, x.end)));
+            let held = IntervalSet::from_intervals(slots.iter().map(|x| (x.start, x.end)))
+                .union(&recording_tail(recording, last.map(|l| l.end), window.1 .0));
             let mut missing: BTreeMap<i64, u64> = BTreeMap::new();
             for o in servers.iter().filter(|o| *o != s) {
                 for x in slots_of(o) {
@@ -733,4 +744,28 @@ pub async fn locate(
         }),
         unreachable,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_segment_a_recording_server_is_writing_is_no_gap() {
+        // Its last complete segment ends at 60; a peer's ends at 115.
+        let done = IntervalSet::from_intervals([(0, 60)]);
+        let theirs = Slot {
+            start: 55,
+            end: 115,
+            len: 1,
+        };
+        let writing = done.union(&recording_tail(Some(true), Some(60), 200));
+        assert!(!lacks(&writing, &theirs, 0));
+        // Stopped, or unknown: the same segment is a gap.
+        for state in [Some(false), None] {
+            let held = done.union(&recording_tail(state, Some(60), 200));
+            assert!(lacks(&held, &theirs, 0), "{state:?}");
+        }
+        assert!(recording_tail(Some(true), Some(300), 200).is_empty());
+    }
 }

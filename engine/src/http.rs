@@ -30,8 +30,12 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 const ASK_DEADLINE: Duration = Duration::from_secs(60);
 /// Threads answering requests: a client that reads slowly holds one.
 const THREADS: usize = 4;
-/// The cookie a browser keeps the token in once it opened `/?token=...`.
-const COOKIE: &str = "hafill_token";
+/// The cookie a browser keeps the token in once it opened `/?token=...`,
+/// `hafill_token_<server>`: cookies ignore ports, so two servers reached
+/// through tunnels on one host keep theirs apart.
+const COOKIE: &str = "hafill_token_";
+/// How long a browser keeps it.
+const COOKIE_MAX_AGE_S: u64 = 30 * 86_400;
 
 /// What the site looked like at the last look.
 #[derive(Debug)]
@@ -156,9 +160,14 @@ pub fn listen(
             .name(format!("hafill-http-{i}"))
             .spawn(move || {
                 for req in s.incoming_requests() {
-                    match route(&req, &board) {
-                        Route::Now(resp) => respond(req, resp),
-                        Route::AskPeers(ask) => ask_peers(req, ask, &board, &runtime),
+                    // A bug in answering one request must not end the thread.
+                    let routed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        route(&req, &board)
+                    }));
+                    match routed {
+                        Ok(Route::Now(resp)) => respond(req, resp),
+                        Ok(Route::AskPeers(ask)) => ask_peers(req, ask, &board, &runtime),
+                        Err(_) => respond(req, text(500, "internal error; see the daemon's log\n")),
                     }
                 }
             })?;
@@ -189,7 +198,7 @@ fn ask_peers(
     };
     let b = board.clone();
     runtime.spawn(async move {
-        let resp = tokio::time::timeout(ASK_DEADLINE, ask.answer(&b))
+        let resp = tokio::time::timeout(ASK_DEADLINE, ask.answer(b))
             .await
             .unwrap_or_else(|_| {
                 error_json(
@@ -197,11 +206,9 @@ fn ask_peers(
                     format!("the peers did not answer within {ASK_DEADLINE:?}"),
                 )
             });
-        let _ = tokio::task::spawn_blocking(move || {
-            respond(req, resp);
-            drop(permit);
-        })
-        .await;
+        // The permit bounds the asking, not a client's reading.
+        drop(permit);
+        let _ = tokio::task::spawn_blocking(move || respond(req, resp)).await;
     });
 }
 
@@ -281,7 +288,12 @@ fn query(url: &str) -> HashMap<String, String> {
 /// loopback. Without one, only requests from loopback that name this
 /// machine by `localhost` or an address are answered: a web page that
 /// rebinds its own name to 127.0.0.1 gets nothing.
-fn allowed(req: &tiny_http::Request, token: Option<&Token>, q: &HashMap<String, String>) -> bool {
+fn allowed(
+    req: &tiny_http::Request,
+    token: Option<&Token>,
+    cookie: &str,
+    q: &HashMap<String, String>,
+) -> bool {
     let Some(token) = token else {
         let local = req
             .remote_addr()
@@ -293,20 +305,27 @@ fn allowed(req: &tiny_http::Request, token: Option<&Token>, q: &HashMap<String, 
             .all(|h| host_is_local(h.value.as_str()));
         return local && named_locally;
     };
-    let given = req.headers().iter().find_map(|h| {
+    // Any bearer, any of our cookies, or the query may carry it: a proxy's
+    // own `Authorization` does not hide a good cookie.
+    let mut given: Vec<&str> = Vec::new();
+    for h in req.headers() {
         if h.field.equiv("Authorization") {
-            let (scheme, value) = h.value.as_str().trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| value.trim())
+            if let Some((scheme, value)) = h.value.as_str().trim().split_once(' ') {
+                if scheme.eq_ignore_ascii_case("bearer") {
+                    given.push(value.trim());
+                }
+            }
         } else if h.field.equiv("Cookie") {
-            h.value
-                .as_str()
-                .split(';')
-                .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        } else {
-            None
+            given.extend(
+                h.value
+                    .as_str()
+                    .split(';')
+                    .filter_map(|c| c.trim().strip_prefix(cookie)?.strip_prefix('=')),
+            );
         }
-    });
-    given.is_some_and(|g| token.matches(g)) || q.get("token").is_some_and(|g| token.matches(g))
+    }
+    given.extend(q.get("token").map(String::as_str));
+    given.into_iter().any(|g| token.matches(g))
 }
 
 /// Whether a `Host` header names this machine without a name a stranger
@@ -339,7 +358,8 @@ enum Ask {
 fn route(req: &tiny_http::Request, board: &Board) -> Route {
     let url = req.url();
     let q = query(url);
-    if !allowed(req, board.config.status_token.as_ref(), &q) {
+    let cookie = format!("{COOKIE}{}", board.config.name);
+    if !allowed(req, board.config.status_token.as_ref(), &cookie, &q) {
         let r = text(
             401,
             "this address needs the token of [server] status_token_file (Authorization: Bearer, or open /?token=...)\n",
@@ -348,6 +368,14 @@ fn route(req: &tiny_http::Request, board: &Board) -> Route {
             Some(h) => r.with_header(h),
             None => r,
         });
+    }
+    // Another web site's page may make the browser send requests here
+    // (an image, a form); it cannot read the answers, but it must not make
+    // this server ask its peers either.
+    if req.headers().iter().any(|h| {
+        h.field.equiv("Sec-Fetch-Site") && h.value.as_str().eq_ignore_ascii_case("cross-site")
+    }) {
+        return Route::Now(text(403, "requests from other web sites are refused\n"));
     }
     if *req.method() != tiny_http::Method::Get && *req.method() != tiny_http::Method::Head {
         return Route::Now(text(405, "only GET\n"));
@@ -367,16 +395,27 @@ fn route(req: &tiny_http::Request, board: &Board) -> Route {
     // its address bar.
     let token = board.config.status_token.as_ref();
     if path == "/" {
-        let cookie = q
+        let set = q
             .get("token")
             .filter(|t| token.is_some_and(|k| k.matches(t)))
             .and_then(|t| {
                 header(
                     "Set-Cookie",
-                    &format!("{COOKIE}={t}; Path=/; HttpOnly; SameSite=Strict"),
+                    &format!(
+                        "{cookie}={t}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax"
+                    ),
                 )
             });
-        if let (Some(c), Some(l)) = (cookie, header("Location", "/")) {
+        // Back to the page with the rest of its query.
+        let rest: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(q.iter().filter(|(k, _)| *k != "token"))
+            .finish();
+        let to = if rest.is_empty() {
+            "./".to_string()
+        } else {
+            format!("./?{rest}")
+        };
+        if let (Some(c), Some(l)) = (set, header("Location", &to)) {
             return Route::Now(text(303, "see /\n").with_header(c).with_header(l));
         }
     }
@@ -416,7 +455,8 @@ fn route(req: &tiny_http::Request, board: &Board) -> Route {
                     // Nothing older than the retention is asked for; a
                     // moment within a second of the look's start is the
                     // look's (the page sends milliseconds).
-                    let oldest = now.0.saturating_sub(board.config.retention_us as i64);
+                    let retention = board.config.retention_us.min(i64::MAX as u64) as i64;
+                    let oldest = now.0.saturating_sub(retention);
                     let from = since.map_or(look.timeline.from_us, |t| t.0).max(oldest);
                     let from = if (look.timeline.from_us - 1_000_000..look.timeline.from_us)
                         .contains(&from)
@@ -472,7 +512,7 @@ fn live(t: &Timeline, board: &Board) -> Timeline {
 }
 
 impl Ask {
-    async fn answer(self, board: &Board) -> Response {
+    async fn answer(self, board: Arc<Board>) -> Response {
         let config = &board.config;
         match self {
             Ask::Locate(camera, at) => match health::locate(config, &camera, at, ASK_TIMEOUT).await
@@ -491,23 +531,31 @@ impl Ask {
                 Err(e) => error_json(500, e.to_string()),
             },
             Ask::Timeline(from, to) => {
-                let mut wide = board.wide.lock().await;
-                let kept = wide
-                    .as_ref()
-                    .filter(|(at, t)| at.elapsed() < board.every && t.from_us <= from)
-                    .map(|(_, t)| t.clone());
-                let t = match kept {
-                    Some(t) => t,
-                    None => match health::site(config, Some(Timestamp(from)), ASK_TIMEOUT).await {
-                        Ok((_, t)) => {
-                            let t = Arc::new(t);
-                            *wide = Some((Instant::now(), t.clone()));
-                            t
-                        }
-                        Err(e) => return error_json(500, e.to_string()),
-                    },
-                };
-                json(200, &live(&t.cut(from, to), board))
+                // The look runs in a task of its own, holding `wide`: a
+                // request that gives up at the deadline leaves it running,
+                // and its result is kept for the next request.
+                let b = board.clone();
+                let look = tokio::spawn(async move {
+                    let mut wide = b.wide.lock().await;
+                    let kept = wide
+                        .as_ref()
+                        .filter(|(at, t)| at.elapsed() < b.every && t.from_us <= from)
+                        .map(|(_, t)| t.clone());
+                    if let Some(t) = kept {
+                        return Ok(t);
+                    }
+                    let (_, t) = health::site(&b.config, Some(Timestamp(from)), ASK_TIMEOUT)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let t = Arc::new(t);
+                    *wide = Some((Instant::now(), t.clone()));
+                    Ok::<_, String>(t)
+                });
+                match look.await {
+                    Ok(Ok(t)) => json(200, &live(&t.cut(from, to), &board)),
+                    Ok(Err(e)) => error_json(500, e),
+                    Err(e) => error_json(500, e.to_string()),
+                }
             }
         }
     }

@@ -21,6 +21,7 @@ use crate::health::{AlertKind, Severity, SiteStatus};
 use crate::segment::SegmentMeta;
 use crate::throttle::governor::{limits_now, SharedThrottle};
 use crate::throttle::schedule::Limits;
+use crate::units::Timestamp;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabel {
@@ -53,6 +54,7 @@ pub struct Metrics {
     disk_cap: Gauge,
     peer_bytes: Family<PeerLabel, Counter>,
     status_gaps: Gauge,
+    oldest_gap: Gauge<f64, AtomicU64>,
     progress: Mutex<Flow>,
 }
 
@@ -171,6 +173,7 @@ impl Metrics {
             disk_cap: Gauge::default(),
             peer_bytes: Family::default(),
             status_gaps: Gauge::default(),
+            oldest_gap: Gauge::default(),
             progress: Mutex::default(),
             registry: Registry::with_prefix("hafill"),
         };
@@ -238,6 +241,11 @@ impl Metrics {
             "status_gap_segments",
             "Segments another of their camera's servers holds and this server lacks, at the last status",
             m.status_gaps.clone(),
+        );
+        m.registry.register(
+            "status_oldest_gap_seconds",
+            "Age of the oldest segment this server lacks and another holds, at the last status (0: none)",
+            m.oldest_gap.clone(),
         );
         m.registry.register(
             "status_age_seconds",
@@ -345,14 +353,23 @@ impl Metrics {
         for p in &s.peers {
             self.peer(&p.peer, p.connected);
         }
-        let gaps: u64 = s
-            .cameras
-            .iter()
-            .flat_map(|c| &c.servers)
-            .filter(|v| v.server == s.server)
-            .map(|v| v.gaps_pending.segments)
-            .sum();
+        let mine = || {
+            s.cameras
+                .iter()
+                .flat_map(|c| &c.servers)
+                .filter(|v| v.server == s.server)
+        };
+        let gaps: u64 = mine().map(|v| v.gaps_pending.segments).sum();
         self.status_gaps.set(gaps.min(i64::MAX as u64) as i64);
+        let parse = |t: &str| Timestamp::parse(t, Timestamp(0)).ok();
+        let oldest = mine()
+            .filter_map(|v| v.gaps_pending.oldest.as_deref().and_then(parse))
+            .min();
+        let age = match (oldest, parse(&s.at)) {
+            (Some(o), Some(at)) => (at.0 - o.0).max(0) as f64 / 1e6,
+            _ => 0.0,
+        };
+        self.oldest_gap.set(age);
     }
 
     pub fn set_status_age(&self, age: Duration) {

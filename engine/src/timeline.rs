@@ -251,6 +251,9 @@ pub fn build(
             };
             if on.reachable {
                 let held = spans.of(&[SpanKind::Recorded, SpanKind::Backfilled]);
+                // The segment it is writing now is no gap.
+                let last_end = held.runs().last().map(|r| r.end);
+                let held = held.union(&health::recording_tail(on.recording, last_end, at));
                 let reserved = spans.of(&[SpanKind::Reserved]);
                 let lacking = IntervalSet::from_intervals(
                     c.servers

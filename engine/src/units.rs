@@ -76,11 +76,13 @@ impl Timestamp {
             .unwrap_or(s);
         if let Some(d) = rel.strip_prefix('-') {
             let d = parse_duration_micros(d).map_err(|_| err())?;
-            return Ok(now.add_micros(-(d as i64))).and_then(|t| t.checked().ok_or_else(err));
+            let d = i64::try_from(d).map_err(|_| err())?;
+            return Ok(now.add_micros(-d)).and_then(|t| t.checked().ok_or_else(err));
         }
         if let Some(d) = rel.strip_prefix('+') {
             let d = parse_duration_micros(d).map_err(|_| err())?;
-            return Ok(now.add_micros(d as i64)).and_then(|t| t.checked().ok_or_else(err));
+            let d = i64::try_from(d).map_err(|_| err())?;
+            return Ok(now.add_micros(d)).and_then(|t| t.checked().ok_or_else(err));
         }
         let dt = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| err())?;
         let micros = dt.unix_timestamp_nanos() / 1_000;
@@ -218,7 +220,17 @@ mod tests {
         assert_eq!(t.to_string(), "2026-11-21T08:00:00.00025Z");
         let t2 = Timestamp::parse("2026-11-21T09:00:00+01:00", now).unwrap();
         assert_eq!(t2.to_string(), "2026-11-21T08:00:00Z");
-        for bad in ["yesterday", "2026-13-01T00:00:00Z", "-2x", "", "12:00"] {
+        for bad in [
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "-2x",
+            "",
+            "12:00",
+            // Out of range either way, never wrapped round.
+            "-9223372036854775808us",
+            "-18446744073709551615us",
+            "+18446744073709551615us",
+        ] {
             assert!(Timestamp::parse(bad, now).is_err(), "{bad}");
         }
     }

@@ -155,15 +155,39 @@ pub fn wait_or_kill(
     limit: std::time::Duration,
     what: &str,
 ) -> Output {
+    // Piped output is read as it comes: a child whose pipe filled (64 KiB)
+    // would block on its next log line and never end.
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut b);
+            }
+            b
+        })
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let guard = std::time::Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
         if std::time::Instant::now() > guard {
             let _ = child.kill();
-            panic!("{what} did not end within {limit:?}");
+            let _ = child.wait();
+            let err = err.join().unwrap_or_default();
+            let tail = String::from_utf8_lossy(&err[err.len().saturating_sub(4000)..]).into_owned();
+            panic!("{what} did not end within {limit:?}; the end of its stderr:\n{tail}");
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
-    child.wait_with_output().unwrap()
 }
 
 /// The state of every segment of a store (`store ls --json`).

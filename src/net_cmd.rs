@@ -49,6 +49,12 @@ pub struct ServeArgs {
     /// Only serve; never backfill by itself.
     #[arg(long)]
     no_scrub: bool,
+    /// How often a scrub round asks the peers for the whole window's
+    /// segment lists; the rounds between ask for what changed only (from
+    /// per camera-day and camera-hour summaries). A full round also finds
+    /// segments this server lost.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = args::duration_us)]
+    scrub_full_every: u64,
     /// How often the HTTP side (`[server] status`) takes the site status
     /// behind the operator's page, `/status`, `/timeline` and the alert
     /// gauges (it asks every peer).
@@ -120,6 +126,7 @@ pub fn serve(a: ServeArgs) -> CmdResult {
         };
         let opts = hafill_engine::daemon::ServeOptions {
             scrub_every,
+            scrub_full_every: std::time::Duration::from_micros(a.scrub_full_every),
             status_every: std::time::Duration::from_micros(a.status_every.max(1_000_000)),
         };
         hafill_engine::daemon::serve(config, opts, throttle, shutdown).await

@@ -218,6 +218,20 @@ pub struct Placement {
     pub summary: PlaceSummary,
 }
 
+impl Placement {
+    /// The (camera, start) of every planned segment.
+    pub fn planned(&self) -> impl Iterator<Item = (CameraId, i64)> + '_ {
+        self.plan
+            .iter()
+            .map(|p| (p.source.camera.clone(), p.source.start.0))
+    }
+
+    /// The window the peers were asked about.
+    pub fn window(&self) -> (Timestamp, Timestamp) {
+        self.window
+    }
+}
+
 /// The work a session found: placeholders made, segments to fetch.
 #[derive(Debug, Default)]
 pub struct Prepared {
@@ -321,6 +335,16 @@ impl Session {
         })
     }
 
+    /// The longest wait for one frame from a peer.
+    pub fn stall(&self) -> Duration {
+        self.opts.stall
+    }
+
+    /// The configuration the session runs under.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Peers that could not be reached.
     pub fn unreachable(&self) -> Vec<String> {
         self.statuses
@@ -351,7 +375,34 @@ impl Session {
         from: Timestamp,
         to: Timestamp,
     ) -> BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> {
+        let stall = self.opts.stall;
+        let (holdings, _) = self
+            .holdings_with(|conn, _, cams| async move {
+                let entries = client::coverage(&conn, from.0, to.0, cams, stall).await?;
+                Ok((entries, ()))
+            })
+            .await;
+        holdings
+    }
+
+    /// [`Self::holdings`], each peer asked by `ask` (its connection, its
+    /// name, the cameras asked for: empty for every paired camera), which
+    /// answers the coverage entries and whatever else it learnt.
+    pub async fn holdings_with<T, F, Fut>(
+        &mut self,
+        ask: F,
+    ) -> (
+        BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+        Vec<(String, T)>,
+    )
+    where
+        F: Fn(quinn::Connection, String, Vec<String>) -> Fut,
+        Fut: std::future::Future<
+            Output = Result<(Vec<hafill_protocol::CoverageEntry>, T), TransferError>,
+        >,
+    {
         let mut holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> = BTreeMap::new();
+        let mut learnt = Vec::new();
         let names: Vec<String> = self.conns.keys().cloned().collect();
         let cams: Vec<String> = self
             .opts
@@ -364,10 +415,8 @@ impl Session {
         let deadline = self.opts.coverage_deadline;
         let asks =
             names.iter().map(|name| {
-                let conn = self.conns[name][0].clone();
-                let (cams, stall) = (cams.clone(), self.opts.stall);
+                let ask = ask(self.conns[name][0].clone(), name.clone(), cams.clone());
                 async move {
-                    let ask = client::coverage(&conn, from.0, to.0, cams, stall);
                     tokio::time::timeout(deadline, ask).await.unwrap_or(Err(
                         TransferError::Timeout("no whole coverage answer within the deadline"),
                     ))
@@ -376,7 +425,8 @@ impl Session {
         let answers = futures::future::join_all(asks).await;
         for (name, answer) in names.into_iter().zip(answers) {
             match answer {
-                Ok(entries) => {
+                Ok((entries, t)) => {
+                    learnt.push((name.clone(), t));
                     let n = self.take_coverage(&name, entries, &mut holdings);
                     self.statuses.push(PeerStatus {
                         peer: name.clone(),
@@ -403,7 +453,7 @@ impl Session {
                 }
             }
         }
-        holdings
+        (holdings, learnt)
     }
 
     /// The recorder this session fills.
@@ -418,17 +468,35 @@ impl Session {
         plan_opts: &PlanOptions,
         t0: Instant,
     ) -> Result<Placement, BackfillError> {
-        let (from, to) = plan_opts.window();
-        let to = to.min(plan_opts.now.add_micros(86_400_000_000));
+        let (from, to) = place_window(plan_opts);
         let holdings = self.holdings(from, to).await;
+        self.place_holdings(plan_opts, t0, holdings).await
+    }
 
+    /// [`Self::place`] with the peers' holdings already asked for.
+    pub async fn place_holdings(
+        &mut self,
+        plan_opts: &PlanOptions,
+        t0: Instant,
+        holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+    ) -> Result<Placement, BackfillError> {
+        let (from, to) = place_window(plan_opts);
         let t_coverage = t0.elapsed();
-        // Plan, camera by camera, reading only the window of the index.
+        // Plan, camera by camera, reading only the part of the index the
+        // peers' segments reach: what we hold elsewhere cannot change what
+        // they offer.
         let mut planner = Planner::new(plan_opts.clone());
         let matching = self.recorder.matching();
         let seam_us = self.config.recorder.seam_us();
         for (camera, per_peer) in &holdings {
-            let local = self.recorder.segments(camera, from, to)?;
+            let offered = per_peer.iter().flat_map(|(_, v)| v.iter());
+            let reach = offered.fold(None, |r: Option<(Timestamp, Timestamp)>, s| {
+                Some(r.map_or((s.start, s.end()), |(a, b)| {
+                    (a.min(s.start), b.max(s.end()))
+                }))
+            });
+            let Some((a, b)) = reach else { continue };
+            let local = self.recorder.segments(camera, a.max(from), b.min(to))?;
             let views: Vec<(&str, &[SegmentMeta])> = per_peer
                 .iter()
                 .map(|(n, v)| (n.as_str(), v.as_slice()))
@@ -865,6 +933,13 @@ impl Session {
             peers: self.statuses,
         }
     }
+}
+
+/// The window a session asks its peers about: the plan's, and no further
+/// than a day ahead of now.
+pub(crate) fn place_window(plan_opts: &PlanOptions) -> (Timestamp, Timestamp) {
+    let (from, to) = plan_opts.window();
+    (from, to.min(plan_opts.now.add_micros(86_400_000_000)))
 }
 
 /// The plan window of a backfill: the options' bounds within retention.

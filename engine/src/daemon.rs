@@ -21,7 +21,7 @@ use crate::throttle::governor::SharedThrottle;
 /// round. Returns when `stop` is set.
 pub async fn scrub_loop(
     config: Arc<Config>,
-    every: Duration,
+    (every, full_every): (Duration, Duration),
     throttle: SharedThrottle,
     metrics: Option<Arc<Metrics>>,
     stop: Arc<AtomicBool>,
@@ -31,8 +31,10 @@ pub async fn scrub_loop(
         metrics,
         ..BackfillOptions::default()
     };
+    let mut memory = crate::scrub::ScrubMemory::default();
     while !stop.load(Ordering::Relaxed) {
         let t0 = Instant::now();
+        let memory = &mut memory;
         let round = async {
             // Dialling a peer that is down takes its full timeout; a
             // shutdown does not wait for it (nothing is written yet).
@@ -40,7 +42,23 @@ pub async fn scrub_loop(
                 s = Session::connect(&config, &opts) => s?,
                 _ = stopped(&stop) => return Ok(None),
             };
-            let prepared = session.prepare(&plan_options(&config, &opts), t0).await?;
+            let plan_opts = plan_options(&config, &opts);
+            let (prepared, looks) =
+                crate::scrub::prepare_round(&mut session, &plan_opts, t0, memory, full_every)
+                    .await?;
+            for (peer, l) in looks {
+                tracing::info!(
+                    peer = %peer,
+                    full = l.full,
+                    day_summaries = l.day_summaries,
+                    changed_days = l.changed_days,
+                    hour_summaries = l.hour_summaries,
+                    changed_hours = l.changed_hours,
+                    entries = l.entries,
+                    seconds = format!("{:.3}", t0.elapsed().as_secs_f64()),
+                    "scrub: asked"
+                );
+            }
             if prepared.jobs() == 0 {
                 session.close().await;
                 return Ok(None);
@@ -88,6 +106,9 @@ pub async fn stopped(stop: &AtomicBool) {
 pub struct ServeOptions {
     /// Backfill by itself this often ([`scrub_loop`]); None: only serve.
     pub scrub_every: Option<Duration>,
+    /// How often a scrub round asks for the whole window
+    /// ([`crate::scrub`]).
+    pub scrub_full_every: Duration,
     /// How often the HTTP side's status (and alert gauges) is taken.
     pub status_every: Duration,
 }
@@ -96,6 +117,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             scrub_every: None,
+            scrub_full_every: Duration::from_secs(86_400),
             status_every: Duration::from_secs(60),
         }
     }
@@ -153,7 +175,7 @@ pub async fn serve(
     let scrub = opts.scrub_every.map(|every| {
         tokio::spawn(scrub_loop(
             config.clone(),
-            every,
+            (every, opts.scrub_full_every),
             throttle,
             Some(metrics.clone()),
             stop.clone(),

@@ -1,4 +1,4 @@
-//! # The hafill wire protocol, version 2
+//! # The hafill wire protocol, version 3
 //!
 //! Sans-IO: this crate encodes and decodes byte buffers. It opens no socket
 //! and no file, so it can be tested and fuzzed without a network.
@@ -44,6 +44,9 @@
 //! | 0x10 | `CoverageRequest` | receiver -> source | i64 from_us, i64 to_us, u16 n, n x str8 camera (n = 0: every camera paired with the asker) |
 //! | 0x11 | `CoverageChunk` | source -> receiver | u32 raw length, zstd frame of raw entries |
 //! | 0x12 | `CoverageEnd` | source -> receiver | u64 number of entries sent |
+//! | 0x13 | `SummaryRequest` | receiver -> source | i64 from_us, i64 to_us, u64 bucket_us, u16 n, n x str8 camera (n = 0: every camera paired with the asker) |
+//! | 0x14 | `SummaryChunk` | source -> receiver | u32 raw length, zstd frame of raw summaries |
+//! | 0x15 | `SummaryEnd` | source -> receiver | u64 number of summaries sent |
 //! | 0x20 | `FetchRequest` | receiver -> source | str8 camera, i64 start_us, u32 block size, u8 compression, u16 n, n x (u32 first block, u32 count) |
 //! | 0x21 | `FetchHeader` | source -> receiver | u64 length, [32] BLAKE3, u32 block size, u32 n blocks, n x [32] block chaining value |
 //! | 0x22 | `Block` | source -> receiver | u32 index, u8 encoding (0 raw, 1 zstd), u32 raw length, data |
@@ -57,6 +60,21 @@
 //! same version: a `Hello` of another is answered with `Error` `Version`
 //! naming both. A chunk holds at most [`MAX_COVERAGE_RAW`] raw bytes; a response
 //! at most [`MAX_COVERAGE_ENTRIES`] entries.
+//!
+//! ## Summaries
+//!
+//! A summary (added in version 3) says what a source holds of one camera
+//! in one bucket of time without listing it: raw, str8 camera, i64 bucket
+//! start, u64 count, u64 bytes, u128 LE digest. A bucket is `bucket_us`
+//! long (a whole number of hours that divides a day) and starts at a
+//! multiple of it since the epoch; it holds the complete segments that
+//! start in it. Its digest is the wrapping sum of each segment's first 16
+//! bytes of BLAKE3(i64 start_us, u64 duration_us, u64 length, [32] BLAKE3),
+//! so summaries add up: an hour's sum to its day's. The source answers
+//! every bucket the window `[from_us, to_us)` touches, whole, that holds a
+//! segment, in chunks framed like coverage chunks. A receiver compares
+//! them with what it saw in an earlier round and asks for the coverage of
+//! the buckets that changed only.
 //!
 //! ## Blocks and verification
 //!
@@ -89,8 +107,8 @@ pub use message::*;
 /// ALPN protocol id.
 pub const ALPN: &[u8] = b"hafill/1";
 /// The protocol version this crate speaks. 2 (2026-12-02): coverage
-/// entries carry the recorder's notes.
-pub const VERSION: u16 = 2;
+/// entries carry the recorder's notes. 3 (2026-12-02): summaries.
+pub const VERSION: u16 = 3;
 /// Largest frame length (type byte and body).
 pub const MAX_FRAME_LEN: usize = MAX_BLOCK_SIZE as usize + 64;
 /// Smallest block size: one BLAKE3 chunk.

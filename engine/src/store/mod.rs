@@ -432,7 +432,7 @@ impl Store {
     }
 
     /// Day numbers with an index log for `camera`, sorted.
-    fn days(&self, camera: &CameraId) -> Result<Vec<i64>> {
+    pub fn days(&self, camera: &CameraId) -> Result<Vec<i64>> {
         let dir = self.root.join("index").join(camera.as_str());
         let mut out = Vec::new();
         let rd = match fs::read_dir(&dir) {
@@ -453,6 +453,21 @@ impl Store {
         }
         out.sort_unstable();
         Ok(out)
+    }
+
+    /// The index log of `camera`'s day `day` (it may not exist).
+    pub fn day_log_path(&self, camera: &CameraId, day: i64) -> PathBuf {
+        self.root
+            .join(index_rel_path(camera, &day_name(day_start(day))))
+    }
+
+    /// The segments of `camera` that start on day `day`, sorted by start.
+    pub fn day_segments(&self, camera: &CameraId, day: i64) -> Result<Vec<SegmentMeta>> {
+        Ok(self
+            .read_day(camera, day)?
+            .into_values()
+            .map(|r| r.into_meta(camera.clone()))
+            .collect())
     }
 
     fn read_day(&self, camera: &CameraId, day: i64) -> Result<BTreeMap<i64, Record>> {

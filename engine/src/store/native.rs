@@ -2,26 +2,73 @@
 //! placeholders are files at the segment's own path, marked `placeholder`;
 //! a filled one is marked `complete` on its file, then in the index.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::traits::{Matching, Recorder, SegmentSink};
-use super::{Store, StoreError};
+use super::{layout, Store, StoreError};
 use crate::camera::CameraId;
 use crate::placeholder::{self, PlaceOptions, Placed, Progress};
 use crate::segment::{SegmentMeta, SegmentState};
+use crate::summary::Summary;
 use crate::units::Timestamp;
 
 /// The native store behind the adapter trait.
 #[derive(Debug)]
 pub struct NativeRecorder {
     store: Store,
+    /// Hour summaries of each day log, with the log's identity (inode,
+    /// length, modification time) when they were read: a log is only
+    /// appended to, so one that is the same still says the same.
+    summaries: Mutex<BTreeMap<(CameraId, i64), (LogStamp, DaySummaries)>>,
 }
+
+type LogStamp = (u64, u64, Option<std::time::SystemTime>);
+type DaySummaries = Arc<Vec<(i64, Summary)>>;
 
 impl NativeRecorder {
     pub fn new(store: Store) -> Self {
-        NativeRecorder { store }
+        NativeRecorder {
+            store,
+            summaries: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<(CameraId, i64), (LogStamp, DaySummaries)>> {
+        self.summaries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The hour summaries of `camera`'s day `day`, read again only when
+    /// its log changed.
+    fn day_summaries(&self, camera: &CameraId, day: i64) -> Result<DaySummaries, StoreError> {
+        let path = self.store.day_log_path(camera, day);
+        let stamp: LogStamp = match std::fs::metadata(&path) {
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                (m.ino(), m.len(), m.modified().ok())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0, None),
+            Err(source) => return Err(StoreError::Io { path, source }),
+        };
+        let key = (camera.clone(), day);
+        if let Some((s, v)) = self.cache().get(&key) {
+            if *s == stamp && stamp.2.is_some() {
+                return Ok(v.clone());
+            }
+        }
+        let start = layout::day_start(day);
+        let segs = self.store.day_segments(camera, day)?;
+        let v = Arc::new(crate::summary::summarize(
+            &segs,
+            crate::summary::HOUR_US,
+            (start.0, start.0 + crate::summary::DAY_US as i64),
+        ));
+        self.cache().insert(key, (stamp, v.clone()));
+        Ok(v)
     }
 
     pub fn store(&self) -> &Store {
@@ -57,6 +104,36 @@ impl Recorder for NativeRecorder {
 
     fn last_segment_end(&self, camera: &CameraId) -> Result<Option<Timestamp>, StoreError> {
         self.store.last_segment_end(camera)
+    }
+
+    fn summaries(
+        &self,
+        camera: &CameraId,
+        from: Timestamp,
+        to: Timestamp,
+        bucket_us: u64,
+    ) -> Result<Vec<(i64, Summary)>, StoreError> {
+        let bounds = crate::summary::bucket_bounds(from, to, bucket_us);
+        if bounds.0 >= bounds.1 {
+            return Ok(Vec::new());
+        }
+        let (first, last) = (
+            layout::day_number(Timestamp(bounds.0)),
+            layout::day_number(Timestamp(bounds.1 - 1)),
+        );
+        // Days before the window are no longer asked for: forgotten.
+        self.cache().retain(|(c, d), _| c != camera || *d >= first);
+        let days: Vec<i64> = self
+            .store
+            .days(camera)?
+            .into_iter()
+            .filter(|d| (first..=last).contains(d))
+            .collect();
+        let mut hours = Vec::new();
+        for day in days {
+            hours.extend(self.day_summaries(camera, day)?.iter().copied());
+        }
+        Ok(crate::summary::regroup(hours, bucket_us, bounds))
     }
 
     fn open(
@@ -197,5 +274,65 @@ impl SegmentSink for FileSink {
             state: SegmentState::Complete,
             ..meta.clone()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Origin;
+
+    fn meta(cam: &CameraId, start: i64) -> SegmentMeta {
+        SegmentMeta {
+            camera: cam.clone(),
+            start: Timestamp(start),
+            duration_us: 60_000_000,
+            len: 1000,
+            blake3: blake3::hash(&start.to_le_bytes()),
+            state: SegmentState::Complete,
+            origin: Origin::Local,
+            notes: None,
+        }
+    }
+
+    #[test]
+    fn kept_summaries_follow_appends_to_the_day_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), true).unwrap();
+        let cam = CameraId::new("cam-1").unwrap();
+        let day = 20_000 * crate::summary::DAY_US as i64;
+        let hour = crate::summary::HOUR_US as i64;
+        store
+            .append_index(&[meta(&cam, day), meta(&cam, day + hour)])
+            .unwrap();
+        let rec = NativeRecorder::new(store);
+        let window = (Timestamp(day - 5 * hour), Timestamp(day + 30 * hour));
+        let by_day = |r: &NativeRecorder| {
+            r.summaries(&cam, window.0, window.1, crate::summary::DAY_US)
+                .unwrap()
+        };
+        let first = by_day(&rec);
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].0, first[0].1.count), (day, 2));
+        // The same again, from what was kept; and the hours add up to it.
+        assert_eq!(by_day(&rec), first);
+        let hours = rec
+            .summaries(&cam, window.0, window.1, crate::summary::HOUR_US)
+            .unwrap();
+        assert_eq!(hours.len(), 2);
+        // An append changes the day's summary at once.
+        rec.store()
+            .append_index(&[meta(&cam, day + 2 * hour)])
+            .unwrap();
+        let after = by_day(&rec);
+        assert_eq!(after[0].1.count, 3);
+        assert_ne!(after[0].1.digest, first[0].1.digest);
+        // What the default (reading every segment) says is the same.
+        let direct = crate::summary::summarize(
+            &rec.segments(&cam, window.0, window.1).unwrap(),
+            crate::summary::DAY_US,
+            crate::summary::bucket_bounds(window.0, window.1, crate::summary::DAY_US),
+        );
+        assert_eq!(after, direct);
     }
 }

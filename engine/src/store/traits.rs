@@ -56,6 +56,22 @@ pub trait Recorder: Send + Sync + std::fmt::Debug {
         to: Timestamp,
     ) -> Result<Vec<SegmentMeta>, StoreError>;
 
+    /// Summaries of `camera`'s finished segments by bucket of `bucket_us`
+    /// (see [`crate::summary`]), over the buckets `[from, to)` touches,
+    /// sorted; only buckets that hold one. Adapters that can keep them
+    /// between calls do (the native store, per day log).
+    fn summaries(
+        &self,
+        camera: &CameraId,
+        from: Timestamp,
+        to: Timestamp,
+        bucket_us: u64,
+    ) -> Result<Vec<(i64, crate::summary::Summary)>, StoreError> {
+        let bounds = crate::summary::bucket_bounds(from, to, bucket_us);
+        let segs = self.segments(camera, Timestamp(bounds.0), Timestamp(bounds.1))?;
+        Ok(crate::summary::summarize(&segs, bucket_us, bounds))
+    }
+
     /// The end of `camera`'s newest finished segment.
     fn last_segment_end(&self, camera: &CameraId) -> Result<Option<Timestamp>, StoreError>;
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use hafill_protocol::tree::{VerifiedBlock, VerifiedTree, VerifyError};
 use hafill_protocol::{
-    block_count, decode_coverage_chunk, BlockHeader, Compression, CoverageEntry, Encoding,
-    ErrorCode, Message, MAX_BLOCK_SIZE, MAX_COVERAGE_ENTRIES, MAX_FRAME_LEN, VERSION,
+    block_count, decode_coverage_chunk, decode_summary_chunk, BlockHeader, Compression,
+    CoverageEntry, Encoding, ErrorCode, Message, SummaryEntry, MAX_BLOCK_SIZE,
+    MAX_COVERAGE_ENTRIES, MAX_FRAME_LEN, VERSION,
 };
 
 use super::fetch::BlockFetch;
@@ -173,6 +174,67 @@ pub async fn coverage_at_most(
             None => {
                 return Err(TransferError::Protocol(
                     "coverage ended without CoverageEnd".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Asks for the summaries of what a peer holds in the buckets of
+/// `bucket_us` that `[from, to)` touches; each frame of the answer must
+/// come within `stall`.
+pub async fn summaries(
+    conn: &quinn::Connection,
+    (from_us, to_us): (i64, i64),
+    bucket_us: u64,
+    cameras: Vec<String>,
+    stall: Duration,
+) -> Result<Vec<SummaryEntry>, TransferError> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| TransferError::Connection(e, "peer".into()))?;
+    write_message(
+        &mut send,
+        &Message::SummaryRequest {
+            from_us,
+            to_us,
+            bucket_us,
+            cameras,
+        },
+    )
+    .await?;
+    send.finish()?;
+    let mut out = Vec::new();
+    loop {
+        match read_within(stall, read_message(&mut recv, MAX_FRAME_LEN)).await? {
+            Some(Message::SummaryChunk { raw_len, zstd }) => {
+                out.extend(decode_summary_chunk(raw_len, &zstd)?);
+                if out.len() as u64 > MAX_COVERAGE_ENTRIES {
+                    return Err(TransferError::Protocol(format!(
+                        "summary response exceeds the limit of {MAX_COVERAGE_ENTRIES} entries"
+                    )));
+                }
+            }
+            Some(Message::SummaryEnd { entries }) if entries == out.len() as u64 => return Ok(out),
+            Some(Message::SummaryEnd { entries }) => {
+                return Err(TransferError::Protocol(format!(
+                    "summaries announced {entries} entries, sent {}",
+                    out.len()
+                )))
+            }
+            Some(Message::Error { code, message }) => {
+                return Err(TransferError::Remote { code, message })
+            }
+            Some(other) => {
+                return Err(TransferError::Protocol(format!(
+                    "unexpected 0x{:02x} in summaries",
+                    other.type_byte()
+                )))
+            }
+            None => {
+                return Err(TransferError::Protocol(
+                    "summaries ended without SummaryEnd".into(),
                 ))
             }
         }

@@ -8,8 +8,8 @@ use std::fs::File;
 use std::sync::Arc;
 
 use hafill_protocol::{
-    block_count, encode_coverage_chunks, tree, valid_block_size, BlockHeader, Compression,
-    CoverageEntry, Encoding, ErrorCode, Message, VERSION,
+    block_count, encode_coverage_chunks, encode_summary_chunks, tree, valid_block_size,
+    BlockHeader, Compression, CoverageEntry, Encoding, ErrorCode, Message, SummaryEntry, VERSION,
 };
 use rayon::prelude::*;
 use tokio::sync::mpsc;
@@ -257,6 +257,12 @@ async fn handle_stream(
             to_us,
             cameras,
         } => coverage(&mut send, state, peer, from_us, to_us, cameras).await?,
+        Message::SummaryRequest {
+            from_us,
+            to_us,
+            bucket_us,
+            cameras,
+        } => summaries(&mut send, state, peer, (from_us, to_us), bucket_us, cameras).await?,
         Message::FetchRequest {
             camera,
             start_us,
@@ -320,6 +326,76 @@ fn paired_camera(
     Ok((id, local))
 }
 
+/// The cameras a coverage or summary request asks for, as (id on the
+/// wire, name here): those listed, each paired with the asker, or every
+/// camera paired with it.
+fn asked_cameras(
+    state: &ServerState,
+    peer: &str,
+    cameras: &[String],
+) -> Result<Vec<(CameraId, CameraId)>, (ErrorCode, String)> {
+    if cameras.is_empty() {
+        // A folder walk or a database query: off the runtime's threads.
+        let all = tokio::task::block_in_place(|| state.recorder.cameras())
+            .map_err(|e| (ErrorCode::Internal, e.to_string()))?;
+        Ok(all
+            .into_iter()
+            .map(|local| (state.config.id_of_local(&local), local))
+            .filter(|(id, _)| state.config.paired_with(id, peer))
+            .collect())
+    } else {
+        cameras
+            .iter()
+            .map(|c| paired_camera(state, peer, c))
+            .collect()
+    }
+}
+
+/// Answers a summary request: per camera, the summary of every bucket
+/// the window touches that holds a complete segment.
+async fn summaries(
+    send: &mut quinn::SendStream,
+    state: &Arc<ServerState>,
+    peer: &str,
+    (from_us, to_us): (i64, i64),
+    bucket_us: u64,
+    cameras: Vec<String>,
+) -> Result<(), TransferError> {
+    let list = match asked_cameras(state, peer, &cameras) {
+        Ok(l) => l,
+        Err((code, msg)) => return send_error(send, code, msg).await,
+    };
+    let st = state.clone();
+    let entries = tokio::task::spawn_blocking(move || -> Result<Vec<SummaryEntry>, String> {
+        let mut out = Vec::new();
+        for (id, local) in &list {
+            let sums = st
+                .recorder
+                .summaries(local, Timestamp(from_us), Timestamp(to_us), bucket_us)
+                .map_err(|e| e.to_string())?;
+            out.extend(sums.into_iter().map(|(t, summary)| SummaryEntry {
+                camera: id.as_str().to_string(),
+                bucket_us: t,
+                summary,
+            }));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| TransferError::Protocol(e.to_string()))?;
+    let entries = match entries {
+        Ok(e) => e,
+        Err(msg) => return send_error(send, ErrorCode::Internal, msg).await,
+    };
+    let n = entries.len() as u64;
+    for chunk in encode_summary_chunks(&entries, 3) {
+        write_message(send, &chunk).await?;
+    }
+    write_message(send, &Message::SummaryEnd { entries: n }).await?;
+    send.finish()?;
+    Ok(())
+}
+
 async fn coverage(
     send: &mut quinn::SendStream,
     state: &Arc<ServerState>,
@@ -328,26 +404,9 @@ async fn coverage(
     to_us: i64,
     cameras: Vec<String>,
 ) -> Result<(), TransferError> {
-    // (id on the wire, name here)
-    let list: Vec<(CameraId, CameraId)> = if cameras.is_empty() {
-        // A folder walk or a database query: off the runtime's threads.
-        match tokio::task::block_in_place(|| state.recorder.cameras()) {
-            Ok(all) => all
-                .into_iter()
-                .map(|local| (state.config.id_of_local(&local), local))
-                .filter(|(id, _)| state.config.paired_with(id, peer))
-                .collect(),
-            Err(e) => return send_error(send, ErrorCode::Internal, e.to_string()).await,
-        }
-    } else {
-        let mut v = Vec::new();
-        for c in &cameras {
-            match paired_camera(state, peer, c) {
-                Ok(names) => v.push(names),
-                Err((code, msg)) => return send_error(send, code, msg).await,
-            }
-        }
-        v
+    let list = match asked_cameras(state, peer, &cameras) {
+        Ok(l) => l,
+        Err((code, msg)) => return send_error(send, code, msg).await,
     };
     let st = state.clone();
     let entries = tokio::task::spawn_blocking(move || -> Result<Vec<CoverageEntry>, String> {

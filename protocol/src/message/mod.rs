@@ -84,6 +84,66 @@ pub struct CoverageEntry {
     pub notes: String,
 }
 
+/// What a source holds of one camera in one bucket of time (an hour, a
+/// day): its complete segments that start in the bucket, counted, their
+/// bytes summed, and a digest of the list. Two answers with the same
+/// summary list the same segments, so a receiver that saw this summary
+/// before, and found nothing to fetch then, need not ask for the list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Summary {
+    pub count: u64,
+    pub bytes: u64,
+    /// The wrapping sum of [`segment_digest`] over the bucket's segments:
+    /// buckets add up (an hour's summaries sum to its day's), whatever the
+    /// order the segments are read in.
+    pub digest: u128,
+}
+
+impl Summary {
+    /// The summary of one segment.
+    pub fn of_segment(start_us: i64, duration_us: u64, len: u64, blake3: &[u8; 32]) -> Summary {
+        Summary {
+            count: 1,
+            bytes: len,
+            digest: segment_digest(start_us, duration_us, len, blake3),
+        }
+    }
+
+    pub fn add(&mut self, other: &Summary) {
+        self.count = self.count.wrapping_add(other.count);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+        self.digest = self.digest.wrapping_add(other.digest);
+    }
+}
+
+/// A segment's part of a bucket's digest: the first 16 bytes of the BLAKE3
+/// of its start, duration, length (each u64/i64 LE) and BLAKE3.
+pub fn segment_digest(start_us: i64, duration_us: u64, len: u64, blake3: &[u8; 32]) -> u128 {
+    let mut h = blake3::Hasher::new();
+    h.update(&start_us.to_le_bytes())
+        .update(&duration_us.to_le_bytes())
+        .update(&len.to_le_bytes())
+        .update(blake3);
+    let out = h.finalize();
+    u128::from_le_bytes(out.as_bytes()[..16].try_into().expect("16 bytes"))
+}
+
+/// One bucket's summary in a summary response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryEntry {
+    pub camera: String,
+    /// The bucket's start: a multiple of the bucket's length since the epoch.
+    pub bucket_us: i64,
+    pub summary: Summary,
+}
+
+/// Whether `bucket_us` is a bucket length the protocol allows: a whole
+/// number of hours that divides a day.
+pub fn valid_bucket(bucket_us: u64) -> bool {
+    const HOUR: u64 = 3_600_000_000;
+    bucket_us >= HOUR && bucket_us.is_multiple_of(HOUR) && (24 * HOUR).is_multiple_of(bucket_us)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Hello {
@@ -105,6 +165,23 @@ pub enum Message {
         zstd: Vec<u8>,
     },
     CoverageEnd {
+        entries: u64,
+    },
+    /// Summaries of every camera asked (none: every camera paired with
+    /// the asker) over the buckets of `bucket_us` that `[from_us, to_us)`
+    /// touches; only buckets holding a complete segment are answered.
+    SummaryRequest {
+        from_us: i64,
+        to_us: i64,
+        bucket_us: u64,
+        cameras: Vec<String>,
+    },
+    /// Raw length and the zstd frame; see [`encode_summary_chunks`].
+    SummaryChunk {
+        raw_len: u32,
+        zstd: Vec<u8>,
+    },
+    SummaryEnd {
         entries: u64,
     },
     FetchRequest {
@@ -155,6 +232,9 @@ pub mod types {
     pub const COVERAGE_REQUEST: u8 = 0x10;
     pub const COVERAGE_CHUNK: u8 = 0x11;
     pub const COVERAGE_END: u8 = 0x12;
+    pub const SUMMARY_REQUEST: u8 = 0x13;
+    pub const SUMMARY_CHUNK: u8 = 0x14;
+    pub const SUMMARY_END: u8 = 0x15;
     pub const FETCH_REQUEST: u8 = 0x20;
     pub const FETCH_HEADER: u8 = 0x21;
     pub const BLOCK: u8 = 0x22;
@@ -199,6 +279,15 @@ impl Writer {
     fn str16(&mut self, s: &str) -> &mut Self {
         let s = truncate(s, u16::MAX as usize);
         self.u16(s.len() as u16).bytes(s.as_bytes())
+    }
+    /// u16 n, n x str8 (at most u16::MAX are written).
+    fn cameras(&mut self, cameras: &[String]) -> &mut Self {
+        let n = cameras.len().min(u16::MAX as usize);
+        self.u16(n as u16);
+        for c in &cameras[..n] {
+            self.str8(c);
+        }
+        self
     }
 }
 
@@ -260,6 +349,14 @@ impl<'a> Reader<'a> {
     fn str16(&mut self) -> Result<String, DecodeError> {
         let n = self.u16()? as usize;
         self.string(n)
+    }
+    fn cameras(&mut self) -> Result<Vec<String>, DecodeError> {
+        let n = self.u16()?;
+        let mut cameras = Vec::with_capacity(n.min(1024) as usize);
+        for _ in 0..n {
+            cameras.push(self.str8()?);
+        }
+        Ok(cameras)
     }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
@@ -357,6 +454,9 @@ impl Message {
             Message::CoverageRequest { .. } => COVERAGE_REQUEST,
             Message::CoverageChunk { .. } => COVERAGE_CHUNK,
             Message::CoverageEnd { .. } => COVERAGE_END,
+            Message::SummaryRequest { .. } => SUMMARY_REQUEST,
+            Message::SummaryChunk { .. } => SUMMARY_CHUNK,
+            Message::SummaryEnd { .. } => SUMMARY_END,
             Message::FetchRequest { .. } => FETCH_REQUEST,
             Message::FetchHeader { .. } => FETCH_HEADER,
             Message::Block { .. } => BLOCK,
@@ -377,17 +477,20 @@ impl Message {
                 to_us,
                 cameras,
             } => {
-                w.i64(*from_us).i64(*to_us);
-                let n = cameras.len().min(u16::MAX as usize);
-                w.u16(n as u16);
-                for c in &cameras[..n] {
-                    w.str8(c);
-                }
+                w.i64(*from_us).i64(*to_us).cameras(cameras);
             }
-            Message::CoverageChunk { raw_len, zstd } => {
+            Message::SummaryRequest {
+                from_us,
+                to_us,
+                bucket_us,
+                cameras,
+            } => {
+                w.i64(*from_us).i64(*to_us).u64(*bucket_us).cameras(cameras);
+            }
+            Message::CoverageChunk { raw_len, zstd } | Message::SummaryChunk { raw_len, zstd } => {
                 w.u32(*raw_len).bytes(zstd);
             }
-            Message::CoverageEnd { entries } => {
+            Message::CoverageEnd { entries } | Message::SummaryEnd { entries } => {
                 w.u64(*entries);
             }
             Message::FetchRequest {
@@ -469,11 +572,7 @@ impl Message {
             COVERAGE_REQUEST => {
                 let from_us = r.i64()?;
                 let to_us = r.i64()?;
-                let n = r.u16()?;
-                let mut cameras = Vec::with_capacity(n.min(1024) as usize);
-                for _ in 0..n {
-                    cameras.push(r.str8()?);
-                }
+                let cameras = r.cameras()?;
                 if from_us > to_us {
                     return Err(r.invalid("coverage window ends before it starts"));
                 }
@@ -483,17 +582,38 @@ impl Message {
                     cameras,
                 }
             }
-            COVERAGE_CHUNK => {
+            COVERAGE_CHUNK | SUMMARY_CHUNK => {
                 let raw_len = r.u32()?;
                 if raw_len > MAX_COVERAGE_RAW {
-                    return Err(r.invalid("coverage chunk larger than the limit"));
+                    return Err(r.invalid("chunk larger than the limit"));
                 }
-                Message::CoverageChunk {
-                    raw_len,
-                    zstd: r.rest().to_vec(),
+                let zstd = r.rest().to_vec();
+                if ty == COVERAGE_CHUNK {
+                    Message::CoverageChunk { raw_len, zstd }
+                } else {
+                    Message::SummaryChunk { raw_len, zstd }
                 }
             }
             COVERAGE_END => Message::CoverageEnd { entries: r.u64()? },
+            SUMMARY_REQUEST => {
+                let from_us = r.i64()?;
+                let to_us = r.i64()?;
+                let bucket_us = r.u64()?;
+                let cameras = r.cameras()?;
+                if from_us > to_us {
+                    return Err(r.invalid("summary window ends before it starts"));
+                }
+                if !valid_bucket(bucket_us) {
+                    return Err(r.invalid("bucket is not a whole number of hours dividing a day"));
+                }
+                Message::SummaryRequest {
+                    from_us,
+                    to_us,
+                    bucket_us,
+                    cameras,
+                }
+            }
+            SUMMARY_END => Message::SummaryEnd { entries: r.u64()? },
             FETCH_REQUEST => {
                 let camera = r.str8()?;
                 let start_us = r.i64()?;
@@ -608,9 +728,28 @@ impl CoverageEntry {
 /// Largest encoded coverage entry.
 const MAX_ENTRY_LEN: usize = 1 + 255 + 8 + 8 + 8 + 32 + 1 + 255;
 
-/// Packs entries into coverage chunks, each at most [`MAX_COVERAGE_RAW`]
-/// raw bytes, compressed with zstd.
-pub fn encode_coverage_chunks(entries: &[CoverageEntry], level: i32) -> Vec<Message> {
+impl SummaryEntry {
+    fn encode(&self, w: &mut Writer) {
+        w.str8(&self.camera)
+            .i64(self.bucket_us)
+            .u64(self.summary.count)
+            .u64(self.summary.bytes)
+            .bytes(&self.summary.digest.to_le_bytes());
+    }
+}
+
+/// Largest encoded summary entry.
+const MAX_SUMMARY_LEN: usize = 1 + 255 + 8 + 8 + 8 + 16;
+
+/// Packs items into chunks of at most [`MAX_COVERAGE_RAW`] raw bytes, each
+/// compressed with zstd.
+fn encode_chunks<T>(
+    items: &[T],
+    max_item_len: usize,
+    encode: impl Fn(&T, &mut Writer),
+    chunk: impl Fn(u32, Vec<u8>) -> Message,
+    level: i32,
+) -> Vec<Message> {
     let mut out = Vec::new();
     let mut w = Writer(Vec::new());
     let flush = |w: &mut Writer, out: &mut Vec<Message>| {
@@ -619,57 +758,101 @@ pub fn encode_coverage_chunks(entries: &[CoverageEntry], level: i32) -> Vec<Mess
         }
         let raw = std::mem::take(&mut w.0);
         let zstd = zstd::bulk::compress(&raw, level).unwrap_or_default();
-        out.push(Message::CoverageChunk {
-            raw_len: raw.len() as u32,
-            zstd,
-        });
+        out.push(chunk(raw.len() as u32, zstd));
     };
-    for e in entries {
-        if w.0.len() + MAX_ENTRY_LEN > MAX_COVERAGE_RAW as usize {
+    for e in items {
+        if w.0.len() + max_item_len > MAX_COVERAGE_RAW as usize {
             flush(&mut w, &mut out);
         }
-        e.encode(&mut w);
+        encode(e, &mut w);
     }
     flush(&mut w, &mut out);
     out
 }
 
-/// Unpacks a coverage chunk. The decompressed size is bounded by the
+/// Unpacks a chunk of type `ty`. The decompressed size is bounded by the
 /// declared raw length, itself bounded by [`MAX_COVERAGE_RAW`].
+fn decode_chunk<T>(
+    ty: u8,
+    raw_len: u32,
+    zstd_data: &[u8],
+    decode: impl Fn(&mut Reader) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let invalid = |what| DecodeError::Invalid { ty, what };
+    if raw_len > MAX_COVERAGE_RAW {
+        return Err(invalid("chunk larger than the limit"));
+    }
+    let raw = zstd::bulk::decompress(zstd_data, raw_len as usize)
+        .map_err(|_| invalid("chunk does not decompress within its declared length"))?;
+    if raw.len() != raw_len as usize {
+        return Err(invalid(
+            "chunk decompresses to another length than declared",
+        ));
+    }
+    let mut r = Reader { ty, buf: &raw };
+    let mut out = Vec::new();
+    while !r.buf.is_empty() {
+        out.push(decode(&mut r)?);
+    }
+    Ok(out)
+}
+
+/// Packs entries into coverage chunks, each at most [`MAX_COVERAGE_RAW`]
+/// raw bytes, compressed with zstd.
+pub fn encode_coverage_chunks(entries: &[CoverageEntry], level: i32) -> Vec<Message> {
+    encode_chunks(
+        entries,
+        MAX_ENTRY_LEN,
+        CoverageEntry::encode,
+        |raw_len, zstd| Message::CoverageChunk { raw_len, zstd },
+        level,
+    )
+}
+
+/// Unpacks a coverage chunk.
 pub fn decode_coverage_chunk(
     raw_len: u32,
     zstd_data: &[u8],
 ) -> Result<Vec<CoverageEntry>, DecodeError> {
-    let invalid = |what| DecodeError::Invalid {
-        ty: COVERAGE_CHUNK,
-        what,
-    };
-    if raw_len > MAX_COVERAGE_RAW {
-        return Err(invalid("coverage chunk larger than the limit"));
-    }
-    let raw = zstd::bulk::decompress(zstd_data, raw_len as usize)
-        .map_err(|_| invalid("coverage chunk does not decompress within its declared length"))?;
-    if raw.len() != raw_len as usize {
-        return Err(invalid(
-            "coverage chunk decompresses to another length than declared",
-        ));
-    }
-    let mut r = Reader {
-        ty: COVERAGE_CHUNK,
-        buf: &raw,
-    };
-    let mut out = Vec::new();
-    while !r.buf.is_empty() {
-        out.push(CoverageEntry {
+    decode_chunk(COVERAGE_CHUNK, raw_len, zstd_data, |r| {
+        Ok(CoverageEntry {
             camera: r.str8()?,
             start_us: r.i64()?,
             duration_us: r.u64()?,
             len: r.u64()?,
             blake3: r.arr()?,
             notes: r.str8()?,
-        });
-    }
-    Ok(out)
+        })
+    })
+}
+
+/// Packs summaries into summary chunks, like [`encode_coverage_chunks`].
+pub fn encode_summary_chunks(entries: &[SummaryEntry], level: i32) -> Vec<Message> {
+    encode_chunks(
+        entries,
+        MAX_SUMMARY_LEN,
+        SummaryEntry::encode,
+        |raw_len, zstd| Message::SummaryChunk { raw_len, zstd },
+        level,
+    )
+}
+
+/// Unpacks a summary chunk.
+pub fn decode_summary_chunk(
+    raw_len: u32,
+    zstd_data: &[u8],
+) -> Result<Vec<SummaryEntry>, DecodeError> {
+    decode_chunk(SUMMARY_CHUNK, raw_len, zstd_data, |r| {
+        Ok(SummaryEntry {
+            camera: r.str8()?,
+            bucket_us: r.i64()?,
+            summary: Summary {
+                count: r.u64()?,
+                bytes: r.u64()?,
+                digest: u128::from_le_bytes(r.arr()?),
+            },
+        })
+    })
 }
 
 #[cfg(test)]

@@ -32,6 +32,30 @@ fn golden_hello() {
 }
 
 #[test]
+fn golden_summary_request() {
+    let m = Message::SummaryRequest {
+        from_us: 1_000_000,
+        to_us: 2_000_000,
+        bucket_us: 3_600_000_000,
+        cameras: vec!["cam-0001".into()],
+    };
+    let expect = hexdump(
+        "24 00 00 00                 # frame length 36
+         13                          # type SummaryRequest
+         40 42 0f 00 00 00 00 00     # from_us 1,000,000
+         80 84 1e 00 00 00 00 00     # to_us 2,000,000
+         00 a4 93 d6 00 00 00 00     # bucket_us: an hour
+         01 00                       # 1 camera
+         08 63 61 6d 2d 30 30 30 31  # str8 \"cam-0001\"",
+    );
+    assert_eq!(m.to_frame(), expect);
+    assert_eq!(
+        Message::decode_from(&expect).unwrap(),
+        Some((m, expect.len()))
+    );
+}
+
+#[test]
 fn golden_fetch_request() {
     let m = Message::FetchRequest {
         camera: "cam-0001".into(),
@@ -184,6 +208,68 @@ fn coverage_round_trips_through_chunks() {
     assert_eq!(back, entries);
 }
 
+#[test]
+fn summaries_round_trip_through_chunks_and_add_up() {
+    let mut day = Summary::default();
+    let entries: Vec<SummaryEntry> = (0..40_000i64)
+        .map(|i| {
+            let s =
+                Summary::of_segment(i * 60_000_000, 60_000_000, 1000 + i as u64, &[i as u8; 32]);
+            day.add(&s);
+            SummaryEntry {
+                camera: format!("cam-{:04}", i % 500),
+                bucket_us: (i / 500) * 3_600_000_000,
+                summary: s,
+            }
+        })
+        .collect();
+    let chunks = encode_summary_chunks(&entries, 3);
+    assert!(chunks.len() > 1, "40,000 summaries span several chunks");
+    let mut back = Vec::new();
+    for c in chunks {
+        let frame = c.to_frame();
+        let Some((Message::SummaryChunk { raw_len, zstd }, _)) =
+            Message::decode_from(&frame).unwrap()
+        else {
+            panic!("not a summary chunk");
+        };
+        back.extend(decode_summary_chunk(raw_len, &zstd).unwrap());
+    }
+    assert_eq!(back, entries);
+    // Order does not matter, and one changed byte changes the digest.
+    let mut reversed = Summary::default();
+    for e in entries.iter().rev() {
+        reversed.add(&e.summary);
+    }
+    assert_eq!(reversed, day);
+    let a = segment_digest(0, 60_000_000, 1000, &[1; 32]);
+    assert_ne!(a, segment_digest(0, 60_000_000, 1000, &[2; 32]));
+    assert_ne!(a, segment_digest(0, 60_000_000, 1001, &[1; 32]));
+    assert_ne!(a, segment_digest(1, 60_000_000, 1000, &[1; 32]));
+}
+
+#[test]
+fn summary_requests_take_only_whole_hours_that_divide_a_day() {
+    for (bucket, ok) in [
+        (3_600_000_000u64, true),
+        (6 * 3_600_000_000, true),
+        (86_400_000_000, true),
+        (0, false),
+        (1_000, false),
+        (5 * 3_600_000_000, false),
+        (2 * 86_400_000_000, false),
+    ] {
+        let fr = Message::SummaryRequest {
+            from_us: 0,
+            to_us: 1,
+            bucket_us: bucket,
+            cameras: vec![],
+        }
+        .to_frame();
+        assert_eq!(Message::decode_from(&fr).is_ok(), ok, "bucket {bucket}");
+    }
+}
+
 fn message() -> impl Strategy<Value = Message> {
     let s = "[a-z0-9-]{0,40}";
     prop_oneof![
@@ -197,6 +283,20 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         any::<u64>().prop_map(|entries| Message::CoverageEnd { entries }),
+        any::<u64>().prop_map(|entries| Message::SummaryEnd { entries }),
+        (
+            any::<i64>(),
+            any::<i64>(),
+            1u64..=24,
+            prop::collection::vec(s, 0..5)
+        )
+            .prop_filter("divides a day", |(_, _, h, _)| 24 % h == 0)
+            .prop_map(|(a, b, h, cameras)| Message::SummaryRequest {
+                from_us: a.min(b),
+                to_us: a.max(b),
+                bucket_us: h * 3_600_000_000,
+                cameras,
+            }),
         (
             s,
             any::<i64>(),

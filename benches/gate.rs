@@ -12,81 +12,19 @@
 //! 16 KiB, so the placeholders `fallocate` 1 GiB and 5.6 GiB: the count of
 //! files, not their size, is what the gate pays for.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hafill_engine::segment::{Origin, SegmentMeta, SegmentState};
+use common::{config, free_port, index_only, keygen, Killed, BIN};
 use hafill_engine::store::Store;
-use hafill_engine::{sim, Timestamp};
+use hafill_engine::Timestamp;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hafill");
 const CAMERAS: u32 = 500;
 const OUTAGE_US: i64 = 2 * 3_600_000_000;
 const SEGMENT_LEN: u64 = 16 << 10;
-
-fn keygen(dir: &Path, name: &str) -> String {
-    let out = Command::new(BIN)
-        .args(["keygen", "--out", dir.to_str().unwrap(), "--name", name])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn config(dir: &Path, name: &str, port: u16, peer: &str, peer_port: u16, peer_id: &str) -> PathBuf {
-    let path = dir.join("hafill.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\nstore = \"store\"\nkey = \"key.pem\"\ncert = \"cert.pem\"\nstatus = \"off\"\nreserve = \"1GiB\"\n\n\
-             [[peer]]\nname = \"{peer}\"\naddr = \"127.0.0.1:{peer_port}\"\nid = \"{peer_id}\"\n\n\
-             [[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Index records for every camera over `[from, to)` in `segment_us` steps.
-fn index_only(store: &Path, from: Timestamp, to: Timestamp, segment_us: i64) {
-    let store = Store::open_writer(store, true).unwrap();
-    for c in 0..CAMERAS {
-        let camera = sim::camera_id(c);
-        let metas: Vec<SegmentMeta> = (0..)
-            .map(|k| from.add_micros(k * segment_us))
-            .take_while(|t| *t < to)
-            .map(|start| SegmentMeta {
-                camera: camera.clone(),
-                start,
-                duration_us: segment_us as u64,
-                len: SEGMENT_LEN,
-                blake3: blake3::hash(&start.0.to_le_bytes()),
-                state: SegmentState::Complete,
-                origin: Origin::Local,
-                notes: None,
-            })
-            .collect();
-        store.append_index(&metas).unwrap();
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn now_ns() -> u128 {
     SystemTime::now()
@@ -114,9 +52,11 @@ fn run_gate(dir: &Path, run: usize, end: Timestamp, segment_us: i64) -> (f64, u6
     // The local server recorded up to the outage: one segment per camera.
     index_only(
         &store,
+        CAMERAS,
         end.add_micros(-OUTAGE_US - segment_us),
         end.add_micros(-OUTAGE_US),
         segment_us,
+        SEGMENT_LEN,
     );
     // At boot the page cache is clean: flush what setting up this run
     // wrote, so the gate's own syncfs pays only for the gate's writes.
@@ -211,9 +151,11 @@ fn main() {
         let t = Instant::now();
         index_only(
             &d1.join("store"),
+            CAMERAS,
             end.add_micros(-OUTAGE_US - 3_600_000_000),
             end,
             segment_us,
+            SEGMENT_LEN,
         );
         eprintln!("{label}: peer index built in {:.1?}", t.elapsed());
         let _peer = Killed(

@@ -340,9 +340,28 @@ impl Session {
         self.opts.stall
     }
 
+    /// Bytes sent and received on the wire (UDP payloads, QUIC and TLS
+    /// included) to and from `peer` since the session connected.
+    pub fn wire_bytes(&self, peer: &str) -> u64 {
+        self.conns
+            .get(peer)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let s = c.stats();
+                s.udp_tx.bytes + s.udp_rx.bytes
+            })
+            .sum()
+    }
+
     /// The configuration the session runs under.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// What became of each peer so far: connected, asked, or why not.
+    pub fn peer_statuses(&self) -> &[PeerStatus] {
+        &self.statuses
     }
 
     /// Peers that could not be reached.

@@ -55,6 +55,7 @@ pub async fn scrub_loop(
                     hour_summaries = l.hour_summaries,
                     changed_hours = l.changed_hours,
                     entries = l.entries,
+                    wire_bytes = l.wire_bytes,
                     seconds = format!("{:.3}", t0.elapsed().as_secs_f64()),
                     "scrub: asked"
                 );

@@ -621,22 +621,35 @@ pub fn outstanding(
     from: crate::Timestamp,
     to: crate::Timestamp,
 ) -> Result<Vec<SegmentMeta>, StoreError> {
+    let mut candidates = Vec::new();
+    for c in store.cameras()? {
+        candidates.extend(
+            store
+                .segments(&c, from, to)?
+                .into_iter()
+                .filter(|s| s.state != SegmentState::Complete),
+        );
+    }
+    outstanding_among(store, candidates)
+}
+
+/// [`outstanding`] among `candidates`, the store's segments that are not
+/// complete in its index.
+pub fn outstanding_among(
+    store: &Store,
+    candidates: Vec<SegmentMeta>,
+) -> Result<Vec<SegmentMeta>, StoreError> {
     let mut out = Vec::new();
     let mut healed = Vec::new();
     let mut vanished = Vec::new();
-    for c in store.cameras()? {
-        for s in store.segments(&c, from, to)? {
-            if s.state == SegmentState::Complete {
-                continue;
-            }
-            if !segment_path(store, &s).exists() {
-                vanished.push(s);
-                continue;
-            }
-            match completed_on_file(store, &s) {
-                Some(done) => healed.push(done),
-                None => out.push(s),
-            }
+    for s in candidates {
+        if !segment_path(store, &s).exists() {
+            vanished.push(s);
+            continue;
+        }
+        match completed_on_file(store, &s) {
+            Some(done) => healed.push(done),
+            None => out.push(s),
         }
     }
     if !vanished.is_empty() {

@@ -43,6 +43,8 @@ pub struct Look {
     pub changed_hours: usize,
     /// Coverage entries received.
     pub entries: usize,
+    /// Bytes on the wire both ways, connecting included.
+    pub wire_bytes: u64,
 }
 
 /// What a peer answered beyond its coverage: every summary seen, and the
@@ -53,6 +55,8 @@ struct Seen {
     look: Look,
     summaries: Vec<(Bucket, Summary)>,
     asked: Vec<(u64, Vec<String>, i64, i64)>,
+    /// Camera-days whose summary had not changed.
+    quiet_days: Vec<(String, i64)>,
 }
 
 /// Camera lists for requests, each small enough for one request frame.
@@ -102,7 +106,9 @@ async fn ask_changed(
     // Days that changed, with the cameras they changed for.
     let mut changed_days: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for ((cam, t, level), s) in &seen.summaries {
-        if !memory.unchanged(&(cam.clone(), *t, *level), s) {
+        if memory.unchanged(&(cam.clone(), *t, *level), s) {
+            seen.quiet_days.push((cam.clone(), *t));
+        } else {
             changed_days.entry(*t).or_default().push(cam.clone());
         }
     }
@@ -186,7 +192,12 @@ pub async fn prepare_round(
             CameraId::new(cam).is_ok_and(|id| planned.any_in(&config.local_name(&id), a, b))
         });
         m.forget_before(crate::summary::bucket_of(from.0, DAY_US));
-        looks.push((peer, seen.look));
+        for (cam, day) in &seen.quiet_days {
+            m.forget_hours(cam, *day);
+        }
+        let mut look = seen.look;
+        look.wire_bytes = session.wire_bytes(&peer);
+        looks.push((peer, look));
     }
     Ok((session.queue(placement)?, looks))
 }

@@ -126,6 +126,16 @@ impl PeerMemory {
         }
     }
 
+    /// Forgets the hours of `camera`'s day `day`: a day that did not
+    /// change is known by its day summary alone (hours are kept only for
+    /// the days that keep changing, today's).
+    pub fn forget_hours(&mut self, camera: &str, day: i64) {
+        for h in 0..(DAY_US / HOUR_US) as i64 {
+            self.settled
+                .remove(&(camera.to_string(), day + h * HOUR_US as i64, HOUR_US));
+        }
+    }
+
     /// Forgets buckets that start before `from` (out of retention).
     pub fn forget_before(&mut self, from: i64) {
         self.settled.retain(|(_, t, _), _| *t >= from);
@@ -214,6 +224,16 @@ mod tests {
         // Asked again, the first day is gone at the peer: forgotten.
         m.settle(&[], &asked, &|_, _, _| false);
         assert!(m.is_empty());
+        // Hours of a quiet day are forgotten, others kept.
+        let hours = vec![
+            ((cam.clone(), HOUR_US as i64, HOUR_US), s),
+            ((cam.clone(), DAY_US as i64 + HOUR_US as i64, HOUR_US), s),
+        ];
+        m.settle(&hours, &[], &|_, _, _| false);
+        assert_eq!(m.len(), 2);
+        m.forget_hours(&cam, 0);
+        assert_eq!(m.len(), 1);
+        assert!(m.unchanged(&(cam.clone(), DAY_US as i64 + HOUR_US as i64, HOUR_US), &s));
     }
 
     #[test]

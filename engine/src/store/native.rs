@@ -19,32 +19,39 @@ use crate::units::Timestamp;
 #[derive(Debug)]
 pub struct NativeRecorder {
     store: Store,
-    /// Hour summaries of each day log, with the log's identity (inode,
-    /// length, modification time) when they were read: a log is only
+    /// What each day log says in brief, with the log's identity (inode,
+    /// length, modification time) when it was read: a log is only
     /// appended to, so one that is the same still says the same.
-    summaries: Mutex<BTreeMap<(CameraId, i64), (LogStamp, DaySummaries)>>,
+    days: Mutex<Briefs>,
 }
 
 type LogStamp = (u64, u64, Option<std::time::SystemTime>);
-type DaySummaries = Arc<Vec<(i64, Summary)>>;
+type Briefs = BTreeMap<(CameraId, i64), (LogStamp, Arc<DayBrief>)>;
+
+/// One day log in brief: what a scrub round asks of it.
+#[derive(Debug)]
+struct DayBrief {
+    /// Summaries of its complete segments, by hour.
+    hours: Vec<(i64, Summary)>,
+    /// Its segments that are not complete (reservations being filled).
+    unfinished: Vec<SegmentMeta>,
+}
 
 impl NativeRecorder {
     pub fn new(store: Store) -> Self {
         NativeRecorder {
             store,
-            summaries: Mutex::new(BTreeMap::new()),
+            days: Mutex::new(BTreeMap::new()),
         }
     }
 
-    fn cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, BTreeMap<(CameraId, i64), (LogStamp, DaySummaries)>> {
-        self.summaries.lock().unwrap_or_else(|p| p.into_inner())
+    fn cache(&self) -> std::sync::MutexGuard<'_, Briefs> {
+        self.days.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The hour summaries of `camera`'s day `day`, read again only when
-    /// its log changed.
-    fn day_summaries(&self, camera: &CameraId, day: i64) -> Result<DaySummaries, StoreError> {
+    /// `camera`'s day `day` in brief, read again only when its log
+    /// changed.
+    fn day_brief(&self, camera: &CameraId, day: i64) -> Result<Arc<DayBrief>, StoreError> {
         let path = self.store.day_log_path(camera, day);
         let stamp: LogStamp = match std::fs::metadata(&path) {
             Ok(m) => {
@@ -62,13 +69,35 @@ impl NativeRecorder {
         }
         let start = layout::day_start(day);
         let segs = self.store.day_segments(camera, day)?;
-        let v = Arc::new(crate::summary::summarize(
-            &segs,
-            crate::summary::HOUR_US,
-            (start.0, start.0 + crate::summary::DAY_US as i64),
-        ));
+        let v = Arc::new(DayBrief {
+            hours: crate::summary::summarize(
+                &segs,
+                crate::summary::HOUR_US,
+                (start.0, start.0 + crate::summary::DAY_US as i64),
+            ),
+            unfinished: segs
+                .into_iter()
+                .filter(|s| s.state != SegmentState::Complete)
+                .collect(),
+        });
         self.cache().insert(key, (stamp, v.clone()));
         Ok(v)
+    }
+
+    /// `camera`'s days with an index log in `[first, last]`, in brief;
+    /// what was kept of days before `first` is dropped.
+    fn briefs(
+        &self,
+        camera: &CameraId,
+        (first, last): (i64, i64),
+    ) -> Result<Vec<Arc<DayBrief>>, StoreError> {
+        self.cache().retain(|(c, d), _| c != camera || *d >= first);
+        self.store
+            .days(camera)?
+            .into_iter()
+            .filter(|d| (first..=last).contains(d))
+            .map(|d| self.day_brief(camera, d))
+            .collect()
     }
 
     pub fn store(&self) -> &Store {
@@ -117,22 +146,15 @@ impl Recorder for NativeRecorder {
         if bounds.0 >= bounds.1 {
             return Ok(Vec::new());
         }
-        let (first, last) = (
+        let days = (
             layout::day_number(Timestamp(bounds.0)),
             layout::day_number(Timestamp(bounds.1 - 1)),
         );
-        // Days before the window are no longer asked for: forgotten.
-        self.cache().retain(|(c, d), _| c != camera || *d >= first);
-        let days: Vec<i64> = self
-            .store
-            .days(camera)?
-            .into_iter()
-            .filter(|d| (first..=last).contains(d))
+        let hours: Vec<(i64, Summary)> = self
+            .briefs(camera, days)?
+            .iter()
+            .flat_map(|b| b.hours.iter().copied())
             .collect();
-        let mut hours = Vec::new();
-        for day in days {
-            hours.extend(self.day_summaries(camera, day)?.iter().copied());
-        }
         Ok(crate::summary::regroup(hours, bucket_us, bounds))
     }
 
@@ -165,7 +187,27 @@ impl Recorder for NativeRecorder {
     }
 
     fn outstanding(&self, from: Timestamp, to: Timestamp) -> Result<Vec<SegmentMeta>, StoreError> {
-        placeholder::outstanding(&self.store, from, to)
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        // From each day log's brief: a scrub round that finds nothing
+        // missing reads no log that did not change.
+        let days = (
+            layout::day_number(from.add_micros(-(super::MAX_SEGMENT_DURATION_US as i64))),
+            layout::day_number(to.add_micros(-1)),
+        );
+        let mut candidates = Vec::new();
+        for c in self.store.cameras()? {
+            for b in self.briefs(&c, days)? {
+                candidates.extend(
+                    b.unfinished
+                        .iter()
+                        .filter(|s| s.start < to && s.end() > from)
+                        .cloned(),
+                );
+            }
+        }
+        placeholder::outstanding_among(&self.store, candidates)
     }
 
     fn release(&self, metas: &[SegmentMeta]) -> Result<Vec<SegmentMeta>, StoreError> {

@@ -396,6 +396,9 @@ async fn summaries(
     Ok(())
 }
 
+/// Coverage entries encoded at a time (about 0.6 MiB raw): one chunk.
+const COVERAGE_BATCH: usize = 8192;
+
 async fn coverage(
     send: &mut quinn::SendStream,
     state: &Arc<ServerState>,
@@ -408,35 +411,6 @@ async fn coverage(
         Ok(l) => l,
         Err((code, msg)) => return send_error(send, code, msg).await,
     };
-    let st = state.clone();
-    let entries = tokio::task::spawn_blocking(move || -> Result<Vec<CoverageEntry>, String> {
-        let mut out = Vec::new();
-        for (id, local) in &list {
-            for s in st
-                .recorder
-                .segments(local, Timestamp(from_us), Timestamp(to_us))
-                .map_err(|e| e.to_string())?
-            {
-                if s.state == SegmentState::Complete {
-                    out.push(CoverageEntry {
-                        camera: id.as_str().to_string(),
-                        start_us: s.start.0,
-                        duration_us: s.duration_us,
-                        len: s.len,
-                        blake3: *s.blake3.as_bytes(),
-                        notes: s.notes.as_deref().unwrap_or_default().to_string(),
-                    });
-                }
-            }
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| TransferError::Protocol(e.to_string()))?;
-    let entries = match entries {
-        Ok(e) => e,
-        Err(msg) => return send_error(send, ErrorCode::Internal, msg).await,
-    };
     if let Some(every) = state.hook.as_ref().and_then(|h| h.drip_coverage()) {
         let empty = Message::CoverageChunk {
             raw_len: 0,
@@ -447,11 +421,65 @@ async fn coverage(
             tokio::time::sleep(every).await;
         }
     }
-    let n = entries.len() as u64;
-    for chunk in encode_coverage_chunks(&entries, 3) {
-        write_message(send, &chunk).await?;
+    // Read and encoded off the runtime's threads, a few chunks ahead of
+    // what is sent: the first chunk leaves at once, and a window of
+    // millions of segments is never held whole.
+    let (tx, mut rx) = mpsc::channel::<Result<Message, String>>(4);
+    let st = state.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut batch: Vec<CoverageEntry> = Vec::new();
+        let mut n = 0u64;
+        let flush = |batch: &mut Vec<CoverageEntry>| {
+            let sent = encode_coverage_chunks(batch, 3)
+                .into_iter()
+                .all(|c| tx.blocking_send(Ok(c)).is_ok());
+            batch.clear();
+            sent
+        };
+        for (id, local) in &list {
+            let segs = match st
+                .recorder
+                .segments(local, Timestamp(from_us), Timestamp(to_us))
+            {
+                Ok(segs) => segs,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.to_string()));
+                    return;
+                }
+            };
+            for s in segs
+                .into_iter()
+                .filter(|s| s.state == SegmentState::Complete)
+            {
+                batch.push(CoverageEntry {
+                    camera: id.as_str().to_string(),
+                    start_us: s.start.0,
+                    duration_us: s.duration_us,
+                    len: s.len,
+                    blake3: *s.blake3.as_bytes(),
+                    notes: s.notes.as_deref().unwrap_or_default().to_string(),
+                });
+                n += 1;
+                if batch.len() >= COVERAGE_BATCH && !flush(&mut batch) {
+                    return;
+                }
+            }
+        }
+        if flush(&mut batch) {
+            let _ = tx.blocking_send(Ok(Message::CoverageEnd { entries: n }));
+        }
+    });
+    while let Some(m) = rx.recv().await {
+        match m {
+            Ok(m) => write_message(send, &m).await?,
+            Err(msg) => return send_error(send, ErrorCode::Internal, msg).await,
+        }
     }
-    write_message(send, &Message::CoverageEnd { entries: n }).await?;
+    // A producer that panicked sent no CoverageEnd: the stream is not
+    // finished, and the asker sees an answer cut short.
+    producer
+        .await
+        .map_err(|e| TransferError::Protocol(e.to_string()))?;
     send.finish()?;
     Ok(())
 }

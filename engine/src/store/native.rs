@@ -22,11 +22,27 @@ pub struct NativeRecorder {
     /// What each day log says in brief, with the log's identity (inode,
     /// length, modification time) when it was read: a log is only
     /// appended to, so one that is the same still says the same.
-    days: Mutex<Briefs>,
+    days: Arc<Mutex<Briefs>>,
 }
 
 type LogStamp = (u64, u64, Option<std::time::SystemTime>);
 type Briefs = BTreeMap<(CameraId, i64), (LogStamp, Arc<DayBrief>)>;
+
+/// The briefs of the store at `root`, shared by every [`NativeRecorder`]
+/// of it in this process: each scrub round opens the store again, and
+/// must not read every log again. (A brief is checked against its log's
+/// identity before it is used, so sharing is safe.)
+fn shared_briefs(root: &Path) -> Arc<Mutex<Briefs>> {
+    static ALL: std::sync::OnceLock<Mutex<BTreeMap<PathBuf, Arc<Mutex<Briefs>>>>> =
+        std::sync::OnceLock::new();
+    let key = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    ALL.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_default()
+        .clone()
+}
 
 /// One day log in brief: what a scrub round asks of it.
 #[derive(Debug)]
@@ -40,8 +56,8 @@ struct DayBrief {
 impl NativeRecorder {
     pub fn new(store: Store) -> Self {
         NativeRecorder {
+            days: shared_briefs(store.root()),
             store,
-            days: Mutex::new(BTreeMap::new()),
         }
     }
 

@@ -17,6 +17,13 @@
 # `sync`, from a cold cache: the same bytes made durable on the same disk,
 # with no network, no crypto and no hashing.
 #
+# sendme (iroh, BLAKE3-verified QUIC): when `sendme` is installed
+# (`cargo install sendme`, or SENDME=PATH), the same tree is sent with the
+# relay disabled and the ticket's loopback address only, received into an
+# empty folder (its export to that folder included), then `sync`. The
+# sender's import (it hashes the tree before it prints a ticket) is not
+# counted, as hafill's kept block lists are not; it is printed apart.
+#
 # CPU: for each run, the machine's busy CPU time (user, nice, system, irq,
 # softirq in /proc/stat) over the run, per GB moved: both ends of each
 # tool together, with the kernel's work for them (and anything else that
@@ -49,6 +56,8 @@ fi
 
 cargo build --release --quiet
 hafill=$PWD/target/release/hafill
+sendme=${SENDME:-$(command -v sendme || true)}
+[ -n "$sendme" ] || echo "sendme: not installed (cargo install sendme); its columns are left out"
 
 # sshd on loopback port 2222 with a throwaway key.
 ssh-keygen -q -t ed25519 -N '' -f "$work/host_key" <<<y >/dev/null 2>&1 || true
@@ -165,6 +174,34 @@ run_copy() { # segment length -> appends "seconds cpu_seconds" to set/copy.runs
   rm -rf "$set/copy-dst"
 }
 
+run_sendme() { # segment length -> appends "seconds cpu_seconds import_seconds" to set/sendme.runs
+  [ -n "$sendme" ] || return 0
+  local set=$work/set-$1
+  rm -rf "$set/sendme-dst" "$set"/.sendme-* && mkdir -p "$set/sendme-dst"
+  local t0 t1 c0 c1 ti ticket sp
+  ti=$(date +%s.%N)
+  (cd "$set/rs01/store" && exec "$sendme" send --relay disabled --ticket-type addresses --no-progress \
+    --magic-ipv4-addr 127.0.0.1:17600 segments > "$set/sendme-send.out" 2>&1) & sp=$!
+  for _ in $(seq 600); do
+    ticket=$(grep -o 'sendme receive [a-z0-9]*' "$set/sendme-send.out" | awk '{print $3}' || true)
+    [ -n "$ticket" ] && break
+    sleep 0.5
+  done
+  [ -n "$ticket" ] || { echo "sendme send printed no ticket: $(cat "$set/sendme-send.out")" >&2; exit 1; }
+  ti=$(python3 -c "print($(date +%s.%N) - $ti)")
+  drop_caches
+  c0=$(busy_cpu); t0=$(date +%s.%N)
+  (cd "$set/sendme-dst" && "$sendme" receive --relay disabled --no-progress "$ticket" >/dev/null 2>&1)
+  sync
+  t1=$(date +%s.%N); c1=$(busy_cpu)
+  kill $sp 2>/dev/null; wait $sp 2>/dev/null || true
+  local got
+  got=$(python3 -c 'import os,sys; print(sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(sys.argv[1]) for f in fs if f.endswith(".seg")))' "$set/sendme-dst/segments")
+  [ "$got" = "$(cat "$set/bytes")" ] || { echo "sendme delivered $got bytes of $(cat "$set/bytes")" >&2; exit 1; }
+  python3 -c "print($t1 - $t0, $c1 - $c0, $ti)" >> "$set/sendme.runs"
+  rm -rf "$set/sendme-dst" "$set/rs01/store"/.sendme-*
+}
+
 echo "hafill vs rsync -a over ssh and cp -r on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s, $rounds rounds"
 for seg in 60s 10s; do make_set $seg; done
 # The tools take turns, round after round, so that a slow spell of the
@@ -173,9 +210,9 @@ for seg in 60s 10s; do make_set $seg; done
 for r in $(seq "$rounds"); do
   for seg in 60s 10s; do
     case $((r % 3)) in
-      1) run_hafill $seg; run_rsync $seg; run_copy $seg ;;
-      2) run_rsync $seg; run_copy $seg; run_hafill $seg ;;
-      0) run_copy $seg; run_hafill $seg; run_rsync $seg ;;
+      1) run_hafill $seg; run_rsync $seg; run_copy $seg; run_sendme $seg ;;
+      2) run_rsync $seg; run_sendme $seg; run_copy $seg; run_hafill $seg ;;
+      0) run_sendme $seg; run_copy $seg; run_hafill $seg; run_rsync $seg ;;
     esac
     python3 - "$work/set-$seg" "$seg" "$r" <<'PY'
 import sys
@@ -187,12 +224,19 @@ rs, rd, rsteal, rc = map(float, open(f"{d}/rsync.runs").read().split("\n")[-2].s
 cs, cc = map(float, open(f"{d}/copy.runs").read().split("\n")[-2].split())
 assert int(hb) == total, f"hafill moved {hb} bytes, set holds {total}"
 h, r_, d_, c_ = total / float(hs) / 2**20, total / rs / 2**20, total / rd / 2**20, total / cs / 2**20
-print(f"round {r} {seg:>4}: hafill {float(hs):6.2f} s {h:6.1f} MiB/s {float(hc)/gb:.2f} CPU s/GB (steal {float(hsteal):.1f}%) | rsync+ssh {rs:6.2f} s {r_:6.1f} MiB/s (steal {rsteal:.1f}%) ({h/r_:.2f}x) | rsync+ssh then sync {rd:6.2f} s {d_:6.1f} MiB/s {rc/gb:.2f} CPU s/GB ({h/d_:.2f}x) | cp -r then sync {cs:6.2f} s {c_:6.1f} MiB/s {cc/gb:.2f} CPU s/GB ({h/c_:.2f}x)")
+line = f"round {r} {seg:>4}: hafill {float(hs):6.2f} s {h:6.1f} MiB/s {float(hc)/gb:.2f} CPU s/GB (steal {float(hsteal):.1f}%) | rsync+ssh {rs:6.2f} s {r_:6.1f} MiB/s (steal {rsteal:.1f}%) ({h/r_:.2f}x) | rsync+ssh then sync {rd:6.2f} s {d_:6.1f} MiB/s {rc/gb:.2f} CPU s/GB ({h/d_:.2f}x) | cp -r then sync {cs:6.2f} s {c_:6.1f} MiB/s {cc/gb:.2f} CPU s/GB ({h/c_:.2f}x)"
+try:
+    ss, sc, si = map(float, open(f"{d}/sendme.runs").read().split("\n")[-2].split())
+    s_ = total / ss / 2**20
+    line += f" | sendme then sync {ss:6.2f} s {s_:6.1f} MiB/s {sc/gb:.2f} CPU s/GB ({h/s_:.2f}x; its import {si:.1f} s)"
+except FileNotFoundError:
+    pass
+print(line)
 PY
   done
 done
 python3 - "$work" <<'PY'
-import sys, statistics as st
+import os, sys, statistics as st
 work = sys.argv[1]
 rate = {}
 for seg in ("60s", "10s"):
@@ -208,6 +252,11 @@ for seg in ("60s", "10s"):
     c = st.median(total / float(l[0]) / 2**20 for l in runs("copy"))
     cc = st.median(float(l[1]) / gb for l in runs("copy"))
     rate[seg] = h
-    print(f"median {seg:>4} ({files} files, {total/2**30:.2f} GiB): hafill {h:6.1f} MiB/s, {hc:.2f} CPU s/GB | rsync+ssh {r:6.1f} MiB/s, ratio {h/r:.2f}x | rsync+ssh then sync {s:6.1f} MiB/s, {rc:.2f} CPU s/GB, ratio {h/s:.2f}x | cp -r then sync (ceiling) {c:6.1f} MiB/s, {cc:.2f} CPU s/GB, ratio {h/c:.2f}")
+    line = f"median {seg:>4} ({files} files, {total/2**30:.2f} GiB): hafill {h:6.1f} MiB/s, {hc:.2f} CPU s/GB | rsync+ssh {r:6.1f} MiB/s, ratio {h/r:.2f}x | rsync+ssh then sync {s:6.1f} MiB/s, {rc:.2f} CPU s/GB, ratio {h/s:.2f}x | cp -r then sync (ceiling) {c:6.1f} MiB/s, {cc:.2f} CPU s/GB, ratio {h/c:.2f}"
+    if os.path.exists(f"{d}/sendme.runs"):
+        m = st.median(total / float(l[0]) / 2**20 for l in runs("sendme"))
+        mc = st.median(float(l[1]) / gb for l in runs("sendme"))
+        line += f" | sendme then sync {m:6.1f} MiB/s, {mc:.2f} CPU s/GB, ratio {h/m:.2f}x"
+    print(line)
 print(f"10-second set rate / 60-second set rate (hafill, medians): {rate['10s']/rate['60s']:.2f}")
 PY

@@ -70,20 +70,19 @@ pub fn decode_frame(rest: &[u8]) -> Option<Result<(Record, usize), String>> {
 pub fn decode_log(bytes: &[u8]) -> Result<LogContents, LogDamage> {
     let mut out = LogContents::default();
     let mut pos = 0usize;
+    // Records in the order they were appended; a log whose starts only
+    // rise and that removes nothing (the usual one) is built in one pass.
+    let mut appended: Vec<Record> = Vec::new();
+    let mut in_order = true;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
         let torn_tail_possible = rest.len() < MAX_FRAME_LEN;
         let frame = decode_frame(rest);
         match frame {
             Some(Ok((rec, n))) => {
-                match rec.kind {
-                    RecordKind::Put => {
-                        out.records.insert(rec.start.0, rec);
-                    }
-                    RecordKind::Remove => {
-                        out.records.remove(&rec.start.0);
-                    }
-                }
+                in_order &= rec.kind == RecordKind::Put
+                    && appended.last().is_none_or(|l| l.start < rec.start);
+                appended.push(rec);
                 out.frames += 1;
                 pos += n;
             }
@@ -111,6 +110,23 @@ pub fn decode_log(bytes: &[u8]) -> Result<LogContents, LogDamage> {
         }
     }
     out.valid_len = pos as u64;
+    out.records = if in_order {
+        appended.into_iter().map(|r| (r.start.0, r)).collect()
+    } else {
+        // Later records for the same start supersede earlier ones.
+        let mut records = BTreeMap::new();
+        for rec in appended {
+            match rec.kind {
+                RecordKind::Put => {
+                    records.insert(rec.start.0, rec);
+                }
+                RecordKind::Remove => {
+                    records.remove(&rec.start.0);
+                }
+            }
+        }
+        records
+    };
     Ok(out)
 }
 

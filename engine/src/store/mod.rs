@@ -509,9 +509,9 @@ impl Store {
         let mut out = Vec::new();
         for day in days {
             for (_, r) in self.read_day(camera, day)? {
-                let m = r.into_meta(camera.clone());
-                if m.start < to && m.end() > from {
-                    out.push(m);
+                // Filtered before the camera's name is copied into it.
+                if r.start < to && r.start.add_micros(r.duration_us as i64) > from {
+                    out.push(r.into_meta(camera.clone()));
                 }
             }
         }

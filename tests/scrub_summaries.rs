@@ -78,10 +78,12 @@ fn a_quiet_round_asks_for_summaries_only_and_a_change_is_still_found() {
         all[1..].iter().all(|r| !r.0),
         "one full round a day, not one per round: {all:?}"
     );
+    // The two cameras' day logs may change in two rounds: add them up.
+    let (days, entries) = all[quiet..]
+        .iter()
+        .fold((0, 0), |(d, e), r| (d + r.1, e + r.2));
     assert!(
-        all[quiet..]
-            .iter()
-            .any(|&(_, days, entries)| days >= 2 && entries >= 10),
+        days >= 2 && entries >= 10,
         "the change was found from the summaries of its day (2 cameras, 5 segments each): {all:?}"
     );
     run_ok(&["store", "verify", "--store", p(&b)]);

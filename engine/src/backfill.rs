@@ -244,6 +244,13 @@ impl Prepared {
     pub fn jobs(&self) -> usize {
         self.jobs.len()
     }
+
+    /// The (camera, start) of every segment to fetch.
+    pub fn starts(&self) -> impl Iterator<Item = (CameraId, i64)> + '_ {
+        self.jobs
+            .iter()
+            .map(|j| (j.meta.camera.clone(), j.meta.start.0))
+    }
 }
 
 /// What fetching did.

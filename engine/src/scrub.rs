@@ -5,7 +5,9 @@
 //! round, and one every `full_every`, asks for the whole window instead, so
 //! segments lost on this side are found too.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hafill_protocol::CoverageEntry;
@@ -13,7 +15,10 @@ use hafill_protocol::CoverageEntry;
 use crate::backfill::{BackfillError, Prepared, Session};
 use crate::camera::CameraId;
 use crate::plan::PlanOptions;
-use crate::summary::{bucket_bounds, Bucket, PeerMemory, PlannedStarts, Summary, DAY_US, HOUR_US};
+use crate::store::traits::Matching;
+use crate::summary::{
+    bucket_bounds, Bucket, PeerMemory, PlannedStarts, Summary, SummaryEntry, DAY_US, HOUR_US,
+};
 use crate::transfer::client;
 use crate::transfer::TransferError;
 use crate::units::Timestamp;
@@ -79,17 +84,46 @@ fn batches(cameras: Vec<String>) -> Vec<Vec<String>> {
     out
 }
 
+/// The summaries of a peer's answer that can be what was asked: a camera
+/// asked for (every camera: one paired with the peer), a bucket of the
+/// level asked, within the window. The rest is dropped, so a hostile peer
+/// can make the scrub remember nothing it did not ask about.
+fn asked_for(
+    answer: Vec<SummaryEntry>,
+    level: u64,
+    (a, b): (i64, i64),
+    cameras: &[String],
+    paired: &(dyn Fn(&str) -> bool + Sync),
+) -> Vec<SummaryEntry> {
+    answer
+        .into_iter()
+        .filter(|e| {
+            e.bucket_us >= a
+                && e.bucket_us < b
+                && e.bucket_us.rem_euclid(level as i64) == 0
+                && (if cameras.is_empty() {
+                    paired(&e.camera)
+                } else {
+                    cameras.contains(&e.camera)
+                })
+        })
+        .collect()
+}
+
 /// Asks one peer what changed in `[from, to)` (see the module's doc).
+/// `paired`: whether a camera id is paired with this peer.
 async fn ask_changed(
     conn: quinn::Connection,
     (from, to): (Timestamp, Timestamp),
     cameras: Vec<String>,
     memory: Option<&PeerMemory>,
     stall: Duration,
+    paired: &(dyn Fn(&str) -> bool + Sync),
 ) -> Result<(Vec<CoverageEntry>, Seen), TransferError> {
     let mut seen = Seen::default();
-    let days = client::summaries(&conn, (from.0, to.0), DAY_US, cameras.clone(), stall).await?;
     let (a, b) = bucket_bounds(from, to, DAY_US);
+    let days = client::summaries(&conn, (from.0, to.0), DAY_US, cameras.clone(), stall).await?;
+    let days = asked_for(days, DAY_US, (a, b), &cameras, paired);
     seen.asked.push((DAY_US, cameras.clone(), a, b));
     seen.look.day_summaries = days.len();
     seen.summaries.extend(
@@ -130,6 +164,7 @@ async fn ask_changed(
                 stall,
             )
             .await?;
+            let hours = asked_for(hours, HOUR_US, (a, b), &batch, paired);
             seen.look.hour_summaries += hours.len();
             for e in hours {
                 let bucket = (e.camera, e.bucket_us, HOUR_US);
@@ -177,19 +212,50 @@ pub async fn prepare_round(
     }
     let stall = session.stall();
     let mem = &*memory;
+    let config = Arc::new(session.config().clone());
     let (holdings, seen) = session
-        .holdings_with(|conn, peer, cams| async move {
-            ask_changed(conn, (from, to), cams, mem.peers.get(&peer), stall).await
+        .holdings_with(|conn, peer, cams| {
+            let config = config.clone();
+            async move {
+                let paired =
+                    |cam: &str| CameraId::new(cam).is_ok_and(|id| config.paired_with(&id, &peer));
+                ask_changed(conn, (from, to), cams, mem.peers.get(&peer), stall, &paired).await
+            }
         })
         .await;
     let placement = session.place_holdings(plan_opts, t0, holdings).await?;
-    let planned = PlannedStarts::new(placement.planned());
-    let config = session.config();
+    let mut starts: Vec<(CameraId, i64)> = placement.planned().collect();
+    let prepared = session.queue(placement)?;
+    // Planned now, or reserved and not filled yet: asked about again next
+    // round, so that its other holders are known while it waits.
+    starts.extend(prepared.starts());
+    let planned = PlannedStarts::new(starts);
+    // A recorder that cuts its own segments holds the time it is still
+    // recording, and nothing after now: what a peer offers there was not
+    // planned for now, not for good, so it is not settled.
+    let by_time = session.recorder().matching() == Matching::ByTime;
+    let recorder = session.recorder().clone();
+    let held_until: RefCell<HashMap<CameraId, i64>> = RefCell::new(HashMap::new());
+    let unsettled = |local: &CameraId, end: i64| {
+        by_time && {
+            let until = *held_until
+                .borrow_mut()
+                .entry(local.clone())
+                .or_insert_with(|| match recorder.recording_since(local) {
+                    Ok(since) => since.map_or(plan_opts.now.0, |t| t.0.min(plan_opts.now.0)),
+                    Err(_) => i64::MIN,
+                });
+            end > until
+        }
+    };
     let mut looks = Vec::new();
     for (peer, seen) in seen {
         let m = memory.peers.entry(peer.clone()).or_default();
         m.settle(&seen.summaries, &seen.asked, &|cam, a, b| {
-            CameraId::new(cam).is_ok_and(|id| planned.any_in(&config.local_name(&id), a, b))
+            CameraId::new(cam).is_ok_and(|id| {
+                let local = config.local_name(&id);
+                planned.any_in(&local, a, b) || unsettled(&local, b)
+            })
         });
         m.forget_before(crate::summary::bucket_of(from.0, DAY_US));
         for (cam, day) in &seen.quiet_days {
@@ -199,12 +265,37 @@ pub async fn prepare_round(
         look.wire_bytes = session.wire_bytes(&peer);
         looks.push((peer, look));
     }
-    Ok((session.queue(placement)?, looks))
+    Ok((prepared, looks))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_not_asked_for_are_dropped() {
+        let e = |cam: &str, t: i64| SummaryEntry {
+            camera: cam.into(),
+            bucket_us: t,
+            summary: Summary::default(),
+        };
+        let d = DAY_US as i64;
+        let answer = vec![
+            e("cam-1", 0),
+            e("cam-1", d),
+            e("cam-1", 2 * d),    // past the window
+            e("cam-1", -d),       // before it
+            e("cam-1", 5),        // not a bucket start
+            e("cam-9", 0),        // not paired
+            e("cam-1", i64::MAX), // would overflow a bucket's end
+        ];
+        let paired = |c: &str| c == "cam-1";
+        let kept = asked_for(answer.clone(), DAY_US, (0, 2 * d), &[], &paired);
+        assert_eq!(kept, vec![e("cam-1", 0), e("cam-1", d)]);
+        // Cameras named in the request: only those.
+        let kept = asked_for(answer, DAY_US, (0, 2 * d), &["cam-9".into()], &paired);
+        assert_eq!(kept, vec![e("cam-9", 0)]);
+    }
 
     #[test]
     fn camera_batches_fit_a_request_frame() {

@@ -101,16 +101,16 @@ impl NativeRecorder {
     }
 
     /// `camera`'s days with an index log in `[first, last]`, in brief;
-    /// what was kept of days before `first` is dropped.
+    /// what was kept of days whose log is gone is dropped.
     fn briefs(
         &self,
         camera: &CameraId,
         (first, last): (i64, i64),
     ) -> Result<Vec<Arc<DayBrief>>, StoreError> {
-        self.cache().retain(|(c, d), _| c != camera || *d >= first);
-        self.store
-            .days(camera)?
-            .into_iter()
+        let days = self.store.days(camera)?;
+        self.cache()
+            .retain(|(c, d), _| c != camera || days.binary_search(d).is_ok());
+        days.into_iter()
             .filter(|d| (first..=last).contains(d))
             .map(|d| self.day_brief(camera, d))
             .collect()

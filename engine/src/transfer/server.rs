@@ -389,9 +389,9 @@ async fn summaries(
     };
     let n = entries.len() as u64;
     for chunk in encode_summary_chunks(&entries, 3) {
-        write_message(send, &chunk).await?;
+        send_within_stall(send, message_chunks(&chunk)).await?;
     }
-    write_message(send, &Message::SummaryEnd { entries: n }).await?;
+    send_within_stall(send, message_chunks(&Message::SummaryEnd { entries: n })).await?;
     send.finish()?;
     Ok(())
 }
@@ -469,17 +469,20 @@ async fn coverage(
             let _ = tx.blocking_send(Ok(Message::CoverageEnd { entries: n }));
         }
     });
+    // Each write within the send stall: a peer that stops reading is cut
+    // off, and dropping `rx` ends the producer at its next chunk.
     while let Some(m) = rx.recv().await {
         match m {
-            Ok(m) => write_message(send, &m).await?,
+            Ok(m) => send_within_stall(send, message_chunks(&m)).await?,
             Err(msg) => return send_error(send, ErrorCode::Internal, msg).await,
         }
     }
-    // A producer that panicked sent no CoverageEnd: the stream is not
-    // finished, and the asker sees an answer cut short.
-    producer
-        .await
-        .map_err(|e| TransferError::Protocol(e.to_string()))?;
+    // A producer that panicked sent no CoverageEnd: the stream is reset,
+    // and the asker sees an answer cut short.
+    if let Err(e) = producer.await {
+        let _ = send.reset(0u32.into());
+        return Err(TransferError::Protocol(e.to_string()));
+    }
     send.finish()?;
     Ok(())
 }

@@ -128,56 +128,26 @@ pub async fn coverage_at_most(
     max_entries: u64,
     stall: Duration,
 ) -> Result<Vec<CoverageEntry>, TransferError> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| TransferError::Connection(e, "peer".into()))?;
-    write_message(
-        &mut send,
-        &Message::CoverageRequest {
-            from_us,
-            to_us,
-            cameras,
+    let request = Message::CoverageRequest {
+        from_us,
+        to_us,
+        cameras,
+    };
+    ask_chunked(
+        conn,
+        request,
+        ("coverage", "CoverageEnd"),
+        max_entries,
+        stall,
+        |m| match m {
+            Message::CoverageChunk { raw_len, zstd } => {
+                Some(decode_coverage_chunk(*raw_len, zstd).map(Part::Chunk))
+            }
+            Message::CoverageEnd { entries } => Some(Ok(Part::End(*entries))),
+            _ => None,
         },
     )
-    .await?;
-    send.finish()?;
-    let mut out = Vec::new();
-    loop {
-        match read_within(stall, read_message(&mut recv, MAX_FRAME_LEN)).await? {
-            Some(Message::CoverageChunk { raw_len, zstd }) => {
-                out.extend(decode_coverage_chunk(raw_len, &zstd)?);
-                if out.len() as u64 > max_entries {
-                    return Err(TransferError::Protocol(format!(
-                        "coverage response exceeds the limit of {max_entries} entries"
-                    )));
-                }
-            }
-            Some(Message::CoverageEnd { entries }) => {
-                if entries != out.len() as u64 {
-                    return Err(TransferError::Protocol(format!(
-                        "coverage announced {entries} entries, sent {}",
-                        out.len()
-                    )));
-                }
-                return Ok(out);
-            }
-            Some(Message::Error { code, message }) => {
-                return Err(TransferError::Remote { code, message })
-            }
-            Some(other) => {
-                return Err(TransferError::Protocol(format!(
-                    "unexpected 0x{:02x} in coverage",
-                    other.type_byte()
-                )))
-            }
-            None => {
-                return Err(TransferError::Protocol(
-                    "coverage ended without CoverageEnd".into(),
-                ))
-            }
-        }
-    }
+    .await
 }
 
 /// Asks for the summaries of what a peer holds in the buckets of
@@ -190,52 +160,86 @@ pub async fn summaries(
     cameras: Vec<String>,
     stall: Duration,
 ) -> Result<Vec<SummaryEntry>, TransferError> {
+    let request = Message::SummaryRequest {
+        from_us,
+        to_us,
+        bucket_us,
+        cameras,
+    };
+    let most = MAX_COVERAGE_ENTRIES;
+    ask_chunked(
+        conn,
+        request,
+        ("summaries", "SummaryEnd"),
+        most,
+        stall,
+        |m| match m {
+            Message::SummaryChunk { raw_len, zstd } => {
+                Some(decode_summary_chunk(*raw_len, zstd).map(Part::Chunk))
+            }
+            Message::SummaryEnd { entries } => Some(Ok(Part::End(*entries))),
+            _ => None,
+        },
+    )
+    .await
+}
+
+/// A frame of a chunked answer: entries, or the end with their count.
+enum Part<T> {
+    Chunk(Vec<T>),
+    End(u64),
+}
+
+/// Sends `request` on a stream of its own and reads its chunked answer
+/// (`what`, ended by `end`): at most `max_entries` entries, each frame
+/// within `stall`, the count the end announces checked. `part` reads the
+/// answer's own frames; an `Error` frame is the peer's error.
+async fn ask_chunked<T>(
+    conn: &quinn::Connection,
+    request: Message,
+    (what, end): (&str, &str),
+    max_entries: u64,
+    stall: Duration,
+    part: impl Fn(&Message) -> Option<Result<Part<T>, hafill_protocol::DecodeError>>,
+) -> Result<Vec<T>, TransferError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| TransferError::Connection(e, "peer".into()))?;
-    write_message(
-        &mut send,
-        &Message::SummaryRequest {
-            from_us,
-            to_us,
-            bucket_us,
-            cameras,
-        },
-    )
-    .await?;
+    write_message(&mut send, &request).await?;
     send.finish()?;
     let mut out = Vec::new();
     loop {
-        match read_within(stall, read_message(&mut recv, MAX_FRAME_LEN)).await? {
-            Some(Message::SummaryChunk { raw_len, zstd }) => {
-                out.extend(decode_summary_chunk(raw_len, &zstd)?);
-                if out.len() as u64 > MAX_COVERAGE_ENTRIES {
+        let Some(m) = read_within(stall, read_message(&mut recv, MAX_FRAME_LEN)).await? else {
+            return Err(TransferError::Protocol(format!(
+                "{what} ended without {end}"
+            )));
+        };
+        match part(&m) {
+            Some(Ok(Part::Chunk(entries))) => {
+                out.extend(entries);
+                if out.len() as u64 > max_entries {
                     return Err(TransferError::Protocol(format!(
-                        "summary response exceeds the limit of {MAX_COVERAGE_ENTRIES} entries"
+                        "{what} response exceeds the limit of {max_entries} entries"
                     )));
                 }
             }
-            Some(Message::SummaryEnd { entries }) if entries == out.len() as u64 => return Ok(out),
-            Some(Message::SummaryEnd { entries }) => {
+            Some(Ok(Part::End(n))) if n == out.len() as u64 => return Ok(out),
+            Some(Ok(Part::End(n))) => {
                 return Err(TransferError::Protocol(format!(
-                    "summaries announced {entries} entries, sent {}",
+                    "{what} announced {n} entries, sent {}",
                     out.len()
                 )))
             }
-            Some(Message::Error { code, message }) => {
-                return Err(TransferError::Remote { code, message })
-            }
-            Some(other) => {
-                return Err(TransferError::Protocol(format!(
-                    "unexpected 0x{:02x} in summaries",
-                    other.type_byte()
-                )))
-            }
+            Some(Err(e)) => return Err(e.into()),
             None => {
-                return Err(TransferError::Protocol(
-                    "summaries ended without SummaryEnd".into(),
-                ))
+                return Err(match m {
+                    Message::Error { code, message } => TransferError::Remote { code, message },
+                    other => TransferError::Protocol(format!(
+                        "unexpected 0x{:02x} in {what}",
+                        other.type_byte()
+                    )),
+                })
             }
         }
     }

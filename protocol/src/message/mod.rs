@@ -125,7 +125,9 @@ pub fn segment_digest(start_us: i64, duration_us: u64, len: u64, blake3: &[u8; 3
         .update(&len.to_le_bytes())
         .update(blake3);
     let out = h.finalize();
-    u128::from_le_bytes(out.as_bytes()[..16].try_into().expect("16 bytes"))
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&out.as_bytes()[..16]);
+    u128::from_le_bytes(first)
 }
 
 /// One bucket's summary in a summary response.

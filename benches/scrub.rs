@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config, free_port, index_only, keygen, peak_rss_kib, Killed, BIN};
+use common::{config, free_port, index_only, keygen, peak_rss_kib, reset_peak_rss, Killed, BIN};
 use hafill_engine::backfill::{plan_options, BackfillOptions, Session};
 use hafill_engine::config::Config;
 use hafill_engine::scrub::{prepare_round, ScrubMemory};
@@ -59,6 +59,13 @@ fn main() {
         "built two indexes of {cameras} cameras x {days} days ({per_side} segments a side) in {:.1?}",
         t.elapsed()
     );
+
+    // The receiver's peak from here on: the rounds, not the building.
+    if !reset_peak_rss() {
+        eprintln!(
+            "could not reset this process's peak memory: its figure includes building the indexes"
+        );
+    }
 
     let peer = Killed(
         Command::new(BIN)
@@ -113,7 +120,7 @@ fn main() {
         assert_eq!(jobs, 0, "the two stores hold the same");
     }
     println!(
-        "scrub/{cameras}x{days}d peak resident: this process (receiver) {} MiB, serving peer {} MiB",
+        "scrub/{cameras}x{days}d peak resident: the receiver (this process, since the indexes were built) {} MiB, serving peer {} MiB",
         peak_rss_kib(std::process::id()) / 1024,
         peak_rss_kib(peer.0.id()) / 1024
     );

@@ -116,3 +116,64 @@ fn connection_statistics(c: &Cluster, name: &str, n: usize) -> Vec<String> {
     }
     panic!("{name} logged fewer than {n} connection statistics lines");
 }
+
+/// A window of several days is asked a day at a time: segments on three
+/// days, two of them across midnight (listed by both days' answers), are
+/// each planned, fetched and counted once.
+#[test]
+fn a_window_of_days_is_filled_once_across_midnights() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    // The last midnight at least a day ago: every segment is in the past.
+    let now = base_time();
+    let midnight = (now / 86_400 - 1) * 86_400;
+    let a = c.server("rs01").store();
+    // Segments of 601 s at 64 kbit/s (sim's grid is aligned to the
+    // epoch; a day is not a whole number of them, so one crosses
+    // midnight): the one over midnight two days back, one at 01:00 the
+    // day after, the one over the last midnight.
+    const SEG: i64 = 601;
+    for t in [
+        midnight - 2 * 86_400 - 1,
+        midnight - 86_400 + 3600,
+        midnight - 1,
+    ] {
+        let start = t.div_euclid(SEG) * SEG;
+        run_ok(&[
+            "sim",
+            "record",
+            "--store",
+            p(&a),
+            "--cameras",
+            "2",
+            "--bitrate",
+            "64kbit",
+            "--segment",
+            &format!("{SEG}s"),
+            "--from",
+            &rfc3339(start),
+            "--to",
+            &rfc3339(start + SEG),
+            "--seed",
+            "5",
+        ]);
+    }
+    c.serve("rs01");
+    c.serve("rs02");
+
+    let cfg = c.server("rs02").config();
+    let report = json(&["backfill", "--config", p(&cfg), "--json"]);
+    assert_eq!(report["failed"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["planned_segments"], 6, "{report}");
+    assert_eq!(report["placeholders_created"], 6, "{report}");
+    assert_eq!(report["segments"], 6, "{report}");
+    assert_eq!(report["refetched_bytes"], 0);
+    let peers = report["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 1, "one status per peer: {report}");
+    assert_eq!(peers[0]["segments_offered"], 6, "{report}");
+    let b = c.server("rs02").store();
+    assert_eq!(file_hashes(&a), file_hashes(&b));
+
+    let again = json(&["backfill", "--config", p(&cfg), "--json"]);
+    assert_eq!(again["segments"], 0, "{again}");
+    assert_eq!(again["planned_segments"], 0, "{again}");
+}

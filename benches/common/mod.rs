@@ -53,7 +53,8 @@ pub fn free_port() -> u16 {
 
 /// Index records (no segment files) for `cameras` cameras over `[from,
 /// to)` in `segment_us` steps of `len` bytes each; a segment's BLAKE3
-/// depends on its start only, so two stores built alike hold the same.
+/// depends on its camera and start only, so two stores built alike hold
+/// the same (and, as real video, no two segments share a hash).
 pub fn index_only(
     store: &Path,
     cameras: u32,
@@ -73,7 +74,10 @@ pub fn index_only(
                 start,
                 duration_us: segment_us as u64,
                 len,
-                blake3: blake3::hash(&start.0.to_le_bytes()),
+                blake3: blake3::Hasher::new()
+                    .update(camera.as_str().as_bytes())
+                    .update(&start.0.to_le_bytes())
+                    .finalize(),
                 state: SegmentState::Complete,
                 origin: Origin::Local,
                 notes: None,
@@ -101,4 +105,11 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Starts this process's peak resident memory (VmHWM) again from what it
+/// holds now, so a later [`peak_rss_kib`] leaves out what came before.
+/// Answers whether the kernel did it.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }

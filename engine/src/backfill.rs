@@ -18,7 +18,7 @@ use crate::io::{DiskWriter, IoBackend, IoChoice, IoSetupError};
 use crate::jobs::{Job, JobQueue};
 use crate::metrics::Metrics;
 use crate::placeholder;
-use crate::plan::{Plan, PlanOptions, Planner};
+use crate::plan::{PlanOptions, Planner};
 use crate::segment::{Origin, SegmentMeta};
 use crate::store::traits::{Matching, Recorder};
 use crate::store::StoreError;
@@ -209,21 +209,36 @@ pub struct PlaceSummary {
 /// The timeline made whole: placeholders in, the work not yet queued.
 /// [`Session::queue`] turns it into [`Prepared`]; the gate does that after
 /// the recording service has started, since nothing there is waited for.
+/// What the peers hold is not kept: only what was planned and placed, and
+/// what earlier runs left with the peers that hold exactly its bytes.
 #[derive(Debug)]
 pub struct Placement {
     placed: Vec<SegmentMeta>,
-    plan: Arc<Plan>,
-    holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+    /// Every planned segment (placed or not), with its fallback holders.
+    fallbacks: BTreeMap<(CameraId, i64), Vec<String>>,
+    /// What earlier runs left in the window, with its holders.
+    left: Vec<Job>,
+    /// Why what earlier runs left could not be read, if it could not.
+    unread: Option<StoreError>,
     window: (Timestamp, Timestamp),
     pub summary: PlaceSummary,
 }
 
 impl Placement {
+    pub(crate) fn new(window: (Timestamp, Timestamp)) -> Self {
+        Placement {
+            placed: Vec::new(),
+            fallbacks: BTreeMap::new(),
+            left: Vec::new(),
+            unread: None,
+            window,
+            summary: PlaceSummary::default(),
+        }
+    }
+
     /// The (camera, start) of every planned segment.
     pub fn planned(&self) -> impl Iterator<Item = (CameraId, i64)> + '_ {
-        self.plan
-            .iter()
-            .map(|p| (p.source.camera.clone(), p.source.start.0))
+        self.fallbacks.keys().cloned()
     }
 
     /// The window the peers were asked about.
@@ -236,7 +251,6 @@ impl Placement {
 #[derive(Debug, Default)]
 pub struct Prepared {
     jobs: Vec<Job>,
-    holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
     pub summary: PlaceSummary,
 }
 
@@ -347,6 +361,11 @@ impl Session {
         self.opts.stall
     }
 
+    /// When every peer's coverage answers asked from now on must be in.
+    pub fn coverage_until(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.opts.coverage_deadline
+    }
+
     /// Bytes sent and received on the wire (UDP payloads, QUIC and TLS
     /// included) to and from `peer` since the session connected.
     pub fn wire_bytes(&self, peer: &str) -> u64 {
@@ -393,29 +412,48 @@ impl Session {
     }
 
     /// What each connected peer holds in `[from, to)`, by camera: every
-    /// peer asked at once, each whole answer within
-    /// `opts.coverage_deadline`. A peer that does not answer whole is
-    /// dropped from the session and its status says why.
+    /// peer asked at once, each whole answer by `until`. A peer that does
+    /// not answer whole is dropped from the session and its status says
+    /// why.
     pub async fn holdings(
         &mut self,
-        from: Timestamp,
-        to: Timestamp,
+        (from, to): (Timestamp, Timestamp),
+        until: tokio::time::Instant,
     ) -> BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> {
         let stall = self.opts.stall;
         let (holdings, _) = self
-            .holdings_with(|conn, _, cams| async move {
+            .holdings_with(until, |conn, _, cams| async move {
                 let entries = client::coverage(&conn, from.0, to.0, cams, stall).await?;
                 Ok((entries, ()))
             })
             .await;
+        self.counted_once(&holdings, from);
         holdings
+    }
+
+    /// A segment across two slices of a window is in the answers of both:
+    /// what `holdings` (the answers of the slice from `from`) offered that
+    /// starts before the slice counts in the slice it starts in only.
+    pub(crate) fn counted_once(
+        &mut self,
+        holdings: &BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+        from: Timestamp,
+    ) {
+        for (peer, segs) in holdings.values().flatten() {
+            let before = segs.iter().filter(|s| s.start < from).count();
+            if let Some(st) = self.statuses.iter_mut().find(|s| &s.peer == peer) {
+                st.segments_offered = st.segments_offered.saturating_sub(before);
+            }
+        }
     }
 
     /// [`Self::holdings`], each peer asked by `ask` (its connection, its
     /// name, the cameras asked for: empty for every paired camera), which
-    /// answers the coverage entries and whatever else it learnt.
+    /// answers the coverage entries and whatever else it learnt. Asked
+    /// again (the next slice of a window), a peer's status adds up.
     pub async fn holdings_with<T, F, Fut>(
         &mut self,
+        until: tokio::time::Instant,
         ask: F,
     ) -> (
         BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
@@ -438,44 +476,47 @@ impl Session {
             .collect();
         // Every peer at once; under the gate, the whole of it within what
         // is left of the deadline.
-        let deadline = self.opts.coverage_deadline;
         let asks =
             names.iter().map(|name| {
                 let ask = ask(self.conns[name][0].clone(), name.clone(), cams.clone());
                 async move {
-                    tokio::time::timeout(deadline, ask).await.unwrap_or(Err(
+                    tokio::time::timeout_at(until, ask).await.unwrap_or(Err(
                         TransferError::Timeout("no whole coverage answer within the deadline"),
                     ))
                 }
             });
         let answers = futures::future::join_all(asks).await;
         for (name, answer) in names.into_iter().zip(answers) {
-            match answer {
-                Ok((entries, t)) => {
-                    learnt.push((name.clone(), t));
-                    let n = self.take_coverage(&name, entries, &mut holdings);
+            let i = match self.statuses.iter().position(|s| s.peer == name) {
+                Some(i) => i,
+                None => {
                     self.statuses.push(PeerStatus {
                         peer: name.clone(),
                         connected: true,
                         asked: true,
                         error: None,
-                        segments_offered: n,
+                        segments_offered: 0,
                     });
+                    self.statuses.len() - 1
+                }
+            };
+            let status = &mut self.statuses[i];
+            match answer {
+                Ok((entries, t)) => {
+                    learnt.push((name.clone(), t));
+                    status.segments_offered +=
+                        take_coverage(&self.config, &name, entries, &mut holdings);
                 }
                 Err(e) => {
                     tracing::warn!(peer = %name, "coverage failed: {e}");
+                    status.connected = false;
+                    status.asked = false;
+                    status.error = Some(e.to_string());
                     if let Some(cs) = self.conns.remove(&name) {
                         for c in cs {
                             c.close(0u32.into(), b"no coverage");
                         }
                     }
-                    self.statuses.push(PeerStatus {
-                        peer: name.clone(),
-                        connected: false,
-                        asked: false,
-                        error: Some(e.to_string()),
-                        segments_offered: 0,
-                    });
                 }
             }
         }
@@ -488,24 +529,52 @@ impl Session {
     }
 
     /// Asks the peers for coverage, plans, and creates the placeholders:
-    /// what the recording service waits for at boot.
+    /// what the recording service waits for at boot. A long window goes a
+    /// slice at a time, newest first (the newest gaps take the room first
+    /// when not everything fits), so what the peers hold is never in
+    /// memory for more than one slice; every peer's answers, all slices
+    /// together, within `opts.coverage_deadline`.
     pub async fn place(
         &mut self,
         plan_opts: &PlanOptions,
         t0: Instant,
     ) -> Result<Placement, BackfillError> {
-        let (from, to) = place_window(plan_opts);
-        let holdings = self.holdings(from, to).await;
-        self.place_holdings(plan_opts, t0, holdings).await
+        let window = place_window(plan_opts);
+        let until = self.coverage_until();
+        let mut placement = Placement::new(window);
+        for slice in slices(window) {
+            let holdings = self.holdings(slice, until).await;
+            self.place_slice(plan_opts, t0, holdings, slice, &mut placement)
+                .await?;
+        }
+        Ok(placement)
     }
 
-    /// [`Self::place`] with the peers' holdings already asked for.
+    /// [`Self::place`] with the peers' holdings of the whole window
+    /// already asked for.
     pub async fn place_holdings(
         &mut self,
         plan_opts: &PlanOptions,
         t0: Instant,
         holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
     ) -> Result<Placement, BackfillError> {
+        let window = place_window(plan_opts);
+        let mut placement = Placement::new(window);
+        self.place_slice(plan_opts, t0, holdings, window, &mut placement)
+            .await?;
+        Ok(placement)
+    }
+
+    /// Plans and places what the peers hold in `slice` (`holdings`), and
+    /// lists what earlier runs left there, into `placement`.
+    pub(crate) async fn place_slice(
+        &mut self,
+        plan_opts: &PlanOptions,
+        t0: Instant,
+        holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+        slice: (Timestamp, Timestamp),
+        placement: &mut Placement,
+    ) -> Result<(), BackfillError> {
         let (from, to) = place_window(plan_opts);
         let t_coverage = t0.elapsed();
         // Plan, camera by camera, reading only the part of the index the
@@ -568,77 +637,47 @@ impl Session {
                 "not placed: the reserve for live recording (free space, or free inodes) would be crossed; planned again when space frees up"
             );
         }
-        let placeholders_seconds = t0.elapsed().as_secs_f64();
-        tracing::debug!(coverage = ?t_coverage, planned = ?t_planned, placed = ?t0.elapsed(), "prepare timings (since start)");
+        tracing::debug!(slice = ?(slice.0, slice.1), coverage = ?t_coverage, planned = ?t_planned, placed = ?t0.elapsed(), "prepare timings (since start)");
 
-        Ok(Placement {
-            summary: PlaceSummary {
-                planned_segments: plan.segments(),
-                planned_bytes: plan.bytes(),
-                placeholders_created: placed.placed.len() as u64,
-                no_room_segments: placed.no_room.len() as u64,
-                no_room_bytes: placed.no_room.iter().map(|(m, _)| m.len).sum(),
-                refused_segments: placed.refused.len() as u64,
-                placeholders_seconds,
-            },
-            placed: placed.placed,
-            plan,
-            holdings,
-            window: (from, to),
-        })
-    }
-
-    /// The work queue: what was placed (newest first), plus what earlier
-    /// runs left in the window, each with every connected peer that holds
-    /// exactly its bytes.
-    pub fn queue(&self, placement: Placement) -> Result<Prepared, BackfillError> {
-        let Placement {
-            placed,
-            plan,
-            holdings,
-            window: (from, to),
-            summary,
-        } = placement;
-        let fallbacks: HashMap<(&CameraId, i64), &[String]> = plan
-            .iter()
-            .map(|p| ((&p.source.camera, p.source.start.0), p.fallback.as_slice()))
-            .collect();
-        // Work: what was placed (newest first), plus what earlier runs left.
-        let mut jobs: Vec<Job> = Vec::new();
-        let mut planned = std::collections::HashSet::new();
-        for m in &placed {
-            let key = (m.camera.clone(), m.start.0);
-            let mut sources = match &m.origin {
-                Origin::Peer(p) => vec![p.clone()],
-                Origin::Local => vec![],
-            };
-            sources.extend(
-                fallbacks
-                    .get(&(&m.camera, m.start.0))
-                    .into_iter()
-                    .copied()
-                    .flatten()
-                    .filter(|p| !sources.contains(p))
-                    .cloned()
-                    .collect::<Vec<_>>(),
+        let s = &mut placement.summary;
+        s.planned_segments += plan.segments();
+        s.planned_bytes += plan.bytes();
+        s.placeholders_created += placed.placed.len() as u64;
+        s.no_room_segments += placed.no_room.len() as u64;
+        s.no_room_bytes += placed.no_room.iter().map(|(m, _)| m.len).sum::<u64>();
+        s.refused_segments += placed.refused.len() as u64;
+        s.placeholders_seconds = t0.elapsed().as_secs_f64();
+        for p in plan.iter() {
+            placement.fallbacks.insert(
+                (p.source.camera.clone(), p.source.start.0),
+                p.fallback.clone(),
             );
-            planned.insert(key);
-            jobs.push(Job::new(m.clone(), sources));
         }
-        for m in self.recorder.outstanding(from, to)? {
-            if planned.contains(&(m.camera.clone(), m.start.0)) {
-                continue;
+        let here: std::collections::HashSet<(&CameraId, i64)> = placed
+            .placed
+            .iter()
+            .map(|m| (&m.camera, m.start.0))
+            .collect();
+        // What earlier runs left here: any connected peer holding exactly
+        // its bytes may serve it, the one it was planned from first.
+        let mut left = Vec::new();
+        let outstanding = match self.recorder.outstanding(slice.0, slice.1) {
+            Ok(v) => v,
+            Err(e) => {
+                placement.unread.get_or_insert(e);
+                Vec::new()
             }
-            if !self.opts.cameras.is_empty()
-                && !self
-                    .opts
-                    .cameras
-                    .contains(&self.config.id_of_local(&m.camera))
+        };
+        for m in outstanding {
+            if here.contains(&(&m.camera, m.start.0))
+                || (!self.opts.cameras.is_empty()
+                    && !self
+                        .opts
+                        .cameras
+                        .contains(&self.config.id_of_local(&m.camera)))
             {
                 continue;
             }
-            // Any connected peer holding exactly these bytes may serve it,
-            // the one it was planned from first.
             let mut sources: Vec<String> = Vec::new();
             if let Origin::Peer(p) = &m.origin {
                 sources.push(p.clone());
@@ -654,7 +693,53 @@ impl Session {
                     sources.push(peer.clone());
                 }
             }
+            left.push(Job::new(m, sources));
+        }
+        drop(here);
+        placement.placed.extend(placed.placed);
+        placement.left.extend(left);
+        Ok(())
+    }
+
+    /// The work queue: what was placed (newest first), plus what earlier
+    /// runs left in the window, each with every connected peer that holds
+    /// exactly its bytes.
+    pub fn queue(&self, placement: Placement) -> Result<Prepared, BackfillError> {
+        let Placement {
+            placed,
+            fallbacks,
+            left,
+            unread,
+            summary,
+            ..
+        } = placement;
+        if let Some(e) = unread {
+            return Err(e.into());
+        }
+        let mut jobs: Vec<Job> = Vec::with_capacity(placed.len() + left.len());
+        let mut queued = std::collections::HashSet::new();
+        for m in placed {
+            let mut sources = match &m.origin {
+                Origin::Peer(p) => vec![p.clone()],
+                Origin::Local => vec![],
+            };
+            for p in fallbacks
+                .get(&(m.camera.clone(), m.start.0))
+                .into_iter()
+                .flatten()
+            {
+                if !sources.contains(p) {
+                    sources.push(p.clone());
+                }
+            }
+            queued.insert((m.camera.clone(), m.start.0));
             jobs.push(Job::new(m, sources));
+        }
+        // A segment across two slices was seen by both.
+        for j in left {
+            if queued.insert((j.meta.camera.clone(), j.meta.start.0)) {
+                jobs.push(j);
+            }
         }
         jobs.sort_by_key(|j| std::cmp::Reverse(j.meta.start));
         if let Some(m) = &self.opts.metrics {
@@ -663,34 +748,7 @@ impl Session {
                 m.peer(&s.peer, s.connected);
             }
         }
-        Ok(Prepared {
-            jobs,
-            holdings,
-            summary,
-        })
-    }
-
-    /// Keeps a peer's coverage (see [`crate::plan::peer_segments`]).
-    fn take_coverage(
-        &self,
-        peer: &str,
-        entries: Vec<hafill_protocol::CoverageEntry>,
-        holdings: &mut BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
-    ) -> usize {
-        let mut n = 0;
-        for (id, mut segs) in crate::plan::peer_segments(&self.config, peer, entries) {
-            n += segs.len();
-            // From here on a camera goes by its name on this server.
-            let c = self.config.local_name(&id);
-            for s in &mut segs {
-                s.camera = c.clone();
-            }
-            holdings
-                .entry(c)
-                .or_default()
-                .push((peer.to_string(), segs));
-        }
-        n
+        Ok(Prepared { jobs, summary })
     }
 
     /// Fetches the prepared work, several segments at once; stops taking
@@ -927,7 +985,6 @@ impl Session {
         let fetched = self.fetch(&prepared, stop, ctx.clone(), on_tick).await;
         governor_stop.store(true, Ordering::Relaxed);
         let _ = gov.await;
-        drop(prepared.holdings);
         for cs in self.conns.values() {
             for c in cs {
                 let s = c.stats();
@@ -959,6 +1016,67 @@ impl Session {
             peers: self.statuses,
         }
     }
+}
+
+/// Keeps a peer's coverage (see [`crate::plan::peer_segments`]), by the
+/// camera's name on this server; answers how many segments it offered.
+fn take_coverage(
+    config: &Config,
+    peer: &str,
+    entries: Vec<hafill_protocol::CoverageEntry>,
+    holdings: &mut BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
+) -> usize {
+    let mut n = 0;
+    for (id, mut segs) in crate::plan::peer_segments(config, peer, entries) {
+        n += segs.len();
+        let c = config.local_name(&id);
+        for s in &mut segs {
+            s.camera = c.clone();
+        }
+        holdings
+            .entry(c)
+            .or_default()
+            .push((peer.to_string(), segs));
+    }
+    n
+}
+
+/// The longest slice of a window that [`Session::place`] asks the peers
+/// about at once: a day of a thousand cameras' 60-second segments is 1.4
+/// million entries.
+const SLICE_US: i64 = 86_400_000_000;
+/// At most this many slices, however long the window: a wider window has
+/// wider slices.
+const MAX_SLICES: i64 = 64;
+
+/// `[from, to)` in slices, newest first: whole UTC days, or wider when
+/// the window would need more than [`MAX_SLICES`] of them.
+pub(crate) fn slices((from, to): (Timestamp, Timestamp)) -> Vec<(Timestamp, Timestamp)> {
+    if from >= to {
+        return Vec::new();
+    }
+    let span = (to.0 as i128 - from.0 as i128) / MAX_SLICES as i128;
+    let width = if span <= SLICE_US as i128 {
+        SLICE_US
+    } else {
+        // Whole days, rounded up.
+        let days = (span + SLICE_US as i128 - 1) / SLICE_US as i128;
+        i64::try_from(days * SLICE_US as i128).unwrap_or(i64::MAX)
+    };
+    let mut out = Vec::new();
+    let mut end = to;
+    while end > from {
+        // The slice's start: `end`'s bound of `width` below it, on UTC days.
+        let start = end
+            .0
+            .saturating_sub(1)
+            .div_euclid(width)
+            .saturating_mul(width);
+        let start = Timestamp(start.max(from.0));
+        out.push((start, end));
+        end = start;
+    }
+    out
 }
 
 /// The window a session asks its peers about: the plan's, and no further
@@ -1016,6 +1134,45 @@ async fn caught(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAY: i64 = SLICE_US;
+
+    #[test]
+    fn a_window_is_sliced_in_whole_days_newest_first() {
+        let (from, to) = (Timestamp(20_000 * DAY + 7), Timestamp(20_003 * DAY + 5));
+        let s = slices((from, to));
+        assert_eq!(
+            s,
+            vec![
+                (Timestamp(20_003 * DAY), to),
+                (Timestamp(20_002 * DAY), Timestamp(20_003 * DAY)),
+                (Timestamp(20_001 * DAY), Timestamp(20_002 * DAY)),
+                (from, Timestamp(20_001 * DAY)),
+            ]
+        );
+        // Within one day: one slice.
+        let one = (Timestamp(5 * DAY + 1), Timestamp(5 * DAY + 2));
+        assert_eq!(slices(one), vec![one]);
+        assert!(slices((to, from)).is_empty());
+    }
+
+    #[test]
+    fn a_long_window_has_at_most_max_slices_that_cover_it_whole() {
+        for (from, to) in [
+            (Timestamp(-400 * 365 * DAY), Timestamp(3 * DAY)),
+            (crate::units::MIN_TIME, Timestamp(20_000 * DAY)),
+            (Timestamp(0), Timestamp(365 * DAY + 1)),
+        ] {
+            let s = slices((from, to));
+            assert!(s.len() as i64 <= MAX_SLICES + 1, "{} slices", s.len());
+            assert_eq!(s.first().unwrap().1, to);
+            assert_eq!(s.last().unwrap().0, from);
+            for w in s.windows(2) {
+                assert_eq!(w[0].0, w[1].1, "slices meet");
+                assert!(w[1].0 < w[1].1);
+            }
+        }
+    }
 
     #[tokio::test]
     async fn a_panicking_fetch_fails_its_segment_and_returns() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use hafill_protocol::CoverageEntry;
 
-use crate::backfill::{BackfillError, Prepared, Session};
+use crate::backfill::{slices, BackfillError, Placement, Prepared, Session};
 use crate::camera::CameraId;
 use crate::plan::PlanOptions;
 use crate::store::traits::Matching;
@@ -131,10 +131,10 @@ async fn ask_changed(
             .map(|e| ((e.camera.clone(), e.bucket_us, DAY_US), e.summary)),
     );
     let Some(memory) = memory else {
+        // The whole window's segment lists: asked a slice at a time by
+        // `prepare_round`, never held whole.
         seen.look.full = true;
-        let entries = client::coverage(&conn, from.0, to.0, cameras, stall).await?;
-        seen.look.entries = entries.len();
-        return Ok((entries, seen));
+        return Ok((Vec::new(), seen));
     };
 
     // Days that changed, with the cameras they changed for.
@@ -213,8 +213,9 @@ pub async fn prepare_round(
     let stall = session.stall();
     let mem = &*memory;
     let config = Arc::new(session.config().clone());
-    let (holdings, seen) = session
-        .holdings_with(|conn, peer, cams| {
+    let until = session.coverage_until();
+    let (holdings, mut seen) = session
+        .holdings_with(until, |conn, peer, cams| {
             let config = config.clone();
             async move {
                 let paired =
@@ -223,7 +224,49 @@ pub async fn prepare_round(
             }
         })
         .await;
-    let placement = session.place_holdings(plan_opts, t0, holdings).await?;
+    // The peers asked for the whole window (the first round, a full
+    // round, a peer not heard before) answer it a slice at a time.
+    let full: Vec<String> = seen
+        .iter()
+        .filter(|(_, s)| s.look.full)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let mut placement = Placement::new((from, to));
+    if full.is_empty() || full.len() < seen.len() {
+        session
+            .place_slice(plan_opts, t0, holdings, (from, to), &mut placement)
+            .await?;
+    }
+    if !full.is_empty() {
+        let full = &full;
+        for slice in slices((from, to)) {
+            let (holdings, entries) = session
+                .holdings_with(until, |conn, peer, cams| async move {
+                    if !full.contains(&peer) {
+                        return Ok((Vec::new(), 0));
+                    }
+                    let entries =
+                        client::coverage(&conn, slice.0 .0, slice.1 .0, cams, stall).await?;
+                    // Counted in the slice it starts in.
+                    let n = entries.iter().filter(|e| e.start_us >= slice.0 .0).count();
+                    Ok((entries, n))
+                })
+                .await;
+            session.counted_once(&holdings, slice.0);
+            for (peer, n) in entries {
+                if let Some((_, s)) = seen.iter_mut().find(|(p, _)| *p == peer) {
+                    s.look.entries += n;
+                }
+            }
+            session
+                .place_slice(plan_opts, t0, holdings, slice, &mut placement)
+                .await?;
+        }
+        // A peer cut off part way was not heard whole: nothing it said is
+        // settled.
+        let cut: Vec<String> = session.unreachable();
+        seen.retain(|(p, _)| !cut.contains(p));
+    }
     let mut starts: Vec<(CameraId, i64)> = placement.planned().collect();
     let prepared = session.queue(placement)?;
     // Planned now, or reserved and not filled yet: asked about again next

@@ -91,9 +91,13 @@ impl NativeRecorder {
                 crate::summary::HOUR_US,
                 (start.0, start.0 + crate::summary::DAY_US as i64),
             ),
+            // Copied out, not filtered in place: a `Vec` collected from
+            // its own `into_iter` keeps the whole day's allocation, and
+            // the brief is kept as long as the log.
             unfinished: segs
-                .into_iter()
+                .iter()
                 .filter(|s| s.state != SegmentState::Complete)
+                .cloned()
                 .collect(),
         });
         self.cache().insert(key, (stamp, v.clone()));
@@ -351,6 +355,31 @@ mod tests {
             origin: Origin::Local,
             notes: None,
         }
+    }
+
+    #[test]
+    fn a_kept_brief_holds_no_room_for_the_days_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_writer(dir.path(), true).unwrap();
+        let cam = CameraId::new("cam-1").unwrap();
+        let day = 20_000 * crate::summary::DAY_US as i64;
+        let mut metas: Vec<SegmentMeta> = (0..1440)
+            .map(|k| meta(&cam, day + k * 60_000_000))
+            .collect();
+        metas[7].state = SegmentState::Placeholder;
+        store.append_index(&metas).unwrap();
+        let rec = NativeRecorder::new(store);
+        let brief = rec
+            .day_brief(&cam, day / crate::summary::DAY_US as i64)
+            .unwrap();
+        assert_eq!(brief.unfinished.len(), 1);
+        // Kept as long as the log: a brief of one unfinished segment
+        // keeps room for one, not for the day's 1,440.
+        assert!(
+            brief.unfinished.capacity() < 16,
+            "{}",
+            brief.unfinished.capacity()
+        );
     }
 
     #[test]

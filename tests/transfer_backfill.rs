@@ -117,9 +117,9 @@ fn connection_statistics(c: &Cluster, name: &str, n: usize) -> Vec<String> {
     panic!("{name} logged fewer than {n} connection statistics lines");
 }
 
-/// A window of several days is asked a day at a time: segments on three
-/// days, two of them across midnight (listed by both days' answers), are
-/// each planned, fetched and counted once.
+/// A window of several days: segments on three days, two of them across
+/// midnight (in two days' index logs), each planned, fetched and counted
+/// once.
 #[test]
 fn a_window_of_days_is_filled_once_across_midnights() {
     let mut c = Cluster::new(&["rs01", "rs02"]);

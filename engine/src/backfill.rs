@@ -220,6 +220,8 @@ pub struct Placement {
     left: Vec<Job>,
     /// Why what earlier runs left could not be read, if it could not.
     unread: Option<StoreError>,
+    /// A part found no room: later parts place nothing.
+    out_of_room: bool,
     window: (Timestamp, Timestamp),
     pub summary: PlaceSummary,
 }
@@ -231,6 +233,7 @@ impl Placement {
             fallbacks: BTreeMap::new(),
             left: Vec::new(),
             unread: None,
+            out_of_room: false,
             window,
             summary: PlaceSummary::default(),
         }
@@ -361,6 +364,11 @@ impl Session {
         self.opts.stall
     }
 
+    /// How long every peer's coverage answers may take, all together.
+    pub fn coverage_deadline(&self) -> Duration {
+        self.opts.coverage_deadline
+    }
+
     /// When every peer's coverage answers asked from now on must be in.
     pub fn coverage_until(&self) -> tokio::time::Instant {
         tokio::time::Instant::now() + self.opts.coverage_deadline
@@ -427,30 +435,13 @@ impl Session {
                 Ok((entries, ()))
             })
             .await;
-        self.counted_once(&holdings, from);
         holdings
-    }
-
-    /// A segment across two slices of a window is in the answers of both:
-    /// what `holdings` (the answers of the slice from `from`) offered that
-    /// starts before the slice counts in the slice it starts in only.
-    pub(crate) fn counted_once(
-        &mut self,
-        holdings: &BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
-        from: Timestamp,
-    ) {
-        for (peer, segs) in holdings.values().flatten() {
-            let before = segs.iter().filter(|s| s.start < from).count();
-            if let Some(st) = self.statuses.iter_mut().find(|s| &s.peer == peer) {
-                st.segments_offered = st.segments_offered.saturating_sub(before);
-            }
-        }
     }
 
     /// [`Self::holdings`], each peer asked by `ask` (its connection, its
     /// name, the cameras asked for: empty for every paired camera), which
     /// answers the coverage entries and whatever else it learnt. Asked
-    /// again (the next slice of a window), a peer's status adds up.
+    /// again (the next part of a round), a peer's status adds up.
     pub async fn holdings_with<T, F, Fut>(
         &mut self,
         until: tokio::time::Instant,
@@ -529,11 +520,7 @@ impl Session {
     }
 
     /// Asks the peers for coverage, plans, and creates the placeholders:
-    /// what the recording service waits for at boot. A long window goes a
-    /// slice at a time, newest first (the newest gaps take the room first
-    /// when not everything fits), so what the peers hold is never in
-    /// memory for more than one slice; every peer's answers, all slices
-    /// together, within `opts.coverage_deadline`.
+    /// what the recording service waits for at boot.
     pub async fn place(
         &mut self,
         plan_opts: &PlanOptions,
@@ -541,38 +528,53 @@ impl Session {
     ) -> Result<Placement, BackfillError> {
         let window = place_window(plan_opts);
         let until = self.coverage_until();
-        let mut placement = Placement::new(window);
-        for slice in slices(window) {
-            let holdings = self.holdings(slice, until).await;
-            self.place_slice(plan_opts, t0, holdings, slice, &mut placement)
-                .await?;
-        }
-        Ok(placement)
-    }
-
-    /// [`Self::place`] with the peers' holdings of the whole window
-    /// already asked for.
-    pub async fn place_holdings(
-        &mut self,
-        plan_opts: &PlanOptions,
-        t0: Instant,
-        holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
-    ) -> Result<Placement, BackfillError> {
-        let window = place_window(plan_opts);
-        let mut placement = Placement::new(window);
-        self.place_slice(plan_opts, t0, holdings, window, &mut placement)
+        let holdings = self.holdings(window, until).await;
+        let mut placement = self.new_placement(window);
+        self.place_part(plan_opts, t0, holdings, &mut placement)
             .await?;
         Ok(placement)
     }
 
-    /// Plans and places what the peers hold in `slice` (`holdings`), and
-    /// lists what earlier runs left there, into `placement`.
-    pub(crate) async fn place_slice(
+    /// A placement of `window` with nothing placed yet: what earlier runs
+    /// left there (read once), each from the peer it was planned from.
+    pub(crate) fn new_placement(&self, window: (Timestamp, Timestamp)) -> Placement {
+        let mut placement = Placement::new(window);
+        match self.recorder.outstanding(window.0, window.1) {
+            Ok(v) => {
+                placement.left = v
+                    .into_iter()
+                    .filter(|m| {
+                        self.opts.cameras.is_empty()
+                            || self
+                                .opts
+                                .cameras
+                                .contains(&self.config.id_of_local(&m.camera))
+                    })
+                    .map(|m| {
+                        let sources = match &m.origin {
+                            Origin::Peer(p) => vec![p.clone()],
+                            Origin::Local => vec![],
+                        };
+                        Job::new(m, sources)
+                    })
+                    .collect()
+            }
+            Err(e) => placement.unread = Some(e),
+        }
+        placement
+    }
+
+    /// Plans and places what the peers hold (`holdings`, of some of the
+    /// cameras: a part of the work), into `placement`; and adds these
+    /// peers as holders of what earlier runs left on those cameras. Once
+    /// a part found no room, no later part is placed: the newest gaps of
+    /// a part are placed first, and older pieces of later parts must not
+    /// scatter into what is left.
+    pub(crate) async fn place_part(
         &mut self,
         plan_opts: &PlanOptions,
         t0: Instant,
         holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
-        slice: (Timestamp, Timestamp),
         placement: &mut Placement,
     ) -> Result<(), BackfillError> {
         let (from, to) = place_window(plan_opts);
@@ -616,7 +618,17 @@ impl Session {
             reserve_bytes: self.config.reserve_bytes,
         };
         let plan = Arc::new(plan);
-        let placed = {
+        let placed = if plan.segments() == 0 {
+            placeholder::Placed::default()
+        } else if placement.out_of_room {
+            placeholder::Placed {
+                no_room: plan
+                    .iter()
+                    .map(|p| (p.source.clone(), p.peer.clone()))
+                    .collect(),
+                ..Default::default()
+            }
+        } else {
             let recorder = self.recorder.clone();
             let plan = plan.clone();
             tokio::task::spawn_blocking(move || {
@@ -637,7 +649,8 @@ impl Session {
                 "not placed: the reserve for live recording (free space, or free inodes) would be crossed; planned again when space frees up"
             );
         }
-        tracing::debug!(slice = ?(slice.0, slice.1), coverage = ?t_coverage, planned = ?t_planned, placed = ?t0.elapsed(), "prepare timings (since start)");
+        placement.out_of_room |= !placed.no_room.is_empty();
+        tracing::debug!(coverage = ?t_coverage, planned = ?t_planned, placed = ?t0.elapsed(), "prepare timings (since start)");
 
         let s = &mut placement.summary;
         s.planned_segments += plan.segments();
@@ -653,51 +666,37 @@ impl Session {
                 p.fallback.clone(),
             );
         }
-        let here: std::collections::HashSet<(&CameraId, i64)> = placed
-            .placed
-            .iter()
-            .map(|m| (&m.camera, m.start.0))
-            .collect();
-        // What earlier runs left here: any connected peer holding exactly
-        // its bytes may serve it, the one it was planned from first.
-        let mut left = Vec::new();
-        let outstanding = match self.recorder.outstanding(slice.0, slice.1) {
-            Ok(v) => v,
-            Err(e) => {
-                placement.unread.get_or_insert(e);
-                Vec::new()
-            }
-        };
-        for m in outstanding {
-            if here.contains(&(&m.camera, m.start.0))
-                || (!self.opts.cameras.is_empty()
-                    && !self
-                        .opts
-                        .cameras
-                        .contains(&self.config.id_of_local(&m.camera)))
+        // What earlier runs left on these cameras: any connected peer
+        // holding exactly its bytes may serve it (a hash not known yet
+        // proves nothing).
+        let mut wanted: HashMap<&CameraId, Vec<usize>> = HashMap::new();
+        for (i, j) in placement.left.iter().enumerate() {
+            if j.meta.blake3 != crate::store::traits::UNKNOWN_HASH
+                && holdings.contains_key(&j.meta.camera)
             {
-                continue;
+                wanted.entry(&j.meta.camera).or_default().push(i);
             }
-            let mut sources: Vec<String> = Vec::new();
-            if let Origin::Peer(p) = &m.origin {
-                sources.push(p.clone());
-            }
-            for (peer, segs) in holdings.get(&m.camera).into_iter().flatten() {
-                // Exactly these bytes: a hash not known yet proves nothing.
-                if !sources.contains(peer)
-                    && m.blake3 != crate::store::traits::UNKNOWN_HASH
-                    && segs
-                        .iter()
-                        .any(|s| s.start == m.start && s.blake3 == m.blake3)
-                {
-                    sources.push(peer.clone());
+        }
+        let mut holders: Vec<(usize, String)> = Vec::new();
+        for (camera, jobs) in wanted {
+            for (peer, segs) in holdings.get(camera).into_iter().flatten() {
+                let held: std::collections::HashSet<(i64, &blake3::Hash)> =
+                    segs.iter().map(|s| (s.start.0, &s.blake3)).collect();
+                for &i in &jobs {
+                    let m = &placement.left[i].meta;
+                    if held.contains(&(m.start.0, &m.blake3)) {
+                        holders.push((i, peer.clone()));
+                    }
                 }
             }
-            left.push(Job::new(m, sources));
         }
-        drop(here);
+        for (i, peer) in holders {
+            let sources = &mut placement.left[i].sources;
+            if !sources.contains(&peer) {
+                sources.push(peer);
+            }
+        }
         placement.placed.extend(placed.placed);
-        placement.left.extend(left);
         Ok(())
     }
 
@@ -717,7 +716,7 @@ impl Session {
             return Err(e.into());
         }
         let mut jobs: Vec<Job> = Vec::with_capacity(placed.len() + left.len());
-        let mut queued = std::collections::HashSet::new();
+        let mut queued = Vec::with_capacity(placed.len());
         for m in placed {
             let mut sources = match &m.origin {
                 Origin::Peer(p) => vec![p.clone()],
@@ -732,13 +731,22 @@ impl Session {
                     sources.push(p.clone());
                 }
             }
-            queued.insert((m.camera.clone(), m.start.0));
+            queued.push((m.camera.clone(), m.start.0));
             jobs.push(Job::new(m, sources));
         }
-        // A segment across two slices was seen by both.
+        // Left by an earlier run and placed again now (an earlier run's
+        // placeholder is kept): one job, with the holders of both.
+        let at: HashMap<(CameraId, i64), usize> = queued.into_iter().zip(0..).collect();
         for j in left {
-            if queued.insert((j.meta.camera.clone(), j.meta.start.0)) {
-                jobs.push(j);
+            match at.get(&(j.meta.camera.clone(), j.meta.start.0)) {
+                Some(&i) => {
+                    for p in j.sources {
+                        if !jobs[i].sources.contains(&p) {
+                            jobs[i].sources.push(p);
+                        }
+                    }
+                }
+                None => jobs.push(j),
             }
         }
         jobs.sort_by_key(|j| std::cmp::Reverse(j.meta.start));
@@ -1041,44 +1049,6 @@ fn take_coverage(
     n
 }
 
-/// The longest slice of a window that [`Session::place`] asks the peers
-/// about at once: a day of a thousand cameras' 60-second segments is 1.4
-/// million entries.
-const SLICE_US: i64 = 86_400_000_000;
-/// At most this many slices, however long the window: a wider window has
-/// wider slices.
-const MAX_SLICES: i64 = 64;
-
-/// `[from, to)` in slices, newest first: whole UTC days, or wider when
-/// the window would need more than [`MAX_SLICES`] of them.
-pub(crate) fn slices((from, to): (Timestamp, Timestamp)) -> Vec<(Timestamp, Timestamp)> {
-    if from >= to {
-        return Vec::new();
-    }
-    let span = (to.0 as i128 - from.0 as i128) / MAX_SLICES as i128;
-    let width = if span <= SLICE_US as i128 {
-        SLICE_US
-    } else {
-        // Whole days, rounded up.
-        let days = (span + SLICE_US as i128 - 1) / SLICE_US as i128;
-        i64::try_from(days * SLICE_US as i128).unwrap_or(i64::MAX)
-    };
-    let mut out = Vec::new();
-    let mut end = to;
-    while end > from {
-        // The slice's start: `end`'s bound of `width` below it, on UTC days.
-        let start = end
-            .0
-            .saturating_sub(1)
-            .div_euclid(width)
-            .saturating_mul(width);
-        let start = Timestamp(start.max(from.0));
-        out.push((start, end));
-        end = start;
-    }
-    out
-}
-
 /// The window a session asks its peers about: the plan's, and no further
 /// than a day ahead of now.
 pub(crate) fn place_window(plan_opts: &PlanOptions) -> (Timestamp, Timestamp) {
@@ -1134,45 +1104,6 @@ async fn caught(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const DAY: i64 = SLICE_US;
-
-    #[test]
-    fn a_window_is_sliced_in_whole_days_newest_first() {
-        let (from, to) = (Timestamp(20_000 * DAY + 7), Timestamp(20_003 * DAY + 5));
-        let s = slices((from, to));
-        assert_eq!(
-            s,
-            vec![
-                (Timestamp(20_003 * DAY), to),
-                (Timestamp(20_002 * DAY), Timestamp(20_003 * DAY)),
-                (Timestamp(20_001 * DAY), Timestamp(20_002 * DAY)),
-                (from, Timestamp(20_001 * DAY)),
-            ]
-        );
-        // Within one day: one slice.
-        let one = (Timestamp(5 * DAY + 1), Timestamp(5 * DAY + 2));
-        assert_eq!(slices(one), vec![one]);
-        assert!(slices((to, from)).is_empty());
-    }
-
-    #[test]
-    fn a_long_window_has_at_most_max_slices_that_cover_it_whole() {
-        for (from, to) in [
-            (Timestamp(-400 * 365 * DAY), Timestamp(3 * DAY)),
-            (crate::units::MIN_TIME, Timestamp(20_000 * DAY)),
-            (Timestamp(0), Timestamp(365 * DAY + 1)),
-        ] {
-            let s = slices((from, to));
-            assert!(s.len() as i64 <= MAX_SLICES + 1, "{} slices", s.len());
-            assert_eq!(s.first().unwrap().1, to);
-            assert_eq!(s.last().unwrap().0, from);
-            for w in s.windows(2) {
-                assert_eq!(w[0].0, w[1].1, "slices meet");
-                assert!(w[1].0 < w[1].1);
-            }
-        }
-    }
 
     #[tokio::test]
     async fn a_panicking_fetch_fails_its_segment_and_returns() {

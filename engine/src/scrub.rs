@@ -6,13 +6,13 @@
 //! segments lost on this side are found too.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hafill_protocol::CoverageEntry;
 
-use crate::backfill::{slices, BackfillError, Placement, Prepared, Session};
+use crate::backfill::{BackfillError, Prepared, Session};
 use crate::camera::CameraId;
 use crate::plan::PlanOptions;
 use crate::store::traits::Matching;
@@ -195,6 +195,63 @@ async fn ask_changed(
     Ok((entries, seen))
 }
 
+/// About how many segments one part of a full round asks for: some
+/// 160 MiB decoded, planned, on this side.
+const PART_ENTRIES: u64 = 500_000;
+
+/// The time the peers are given to answer, spent only while they are
+/// waited on.
+struct Budget {
+    left: Duration,
+}
+
+impl Budget {
+    fn new(deadline: Duration) -> Self {
+        Budget { left: deadline }
+    }
+
+    /// When an ask made at `asked` must be answered.
+    fn until(&self, asked: tokio::time::Instant) -> tokio::time::Instant {
+        asked + self.left
+    }
+
+    /// The ask made at `asked` is answered: what it took is spent.
+    fn spent(&mut self, asked: tokio::time::Instant) {
+        self.left = self.left.saturating_sub(asked.elapsed());
+    }
+}
+
+/// Each camera of `summaries` (day summaries) with its segment count,
+/// by camera.
+fn per_camera(summaries: &[(Bucket, Summary)]) -> Vec<(String, u64)> {
+    let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((cam, _, _), s) in summaries {
+        let c = by.entry(cam.as_str()).or_default();
+        *c = c.saturating_add(s.count);
+    }
+    by.into_iter().map(|(c, n)| (c.to_string(), n)).collect()
+}
+
+/// `counts` (camera, segments) cut in parts of about `most` segments:
+/// whole cameras, at least one a part.
+fn parts(counts: &BTreeMap<&str, u64>, most: u64) -> Vec<BTreeSet<String>> {
+    let mut out: Vec<BTreeSet<String>> = Vec::new();
+    let mut part: BTreeSet<String> = BTreeSet::new();
+    let mut size = 0u64;
+    for (cam, n) in counts {
+        if !part.is_empty() && size.saturating_add(*n) > most {
+            out.push(std::mem::take(&mut part));
+            size = 0;
+        }
+        size = size.saturating_add(*n);
+        part.insert(cam.to_string());
+    }
+    if !part.is_empty() {
+        out.push(part);
+    }
+    out
+}
+
 /// Asks every connected peer what changed, plans, places and queues it,
 /// and remembers what was found settled. `full_every`: how often a round
 /// asks for the whole window.
@@ -213,9 +270,12 @@ pub async fn prepare_round(
     let stall = session.stall();
     let mem = &*memory;
     let config = Arc::new(session.config().clone());
-    let until = session.coverage_until();
+    // What the peers are given to answer: only the time spent waiting on
+    // them counts, not this side's planning and placing between asks.
+    let mut budget = Budget::new(session.coverage_deadline());
+    let asked = tokio::time::Instant::now();
     let (holdings, mut seen) = session
-        .holdings_with(until, |conn, peer, cams| {
+        .holdings_with(budget.until(asked), |conn, peer, cams| {
             let config = config.clone();
             async move {
                 let paired =
@@ -224,42 +284,59 @@ pub async fn prepare_round(
             }
         })
         .await;
+    budget.spent(asked);
+    let mut placement = session.new_placement((from, to));
+    session
+        .place_part(plan_opts, t0, holdings, &mut placement)
+        .await?;
     // The peers asked for the whole window (the first round, a full
-    // round, a peer not heard before) answer it a slice at a time.
-    let full: Vec<String> = seen
+    // round, a peer not heard before) give their segment lists a few
+    // cameras at a time: the cameras their day summaries name, in parts
+    // of about `PART_ENTRIES` segments. Each camera's list is asked of
+    // each peer once, and what the peers hold is in memory one part at a
+    // time.
+    let full: BTreeMap<String, Vec<(String, u64)>> = seen
         .iter()
         .filter(|(_, s)| s.look.full)
-        .map(|(p, _)| p.clone())
+        .map(|(p, s)| (p.clone(), per_camera(&s.summaries)))
         .collect();
-    let mut placement = Placement::new((from, to));
-    if full.is_empty() || full.len() < seen.len() {
-        session
-            .place_slice(plan_opts, t0, holdings, (from, to), &mut placement)
-            .await?;
-    }
     if !full.is_empty() {
-        let full = &full;
-        for slice in slices((from, to)) {
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
+        for (cam, n) in full.values().flatten() {
+            // Every peer's list of a camera is in memory at once.
+            let c = counts.entry(cam.as_str()).or_default();
+            *c = c.saturating_add(*n);
+        }
+        for part in parts(&counts, PART_ENTRIES) {
+            let full = &full;
+            let part = &part;
+            let asked = tokio::time::Instant::now();
             let (holdings, entries) = session
-                .holdings_with(until, |conn, peer, cams| async move {
-                    if !full.contains(&peer) {
+                .holdings_with(budget.until(asked), |conn, peer, _| async move {
+                    let Some(held) = full.get(&peer) else {
                         return Ok((Vec::new(), 0));
+                    };
+                    let cams: Vec<String> = held
+                        .iter()
+                        .filter(|(c, _)| part.contains(c))
+                        .map(|(c, _)| c.clone())
+                        .collect();
+                    let mut entries = Vec::new();
+                    for batch in batches(cams) {
+                        entries.extend(client::coverage(&conn, from.0, to.0, batch, stall).await?);
                     }
-                    let entries =
-                        client::coverage(&conn, slice.0 .0, slice.1 .0, cams, stall).await?;
-                    // Counted in the slice it starts in.
-                    let n = entries.iter().filter(|e| e.start_us >= slice.0 .0).count();
+                    let n = entries.len();
                     Ok((entries, n))
                 })
                 .await;
-            session.counted_once(&holdings, slice.0);
+            budget.spent(asked);
             for (peer, n) in entries {
                 if let Some((_, s)) = seen.iter_mut().find(|(p, _)| *p == peer) {
                     s.look.entries += n;
                 }
             }
             session
-                .place_slice(plan_opts, t0, holdings, slice, &mut placement)
+                .place_part(plan_opts, t0, holdings, &mut placement)
                 .await?;
         }
         // A peer cut off part way was not heard whole: nothing it said is
@@ -338,6 +415,31 @@ mod tests {
         // Cameras named in the request: only those.
         let kept = asked_for(answer, DAY_US, (0, 2 * d), &["cam-9".into()], &paired);
         assert_eq!(kept, vec![e("cam-9", 0)]);
+    }
+
+    #[test]
+    fn a_full_round_asks_for_whole_cameras_in_parts_of_about_so_many_segments() {
+        let counts: BTreeMap<&str, u64> =
+            [("a", 300), ("b", 300), ("c", 900), ("d", 10), ("e", 10)].into();
+        let p = parts(&counts, 600);
+        let names: Vec<Vec<&str>> = p
+            .iter()
+            .map(|s| s.iter().map(String::as_str).collect())
+            .collect();
+        // A camera bigger than a part is a part of its own.
+        assert_eq!(names, vec![vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
+        assert!(parts(&BTreeMap::new(), 600).is_empty());
+        let day = |cam: &str, d: i64, count: u64| {
+            (
+                (cam.to_string(), d * DAY_US as i64, DAY_US),
+                Summary {
+                    count,
+                    ..Summary::default()
+                },
+            )
+        };
+        let per = per_camera(&[day("b", 0, 5), day("a", 0, 1), day("b", 1, 7)]);
+        assert_eq!(per, vec![("a".to_string(), 1), ("b".to_string(), 12)]);
     }
 
     #[test]

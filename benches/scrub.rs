@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::{config, free_port, index_only, keygen, peak_rss_kib, reset_peak_rss, Killed, BIN};
 use hafill_engine::backfill::{plan_options, BackfillOptions, Session};
 use hafill_engine::config::Config;
-use hafill_engine::scrub::{prepare_round, ScrubMemory};
+use hafill_engine::scrub::{prepare_round, ScrubMemory, ScrubSettings};
 use hafill_engine::Timestamp;
 
 const SEGMENT_US: i64 = 60_000_000;
@@ -93,7 +93,7 @@ fn main() {
                 &plan_options(&config, &opts),
                 t0,
                 &mut memory,
-                Duration::from_secs(86_400),
+                &ScrubSettings::default(),
             )
             .await
             .unwrap();

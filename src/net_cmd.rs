@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// segments this server lost.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = args::duration_us)]
     scrub_full_every: u64,
+    /// About how many segments (all peers together) one part of a full
+    /// scrub round asks for: whole cameras, planned a part at a time. The
+    /// memory of a full round follows it (about 320 bytes a segment).
+    #[arg(long, value_name = "SEGMENTS", default_value_t = hafill_engine::scrub::PART_ENTRIES, value_parser = clap::value_parser!(u64).range(1..))]
+    scrub_part: u64,
     /// How often the HTTP side (`[server] status`) takes the site status
     /// behind the operator's page, `/status`, `/timeline` and the alert
     /// gauges (it asks every peer).
@@ -127,6 +132,7 @@ pub fn serve(a: ServeArgs) -> CmdResult {
         let opts = hafill_engine::daemon::ServeOptions {
             scrub_every,
             scrub_full_every: std::time::Duration::from_micros(a.scrub_full_every),
+            scrub_part: a.scrub_part,
             status_every: std::time::Duration::from_micros(a.status_every.max(1_000_000)),
         };
         hafill_engine::daemon::serve(config, opts, throttle, shutdown).await

@@ -88,3 +88,32 @@ fn a_quiet_round_asks_for_summaries_only_and_a_change_is_still_found() {
     );
     run_ok(&["store", "verify", "--store", p(&b)]);
 }
+
+/// A full round asks for a few cameras at a time (`--scrub-part`): with
+/// parts of 10 segments, each of 4 cameras is a part of its own. Every
+/// camera's missing segments are still found and copied, each list asked
+/// once (the entries received are the peer's segments, no more).
+#[test]
+fn a_full_round_in_parts_finds_every_camera() {
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    let (a, b) = (c.server("rs01").store(), c.server("rs02").store());
+    sim_record(&a, 4, "512kbit", "60s", t0, t0 + 600, 7);
+    sim_record(&b, 4, "512kbit", "60s", t0, t0 + 120, 7);
+    c.serve_with("rs01", &["--no-scrub"]);
+    c.serve_logging(
+        "rs02",
+        &["--scrub-every", "1s", "--scrub-part", "10"],
+        "info",
+    );
+    wait_until(&c, 120, "the first round did not fill the outage", || {
+        file_hashes(&a) == file_hashes(&b)
+    });
+    wait_until(&c, 60, "no round logged", || {
+        !rounds(&c.serve_log("rs02")).is_empty()
+    });
+    let first = rounds(&c.serve_log("rs02"))[0];
+    assert!(first.0, "the first round is full: {first:?}");
+    assert_eq!(first.2, 40, "4 cameras x 10 segments, each once: {first:?}");
+    run_ok(&["store", "verify", "--store", p(&b)]);
+}

@@ -220,25 +220,11 @@ pub struct Placement {
     left: Vec<Job>,
     /// Why what earlier runs left could not be read, if it could not.
     unread: Option<StoreError>,
-    /// A part found no room: later parts place nothing.
-    out_of_room: bool,
     window: (Timestamp, Timestamp),
     pub summary: PlaceSummary,
 }
 
 impl Placement {
-    pub(crate) fn new(window: (Timestamp, Timestamp)) -> Self {
-        Placement {
-            placed: Vec::new(),
-            fallbacks: BTreeMap::new(),
-            left: Vec::new(),
-            unread: None,
-            out_of_room: false,
-            window,
-            summary: PlaceSummary::default(),
-        }
-    }
-
     /// The (camera, start) of every planned segment.
     pub fn planned(&self) -> impl Iterator<Item = (CameraId, i64)> + '_ {
         self.fallbacks.keys().cloned()
@@ -248,6 +234,15 @@ impl Placement {
     pub fn window(&self) -> (Timestamp, Timestamp) {
         self.window
     }
+}
+
+/// A plan being made a part at a time (see [`Session::plan_part`]).
+#[derive(Debug)]
+pub(crate) struct Planning {
+    planner: Planner,
+    left: Vec<Job>,
+    unread: Option<StoreError>,
+    window: (Timestamp, Timestamp),
 }
 
 /// The work a session found: placeholders made, segments to fetch.
@@ -529,19 +524,26 @@ impl Session {
         let window = place_window(plan_opts);
         let until = self.coverage_until();
         let holdings = self.holdings(window, until).await;
-        let mut placement = self.new_placement(window);
-        self.place_part(plan_opts, t0, holdings, &mut placement)
-            .await?;
-        Ok(placement)
+        let mut planning = self.start_planning(plan_opts);
+        self.plan_part(&mut planning, &holdings)?;
+        drop(holdings);
+        self.place_planned(planning, t0).await
     }
 
-    /// A placement of `window` with nothing placed yet: what earlier runs
-    /// left there (read once), each from the peer it was planned from.
-    pub(crate) fn new_placement(&self, window: (Timestamp, Timestamp)) -> Placement {
-        let mut placement = Placement::new(window);
+    /// A plan of the window of `plan_opts` with nothing in it yet, and
+    /// what earlier runs left there (read once), each from the peer it was
+    /// planned from.
+    pub(crate) fn start_planning(&self, plan_opts: &PlanOptions) -> Planning {
+        let window = place_window(plan_opts);
+        let mut planning = Planning {
+            planner: Planner::new(plan_opts.clone()),
+            left: Vec::new(),
+            unread: None,
+            window,
+        };
         match self.recorder.outstanding(window.0, window.1) {
             Ok(v) => {
-                placement.left = v
+                planning.left = v
                     .into_iter()
                     .filter(|m| {
                         self.opts.cameras.is_empty()
@@ -559,33 +561,27 @@ impl Session {
                     })
                     .collect()
             }
-            Err(e) => placement.unread = Some(e),
+            Err(e) => planning.unread = Some(e),
         }
-        placement
+        planning
     }
 
-    /// Plans and places what the peers hold (`holdings`, of some of the
-    /// cameras: a part of the work), into `placement`; and adds these
-    /// peers as holders of what earlier runs left on those cameras. Once
-    /// a part found no room, no later part is placed: the newest gaps of
-    /// a part are placed first, and older pieces of later parts must not
-    /// scatter into what is left.
-    pub(crate) async fn place_part(
-        &mut self,
-        plan_opts: &PlanOptions,
-        t0: Instant,
-        holdings: BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
-        placement: &mut Placement,
+    /// Plans what the peers hold of some cameras (`holdings`: a part of
+    /// the work; each camera in one part only), and adds these peers as
+    /// holders of what earlier runs left on those cameras. Only what is
+    /// chosen is kept: the holdings can go once this returns.
+    pub(crate) fn plan_part(
+        &self,
+        planning: &mut Planning,
+        holdings: &BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
     ) -> Result<(), BackfillError> {
-        let (from, to) = place_window(plan_opts);
-        let t_coverage = t0.elapsed();
-        // Plan, camera by camera, reading only the part of the index the
-        // peers' segments reach: what we hold elsewhere cannot change what
-        // they offer.
-        let mut planner = Planner::new(plan_opts.clone());
+        let (from, to) = planning.window;
+        // Camera by camera, reading only the part of the index the peers'
+        // segments reach: what we hold elsewhere cannot change what they
+        // offer.
         let matching = self.recorder.matching();
         let seam_us = self.config.recorder.seam_us();
-        for (camera, per_peer) in &holdings {
+        for (camera, per_peer) in holdings {
             let offered = per_peer.iter().flat_map(|(_, v)| v.iter());
             let reach = offered.fold(None, |r: Option<(Timestamp, Timestamp)>, s| {
                 Some(r.map_or((s.start, s.end()), |(a, b)| {
@@ -599,36 +595,72 @@ impl Session {
                 .map(|(n, v)| (n.as_str(), v.as_slice()))
                 .collect();
             match matching {
-                Matching::Identical => planner.add_camera(camera, &local, &views),
+                Matching::Identical => planning.planner.add_camera(camera, &local, &views),
                 Matching::ByTime => {
                     let since = self.recorder.recording_since(camera)?;
-                    planner.add_camera_by_time(camera, &local, &views, seam_us, since)
+                    planning
+                        .planner
+                        .add_camera_by_time(camera, &local, &views, seam_us, since)
                 }
             }
         }
+        // What earlier runs left on these cameras: any connected peer
+        // holding exactly its bytes may serve it (a hash not known yet
+        // proves nothing).
+        let mut wanted: HashMap<&CameraId, Vec<usize>> = HashMap::new();
+        for (i, j) in planning.left.iter().enumerate() {
+            if j.meta.blake3 != crate::store::traits::UNKNOWN_HASH
+                && holdings.contains_key(&j.meta.camera)
+            {
+                wanted.entry(&j.meta.camera).or_default().push(i);
+            }
+        }
+        let mut holders: Vec<(usize, String)> = Vec::new();
+        for (camera, jobs) in wanted {
+            for (peer, segs) in holdings.get(camera).into_iter().flatten() {
+                let held: std::collections::HashSet<(i64, &blake3::Hash)> =
+                    segs.iter().map(|s| (s.start.0, &s.blake3)).collect();
+                for &i in &jobs {
+                    let m = &planning.left[i].meta;
+                    if held.contains(&(m.start.0, &m.blake3)) {
+                        holders.push((i, peer.clone()));
+                    }
+                }
+            }
+        }
+        for (i, peer) in holders {
+            let sources = &mut planning.left[i].sources;
+            if !sources.contains(&peer) {
+                sources.push(peer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the placeholders of the whole plan, in one batch, newest
+    /// gaps first across every part: the timeline is whole now.
+    pub(crate) async fn place_planned(
+        &mut self,
+        planning: Planning,
+        t0: Instant,
+    ) -> Result<Placement, BackfillError> {
+        let t_coverage = t0.elapsed();
+        let Planning {
+            planner,
+            left,
+            unread,
+            window,
+        } = planning;
         let plan = planner.finish();
         for c in &plan.conflicts {
             tracing::warn!(camera = %c.camera, start = %c.start, "{} and {} hold different bytes; using {}", c.chosen, c.other, c.chosen);
         }
-
-        let t_planned = t0.elapsed();
-        // Placeholders for the plan, in one batch: the timeline is whole now.
         let place = placeholder::PlaceOptions {
             sparse: self.opts.sparse,
             reserve_bytes: self.config.reserve_bytes,
         };
         let plan = Arc::new(plan);
-        let placed = if plan.segments() == 0 {
-            placeholder::Placed::default()
-        } else if placement.out_of_room {
-            placeholder::Placed {
-                no_room: plan
-                    .iter()
-                    .map(|p| (p.source.clone(), p.peer.clone()))
-                    .collect(),
-                ..Default::default()
-            }
-        } else {
+        let placed = {
             let recorder = self.recorder.clone();
             let plan = plan.clone();
             tokio::task::spawn_blocking(move || {
@@ -649,55 +681,32 @@ impl Session {
                 "not placed: the reserve for live recording (free space, or free inodes) would be crossed; planned again when space frees up"
             );
         }
-        placement.out_of_room |= !placed.no_room.is_empty();
-        tracing::debug!(coverage = ?t_coverage, planned = ?t_planned, placed = ?t0.elapsed(), "prepare timings (since start)");
-
-        let s = &mut placement.summary;
-        s.planned_segments += plan.segments();
-        s.planned_bytes += plan.bytes();
-        s.placeholders_created += placed.placed.len() as u64;
-        s.no_room_segments += placed.no_room.len() as u64;
-        s.no_room_bytes += placed.no_room.iter().map(|(m, _)| m.len).sum::<u64>();
-        s.refused_segments += placed.refused.len() as u64;
-        s.placeholders_seconds = t0.elapsed().as_secs_f64();
-        for p in plan.iter() {
-            placement.fallbacks.insert(
-                (p.source.camera.clone(), p.source.start.0),
-                p.fallback.clone(),
-            );
-        }
-        // What earlier runs left on these cameras: any connected peer
-        // holding exactly its bytes may serve it (a hash not known yet
-        // proves nothing).
-        let mut wanted: HashMap<&CameraId, Vec<usize>> = HashMap::new();
-        for (i, j) in placement.left.iter().enumerate() {
-            if j.meta.blake3 != crate::store::traits::UNKNOWN_HASH
-                && holdings.contains_key(&j.meta.camera)
-            {
-                wanted.entry(&j.meta.camera).or_default().push(i);
-            }
-        }
-        let mut holders: Vec<(usize, String)> = Vec::new();
-        for (camera, jobs) in wanted {
-            for (peer, segs) in holdings.get(camera).into_iter().flatten() {
-                let held: std::collections::HashSet<(i64, &blake3::Hash)> =
-                    segs.iter().map(|s| (s.start.0, &s.blake3)).collect();
-                for &i in &jobs {
-                    let m = &placement.left[i].meta;
-                    if held.contains(&(m.start.0, &m.blake3)) {
-                        holders.push((i, peer.clone()));
-                    }
-                }
-            }
-        }
-        for (i, peer) in holders {
-            let sources = &mut placement.left[i].sources;
-            if !sources.contains(&peer) {
-                sources.push(peer);
-            }
-        }
-        placement.placed.extend(placed.placed);
-        Ok(())
+        let placeholders_seconds = t0.elapsed().as_secs_f64();
+        tracing::debug!(planned = ?t_coverage, placed = ?t0.elapsed(), "prepare timings (since start)");
+        Ok(Placement {
+            summary: PlaceSummary {
+                planned_segments: plan.segments(),
+                planned_bytes: plan.bytes(),
+                placeholders_created: placed.placed.len() as u64,
+                no_room_segments: placed.no_room.len() as u64,
+                no_room_bytes: placed.no_room.iter().map(|(m, _)| m.len).sum(),
+                refused_segments: placed.refused.len() as u64,
+                placeholders_seconds,
+            },
+            placed: placed.placed,
+            fallbacks: plan
+                .iter()
+                .map(|p| {
+                    (
+                        (p.source.camera.clone(), p.source.start.0),
+                        p.fallback.clone(),
+                    )
+                })
+                .collect(),
+            left,
+            unread,
+            window,
+        })
     }
 
     /// The work queue: what was placed (newest first), plus what earlier
@@ -735,10 +744,13 @@ impl Session {
             jobs.push(Job::new(m, sources));
         }
         // Left by an earlier run and placed again now (an earlier run's
-        // placeholder is kept): one job, with the holders of both.
+        // placeholder is kept): one job, with the holders of both when
+        // they are the same bytes.
         let at: HashMap<(CameraId, i64), usize> = queued.into_iter().zip(0..).collect();
         for j in left {
             match at.get(&(j.meta.camera.clone(), j.meta.start.0)) {
+                Some(&i)
+                    if jobs[i].meta.blake3 != j.meta.blake3 || jobs[i].meta.len != j.meta.len => {}
                 Some(&i) => {
                     for p in j.sources {
                         if !jobs[i].sources.contains(&p) {

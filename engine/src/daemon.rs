@@ -21,7 +21,7 @@ use crate::throttle::governor::SharedThrottle;
 /// round. Returns when `stop` is set.
 pub async fn scrub_loop(
     config: Arc<Config>,
-    (every, full_every): (Duration, Duration),
+    (every, settings): (Duration, crate::scrub::ScrubSettings),
     throttle: SharedThrottle,
     metrics: Option<Arc<Metrics>>,
     stop: Arc<AtomicBool>,
@@ -44,7 +44,7 @@ pub async fn scrub_loop(
             };
             let plan_opts = plan_options(&config, &opts);
             let (prepared, looks) =
-                crate::scrub::prepare_round(&mut session, &plan_opts, t0, memory, full_every)
+                crate::scrub::prepare_round(&mut session, &plan_opts, t0, memory, &settings)
                     .await?;
             for (peer, l) in looks {
                 tracing::info!(
@@ -110,6 +110,8 @@ pub struct ServeOptions {
     /// How often a scrub round asks for the whole window
     /// ([`crate::scrub`]).
     pub scrub_full_every: Duration,
+    /// About how many segments one part of a full scrub round asks for.
+    pub scrub_part: u64,
     /// How often the HTTP side's status (and alert gauges) is taken.
     pub status_every: Duration,
 }
@@ -119,6 +121,7 @@ impl Default for ServeOptions {
         ServeOptions {
             scrub_every: None,
             scrub_full_every: Duration::from_secs(86_400),
+            scrub_part: crate::scrub::PART_ENTRIES,
             status_every: Duration::from_secs(60),
         }
     }
@@ -176,7 +179,13 @@ pub async fn serve(
     let scrub = opts.scrub_every.map(|every| {
         tokio::spawn(scrub_loop(
             config.clone(),
-            (every, opts.scrub_full_every),
+            (
+                every,
+                crate::scrub::ScrubSettings {
+                    full_every: opts.scrub_full_every,
+                    part_entries: opts.scrub_part,
+                },
+            ),
             throttle,
             Some(metrics.clone()),
             stop.clone(),

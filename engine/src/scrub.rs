@@ -62,6 +62,8 @@ struct Seen {
     asked: Vec<(u64, Vec<String>, i64, i64)>,
     /// Camera-days whose summary had not changed.
     quiet_days: Vec<(String, i64)>,
+    /// How long the peer took to answer.
+    took: Duration,
 }
 
 /// Camera lists for requests, each small enough for one request frame.
@@ -195,30 +197,67 @@ async fn ask_changed(
     Ok((entries, seen))
 }
 
-/// About how many segments one part of a full round asks for: some
-/// 160 MiB decoded, planned, on this side.
-const PART_ENTRIES: u64 = 500_000;
+/// About how many segments one part of a full round asks for, by default:
+/// some 160 MiB decoded, planned, on this side.
+pub const PART_ENTRIES: u64 = 500_000;
 
-/// The time the peers are given to answer, spent only while they are
-/// waited on.
-struct Budget {
+/// How the scrub asks.
+#[derive(Debug, Clone)]
+pub struct ScrubSettings {
+    /// How often a round asks for the whole window.
+    pub full_every: Duration,
+    /// About how many segments (of every peer together) one part of a
+    /// full round asks for.
+    pub part_entries: u64,
+}
+
+impl Default for ScrubSettings {
+    fn default() -> Self {
+        ScrubSettings {
+            full_every: Duration::from_secs(86_400),
+            part_entries: PART_ENTRIES,
+        }
+    }
+}
+
+/// What a peer on a full look is asked in parts: its cameras with their
+/// segment counts (from its day summaries), and what is left of its time.
+struct Asking {
+    cameras: Vec<(String, u64)>,
     left: Duration,
 }
 
-impl Budget {
-    fn new(deadline: Duration) -> Self {
-        Budget { left: deadline }
-    }
+/// How a peer answered one part of a full round.
+enum PartAnswer {
+    /// None of its cameras are in the part.
+    NotAsked,
+    /// Whole, in this long.
+    Took(Duration),
+    /// Not within what was left of its time.
+    Late,
+}
 
-    /// When an ask made at `asked` must be answered.
-    fn until(&self, asked: tokio::time::Instant) -> tokio::time::Instant {
-        asked + self.left
+/// The segment lists of `cameras` (with the counts the peer's summaries
+/// gave) over `[from, to)`. A peer may send a little more than it said
+/// (segments recorded since), not more than twice as much and 100,000:
+/// what it said sizes the parts, and so this side's memory.
+async fn ask_lists(
+    conn: &quinn::Connection,
+    (from, to): (Timestamp, Timestamp),
+    cameras: Vec<(String, u64)>,
+    stall: Duration,
+) -> Result<Vec<CoverageEntry>, TransferError> {
+    let said: u64 = cameras.iter().map(|(_, n)| *n).fold(0, u64::saturating_add);
+    let most = said
+        .saturating_mul(2)
+        .saturating_add(100_000)
+        .min(hafill_protocol::MAX_COVERAGE_ENTRIES);
+    let mut entries: Vec<CoverageEntry> = Vec::new();
+    for batch in batches(cameras.into_iter().map(|(c, _)| c).collect()) {
+        let allowed = most.saturating_sub(entries.len() as u64);
+        entries.extend(client::coverage_at_most(conn, from.0, to.0, batch, allowed, stall).await?);
     }
-
-    /// The ask made at `asked` is answered: what it took is spent.
-    fn spent(&mut self, asked: tokio::time::Instant) {
-        self.left = self.left.saturating_sub(asked.elapsed());
-    }
+    Ok(entries)
 }
 
 /// Each camera of `summaries` (day summaries) with its segment count,
@@ -234,7 +273,7 @@ fn per_camera(summaries: &[(Bucket, Summary)]) -> Vec<(String, u64)> {
 
 /// `counts` (camera, segments) cut in parts of about `most` segments:
 /// whole cameras, at least one a part.
-fn parts(counts: &BTreeMap<&str, u64>, most: u64) -> Vec<BTreeSet<String>> {
+fn parts(counts: &BTreeMap<String, u64>, most: u64) -> Vec<BTreeSet<String>> {
     let mut out: Vec<BTreeSet<String>> = Vec::new();
     let mut part: BTreeSet<String> = BTreeSet::new();
     let mut size = 0u64;
@@ -253,96 +292,138 @@ fn parts(counts: &BTreeMap<&str, u64>, most: u64) -> Vec<BTreeSet<String>> {
 }
 
 /// Asks every connected peer what changed, plans, places and queues it,
-/// and remembers what was found settled. `full_every`: how often a round
-/// asks for the whole window.
+/// and remembers what was found settled.
 pub async fn prepare_round(
     session: &mut Session,
     plan_opts: &PlanOptions,
     t0: Instant,
     memory: &mut ScrubMemory,
-    full_every: Duration,
+    settings: &ScrubSettings,
 ) -> Result<(Prepared, Vec<(String, Look)>), BackfillError> {
     let (from, to) = crate::backfill::place_window(plan_opts);
-    if memory.full_due(full_every) {
+    if memory.full_due(settings.full_every) {
         memory.peers.clear();
         memory.last_full = Some(Instant::now());
     }
     let stall = session.stall();
     let mem = &*memory;
     let config = Arc::new(session.config().clone());
-    // What the peers are given to answer: only the time spent waiting on
-    // them counts, not this side's planning and placing between asks.
-    let mut budget = Budget::new(session.coverage_deadline());
-    let asked = tokio::time::Instant::now();
-    let (holdings, mut seen) = session
-        .holdings_with(budget.until(asked), |conn, peer, cams| {
+    let deadline = session.coverage_deadline();
+    let (mut changed, mut seen) = session
+        .holdings_with(session.coverage_until(), |conn, peer, cams| {
             let config = config.clone();
             async move {
+                let asked = tokio::time::Instant::now();
                 let paired =
                     |cam: &str| CameraId::new(cam).is_ok_and(|id| config.paired_with(&id, &peer));
-                ask_changed(conn, (from, to), cams, mem.peers.get(&peer), stall, &paired).await
+                let (entries, mut seen) =
+                    ask_changed(conn, (from, to), cams, mem.peers.get(&peer), stall, &paired)
+                        .await?;
+                seen.took = asked.elapsed();
+                Ok((entries, seen))
             }
         })
         .await;
-    budget.spent(asked);
-    let mut placement = session.new_placement((from, to));
-    session
-        .place_part(plan_opts, t0, holdings, &mut placement)
-        .await?;
+    let mut planning = session.start_planning(plan_opts);
     // The peers asked for the whole window (the first round, a full
     // round, a peer not heard before) give their segment lists a few
     // cameras at a time: the cameras their day summaries name, in parts
-    // of about `PART_ENTRIES` segments. Each camera's list is asked of
-    // each peer once, and what the peers hold is in memory one part at a
-    // time.
-    let full: BTreeMap<String, Vec<(String, u64)>> = seen
+    // of about `settings.part_entries` segments of all peers together. Each
+    // camera's list is asked of each peer once, and planned with what the
+    // other peers said of it; what the peers hold is in memory one part
+    // at a time. Each peer has the coverage deadline for all its answers,
+    // counted while it is waited on.
+    let mut full: BTreeMap<String, Asking> = seen
         .iter()
         .filter(|(_, s)| s.look.full)
-        .map(|(p, s)| (p.clone(), per_camera(&s.summaries)))
+        .map(|(p, s)| {
+            let asking = Asking {
+                cameras: per_camera(&s.summaries),
+                left: deadline.saturating_sub(s.took),
+            };
+            (p.clone(), asking)
+        })
         .collect();
+    let mut late: Vec<String> = Vec::new();
     if !full.is_empty() {
-        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
-        for (cam, n) in full.values().flatten() {
-            // Every peer's list of a camera is in memory at once.
-            let c = counts.entry(cam.as_str()).or_default();
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for (cam, n) in full.values().flat_map(|a| a.cameras.iter()) {
+            let c = counts.entry(cam.clone()).or_default();
             *c = c.saturating_add(*n);
         }
-        for part in parts(&counts, PART_ENTRIES) {
-            let full = &full;
+        for part in parts(&counts, settings.part_entries.max(1)) {
+            let asking = &full;
             let part = &part;
-            let asked = tokio::time::Instant::now();
-            let (holdings, entries) = session
-                .holdings_with(budget.until(asked), |conn, peer, _| async move {
-                    let Some(held) = full.get(&peer) else {
-                        return Ok((Vec::new(), 0));
+            let (mut holdings, answers) = session
+                .holdings_with(session.coverage_until(), |conn, peer, _| async move {
+                    let Some(a) = asking.get(&peer) else {
+                        return Ok((Vec::new(), PartAnswer::NotAsked));
                     };
-                    let cams: Vec<String> = held
+                    let cams: Vec<(String, u64)> = a
+                        .cameras
                         .iter()
                         .filter(|(c, _)| part.contains(c))
-                        .map(|(c, _)| c.clone())
+                        .cloned()
                         .collect();
-                    let mut entries = Vec::new();
-                    for batch in batches(cams) {
-                        entries.extend(client::coverage(&conn, from.0, to.0, batch, stall).await?);
+                    let asked = tokio::time::Instant::now();
+                    match tokio::time::timeout(a.left, ask_lists(&conn, (from, to), cams, stall))
+                        .await
+                    {
+                        Ok(Ok(entries)) => Ok((entries, PartAnswer::Took(asked.elapsed()))),
+                        Ok(Err(e)) => Err(e),
+                        // Kept connected for what it was asked before.
+                        Err(_) => Ok((Vec::new(), PartAnswer::Late)),
                     }
-                    let n = entries.len();
-                    Ok((entries, n))
                 })
                 .await;
-            budget.spent(asked);
-            for (peer, n) in entries {
-                if let Some((_, s)) = seen.iter_mut().find(|(p, _)| *p == peer) {
-                    s.look.entries += n;
+            for (peer, answer) in answers {
+                match answer {
+                    PartAnswer::NotAsked => {}
+                    PartAnswer::Took(t) => {
+                        if let Some(a) = full.get_mut(&peer) {
+                            a.left = a.left.saturating_sub(t);
+                        }
+                    }
+                    PartAnswer::Late => {
+                        tracing::warn!(%peer, "scrub: no whole segment lists within the coverage deadline; asked for the whole window again next round");
+                        full.remove(&peer);
+                        late.push(peer);
+                    }
                 }
             }
-            session
-                .place_part(plan_opts, t0, holdings, &mut placement)
-                .await?;
+            // The changed hours of the peers the scrub remembers, of the
+            // cameras of this part: planned with them.
+            let locals: Vec<CameraId> = part
+                .iter()
+                .filter_map(|c| CameraId::new(c).ok())
+                .map(|id| config.local_name(&id))
+                .collect();
+            for local in locals {
+                if let Some(v) = changed.remove(&local) {
+                    holdings.entry(local).or_default().extend(v);
+                }
+            }
+            session.plan_part(&mut planning, &holdings)?;
         }
-        // A peer cut off part way was not heard whole: nothing it said is
-        // settled.
-        let cut: Vec<String> = session.unreachable();
-        seen.retain(|(p, _)| !cut.contains(p));
+    }
+    session.plan_part(&mut planning, &changed)?;
+    drop(changed);
+    let placement = session.place_planned(planning, t0).await?;
+    // A peer cut off or late part way was not heard whole: nothing it
+    // said is settled.
+    let cut: Vec<String> = session.unreachable();
+    seen.retain(|(p, _)| !cut.contains(p) && !late.contains(p));
+    for (peer, s) in &mut seen {
+        if let Some(n) = session
+            .peer_statuses()
+            .iter()
+            .find(|st| &st.peer == peer)
+            .map(|st| st.segments_offered)
+        {
+            if s.look.full {
+                s.look.entries = n;
+            }
+        }
     }
     let mut starts: Vec<(CameraId, i64)> = placement.planned().collect();
     let prepared = session.queue(placement)?;
@@ -419,8 +500,11 @@ mod tests {
 
     #[test]
     fn a_full_round_asks_for_whole_cameras_in_parts_of_about_so_many_segments() {
-        let counts: BTreeMap<&str, u64> =
-            [("a", 300), ("b", 300), ("c", 900), ("d", 10), ("e", 10)].into();
+        let counts: BTreeMap<String, u64> =
+            [("a", 300), ("b", 300), ("c", 900), ("d", 10), ("e", 10)]
+                .into_iter()
+                .map(|(c, n)| (c.to_string(), n))
+                .collect();
         let p = parts(&counts, 600);
         let names: Vec<Vec<&str>> = p
             .iter()

@@ -57,7 +57,8 @@ pub struct ServeArgs {
     scrub_full_every: u64,
     /// About how many segments (all peers together) one part of a full
     /// scrub round asks for: whole cameras, planned a part at a time. The
-    /// memory of a full round follows it (about 320 bytes a segment).
+    /// peers' lists a full round holds at once follow it (about 320 bytes
+    /// a segment); the plan grows with what is missing.
     #[arg(long, value_name = "SEGMENTS", default_value_t = hafill_engine::scrub::PART_ENTRIES, value_parser = clap::value_parser!(u64).range(1..))]
     scrub_part: u64,
     /// How often the HTTP side (`[server] status`) takes the site status

@@ -240,6 +240,8 @@ impl Placement {
 #[derive(Debug)]
 pub(crate) struct Planning {
     planner: Planner,
+    /// The cameras planned so far: each is planned once.
+    planned: std::collections::HashSet<CameraId>,
     left: Vec<Job>,
     unread: Option<StoreError>,
     window: (Timestamp, Timestamp),
@@ -537,6 +539,7 @@ impl Session {
         let window = place_window(plan_opts);
         let mut planning = Planning {
             planner: Planner::new(plan_opts.clone()),
+            planned: std::collections::HashSet::new(),
             left: Vec::new(),
             unread: None,
             window,
@@ -582,6 +585,13 @@ impl Session {
         let matching = self.recorder.matching();
         let seam_us = self.config.recorder.seam_us();
         for (camera, per_peer) in holdings {
+            // Planned again, it would be placed and fetched twice: a peer
+            // that answers for cameras it was not asked about, or two
+            // camera ids with one name here.
+            if planning.planned.contains(camera) {
+                tracing::warn!(%camera, "offered again in a later part of the round; planned from the first only");
+                continue;
+            }
             let offered = per_peer.iter().flat_map(|(_, v)| v.iter());
             let reach = offered.fold(None, |r: Option<(Timestamp, Timestamp)>, s| {
                 Some(r.map_or((s.start, s.end()), |(a, b)| {
@@ -589,6 +599,7 @@ impl Session {
                 }))
             });
             let Some((a, b)) = reach else { continue };
+            planning.planned.insert(camera.clone());
             let local = self.recorder.segments(camera, a.max(from), b.min(to))?;
             let views: Vec<(&str, &[SegmentMeta])> = per_peer
                 .iter()
@@ -644,12 +655,13 @@ impl Session {
         planning: Planning,
         t0: Instant,
     ) -> Result<Placement, BackfillError> {
-        let t_coverage = t0.elapsed();
+        let t_planning = t0.elapsed();
         let Planning {
             planner,
             left,
             unread,
             window,
+            ..
         } = planning;
         let plan = planner.finish();
         for c in &plan.conflicts {
@@ -660,7 +672,9 @@ impl Session {
             reserve_bytes: self.config.reserve_bytes,
         };
         let plan = Arc::new(plan);
-        let placed = {
+        let placed = if plan.segments() == 0 {
+            placeholder::Placed::default()
+        } else {
             let recorder = self.recorder.clone();
             let plan = plan.clone();
             tokio::task::spawn_blocking(move || {
@@ -682,7 +696,7 @@ impl Session {
             );
         }
         let placeholders_seconds = t0.elapsed().as_secs_f64();
-        tracing::debug!(planned = ?t_coverage, placed = ?t0.elapsed(), "prepare timings (since start)");
+        tracing::debug!(asked_and_planned = ?t_planning, placed = ?t0.elapsed(), "prepare timings (since start)");
         Ok(Placement {
             summary: PlaceSummary {
                 planned_segments: plan.segments(),

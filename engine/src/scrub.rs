@@ -255,7 +255,12 @@ async fn ask_lists(
     let mut entries: Vec<CoverageEntry> = Vec::new();
     for batch in batches(cameras.into_iter().map(|(c, _)| c).collect()) {
         let allowed = most.saturating_sub(entries.len() as u64);
-        entries.extend(client::coverage_at_most(conn, from.0, to.0, batch, allowed, stall).await?);
+        let answer =
+            client::coverage_at_most(conn, from.0, to.0, batch.clone(), allowed, stall).await?;
+        // Only the cameras asked: another camera's list belongs to
+        // another part, planned there.
+        let asked: BTreeSet<&String> = batch.iter().collect();
+        entries.extend(answer.into_iter().filter(|e| asked.contains(&e.camera)));
     }
     Ok(entries)
 }

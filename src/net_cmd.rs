@@ -132,8 +132,10 @@ pub fn serve(a: ServeArgs) -> CmdResult {
         };
         let opts = hafill_engine::daemon::ServeOptions {
             scrub_every,
-            scrub_full_every: std::time::Duration::from_micros(a.scrub_full_every),
-            scrub_part: a.scrub_part,
+            scrub: hafill_engine::scrub::ScrubSettings {
+                full_every: std::time::Duration::from_micros(a.scrub_full_every),
+                part_entries: a.scrub_part,
+            },
             status_every: std::time::Duration::from_micros(a.status_every.max(1_000_000)),
         };
         hafill_engine::daemon::serve(config, opts, throttle, shutdown).await

@@ -220,7 +220,6 @@ pub struct Placement {
     left: Vec<Job>,
     /// Why what earlier runs left could not be read, if it could not.
     unread: Option<StoreError>,
-    window: (Timestamp, Timestamp),
     pub summary: PlaceSummary,
 }
 
@@ -228,11 +227,6 @@ impl Placement {
     /// The (camera, start) of every planned segment.
     pub fn planned(&self) -> impl Iterator<Item = (CameraId, i64)> + '_ {
         self.fallbacks.keys().cloned()
-    }
-
-    /// The window the peers were asked about.
-    pub fn window(&self) -> (Timestamp, Timestamp) {
-        self.window
     }
 }
 
@@ -366,11 +360,6 @@ impl Session {
         self.opts.coverage_deadline
     }
 
-    /// When every peer's coverage answers asked from now on must be in.
-    pub fn coverage_until(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.opts.coverage_deadline
-    }
-
     /// Bytes sent and received on the wire (UDP payloads, QUIC and TLS
     /// included) to and from `peer` since the session connected.
     pub fn wire_bytes(&self, peer: &str) -> u64 {
@@ -417,17 +406,16 @@ impl Session {
     }
 
     /// What each connected peer holds in `[from, to)`, by camera: every
-    /// peer asked at once, each whole answer by `until`. A peer that does
-    /// not answer whole is dropped from the session and its status says
-    /// why.
+    /// peer asked at once, each whole answer within
+    /// `opts.coverage_deadline`. A peer that does not answer whole is
+    /// dropped from the session and its status says why.
     pub async fn holdings(
         &mut self,
         (from, to): (Timestamp, Timestamp),
-        until: tokio::time::Instant,
     ) -> BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>> {
         let stall = self.opts.stall;
         let (holdings, _) = self
-            .holdings_with(until, |conn, _, cams| async move {
+            .holdings_with(|conn, _, cams| async move {
                 let entries = client::coverage(&conn, from.0, to.0, cams, stall).await?;
                 Ok((entries, ()))
             })
@@ -441,7 +429,6 @@ impl Session {
     /// again (the next part of a round), a peer's status adds up.
     pub async fn holdings_with<T, F, Fut>(
         &mut self,
-        until: tokio::time::Instant,
         ask: F,
     ) -> (
         BTreeMap<CameraId, Vec<(String, Vec<SegmentMeta>)>>,
@@ -464,11 +451,12 @@ impl Session {
             .collect();
         // Every peer at once; under the gate, the whole of it within what
         // is left of the deadline.
+        let deadline = self.opts.coverage_deadline;
         let asks =
             names.iter().map(|name| {
                 let ask = ask(self.conns[name][0].clone(), name.clone(), cams.clone());
                 async move {
-                    tokio::time::timeout_at(until, ask).await.unwrap_or(Err(
+                    tokio::time::timeout(deadline, ask).await.unwrap_or(Err(
                         TransferError::Timeout("no whole coverage answer within the deadline"),
                     ))
                 }
@@ -523,9 +511,7 @@ impl Session {
         plan_opts: &PlanOptions,
         t0: Instant,
     ) -> Result<Placement, BackfillError> {
-        let window = place_window(plan_opts);
-        let until = self.coverage_until();
-        let holdings = self.holdings(window, until).await;
+        let holdings = self.holdings(place_window(plan_opts)).await;
         let mut planning = self.start_planning(plan_opts);
         self.plan_part(&mut planning, &holdings)?;
         drop(holdings);
@@ -660,7 +646,6 @@ impl Session {
             planner,
             left,
             unread,
-            window,
             ..
         } = planning;
         let plan = planner.finish();
@@ -719,7 +704,6 @@ impl Session {
                 .collect(),
             left,
             unread,
-            window,
         })
     }
 
@@ -733,7 +717,6 @@ impl Session {
             left,
             unread,
             summary,
-            ..
         } = placement;
         if let Some(e) = unread {
             return Err(e.into());

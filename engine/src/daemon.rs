@@ -10,6 +10,7 @@ use crate::backfill::{plan_options, BackfillError, BackfillOptions, Session};
 use crate::config::Config;
 use crate::identity::{self, Identity};
 use crate::metrics::Metrics;
+use crate::scrub::ScrubSettings;
 use crate::store::StoreError;
 use crate::throttle::governor::SharedThrottle;
 
@@ -21,7 +22,7 @@ use crate::throttle::governor::SharedThrottle;
 /// round. Returns when `stop` is set.
 pub async fn scrub_loop(
     config: Arc<Config>,
-    (every, settings): (Duration, crate::scrub::ScrubSettings),
+    (every, settings): (Duration, ScrubSettings),
     throttle: SharedThrottle,
     metrics: Option<Arc<Metrics>>,
     stop: Arc<AtomicBool>,
@@ -107,11 +108,8 @@ pub async fn stopped(stop: &AtomicBool) {
 pub struct ServeOptions {
     /// Backfill by itself this often ([`scrub_loop`]); None: only serve.
     pub scrub_every: Option<Duration>,
-    /// How often a scrub round asks for the whole window
-    /// ([`crate::scrub`]).
-    pub scrub_full_every: Duration,
-    /// About how many segments one part of a full scrub round asks for.
-    pub scrub_part: u64,
+    /// How the scrub asks ([`crate::scrub`]).
+    pub scrub: ScrubSettings,
     /// How often the HTTP side's status (and alert gauges) is taken.
     pub status_every: Duration,
 }
@@ -120,8 +118,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             scrub_every: None,
-            scrub_full_every: Duration::from_secs(86_400),
-            scrub_part: crate::scrub::PART_ENTRIES,
+            scrub: ScrubSettings::default(),
             status_every: Duration::from_secs(60),
         }
     }
@@ -179,13 +176,7 @@ pub async fn serve(
     let scrub = opts.scrub_every.map(|every| {
         tokio::spawn(scrub_loop(
             config.clone(),
-            (
-                every,
-                crate::scrub::ScrubSettings {
-                    full_every: opts.scrub_full_every,
-                    part_entries: opts.scrub_part,
-                },
-            ),
+            (every, opts.scrub.clone()),
             throttle,
             Some(metrics.clone()),
             stop.clone(),

@@ -67,8 +67,7 @@ pub async fn gc(
     if !live.is_empty() {
         let from = live.iter().map(|m| m.start).min().unwrap_or(MIN_TIME);
         let to = live.iter().map(|m| m.end()).max().unwrap_or(MAX_TIME);
-        let until = session.coverage_until();
-        let holdings = session.holdings((from, to), until).await;
+        let holdings = session.holdings((from, to)).await;
         report.not_asked = session.unreachable();
         if config.peers.is_empty() {
             // Nobody to ask is not "nobody holds it".

@@ -315,7 +315,7 @@ pub async fn prepare_round(
     let config = Arc::new(session.config().clone());
     let deadline = session.coverage_deadline();
     let (mut changed, mut seen) = session
-        .holdings_with(session.coverage_until(), |conn, peer, cams| {
+        .holdings_with(|conn, peer, cams| {
             let config = config.clone();
             async move {
                 let asked = tokio::time::Instant::now();
@@ -360,7 +360,7 @@ pub async fn prepare_round(
             let asking = &full;
             let part = &part;
             let (mut holdings, answers) = session
-                .holdings_with(session.coverage_until(), |conn, peer, _| async move {
+                .holdings_with(|conn, peer, _| async move {
                     let Some(a) = asking.get(&peer) else {
                         return Ok((Vec::new(), PartAnswer::NotAsked));
                     };

@@ -1,7 +1,8 @@
 //! A segment's file is hashed for its block list once: the list is kept
 //! when the segment arrives (the receiver keeps the list it verified) or
 //! when it is first served, and later fetches of it send that list with
-//! no hashing pass first (each block is still checked as it is read).
+//! no hashing pass first, nor as its blocks are read: a file that rotted
+//! since is found by its receiver, which tells the server, which checks.
 
 mod common;
 use common::cluster::{file_hashes, Cluster};
@@ -90,9 +91,11 @@ fn a_segment_is_hashed_once_to_serve_it_and_its_receiver_serves_it_unhashed() {
 
 /// A file whose bytes changed after its block list was kept, with its
 /// length and modification time as they were (rot on the disk, a restore
-/// that kept its time), is refused as damaged by the serving side, which
-/// checks each block against the kept list as it reads it: the receiver
-/// fails that one segment and does not cut the honest server off.
+/// that kept its time), is refused as damaged: the first time its
+/// receiver finds the block that does not verify and says so, and the
+/// server, reading that block again, confirms and forgets the list; the
+/// next time the server hashes the file before it sends a byte. The
+/// receiver fails that one segment and does not cut the honest server off.
 #[test]
 fn a_file_that_rotted_after_its_list_was_kept_is_refused_and_its_server_not_cut_off() {
     let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
@@ -118,27 +121,12 @@ fn a_file_that_rotted_after_its_list_was_kept_is_refused_and_its_server_not_cut_
     assert_eq!(first["segments"], 8, "{first:#}");
     assert_eq!(kept(&a, 8), 8);
 
-    // One byte of cam-0002's segment at t0 + 180 s flips; length and
-    // modification time stay.
-    let start = rfc3339(t0 + 180);
-    let name = start.replace(['-', ':'], "").replace('Z', ".000000Z.seg");
-    let path = a
-        .join("segments/cam-0002")
-        .join(&start[..10])
-        .join(&start[11..13])
-        .join(&name);
-    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100_000] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    let name = rot(&a, "cam-0002", t0 + 180);
 
-    for round in ["kept list", "hashing pass"] {
+    for (round, says) in [
+        ("kept list", "the peer's copy is damaged"),
+        ("hashing pass", "SourceDamaged"),
+    ] {
         let out = run(&[
             "backfill",
             "--config",
@@ -152,10 +140,9 @@ fn a_file_that_rotted_after_its_list_was_kept_is_refused_and_its_server_not_cut_
         let failed = report["failed"].as_array().unwrap();
         assert_eq!(failed.len(), 1, "{round}: {report:#}");
         assert_eq!(failed[0]["camera"], "cam-0002", "{round}: {report:#}");
-        assert!(
-            failed[0]["reason"].as_str().unwrap().contains("BLAKE3"),
-            "{round}: {report:#}"
-        );
+        let reason = failed[0]["reason"].as_str().unwrap();
+        assert!(reason.contains("BLAKE3"), "{round}: {report:#}");
+        assert!(reason.contains(says), "{round}: {report:#}");
         // rs01 stays connected: not cut off.
         let rs01 = &report["peers"][0];
         assert_eq!(rs01["peer"], "rs01", "{report:#}");
@@ -171,4 +158,91 @@ fn a_file_that_rotted_after_its_list_was_kept_is_refused_and_its_server_not_cut_
         .collect();
     assert_eq!(differ.len(), 1, "{differ:?}");
     assert!(differ[0].ends_with(&name), "{differ:?}");
+}
+
+/// A server that sends more segments damaged in one run than rot
+/// explains (`MAX_DAMAGED_PER_PEER`, 3) is cut off: its disk is failing,
+/// or it lies that it is to escape being cut off for bad bytes.
+#[test]
+fn a_server_whose_segments_keep_arriving_damaged_is_cut_off_after_three() {
+    let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
+    let t0 = base_time();
+    let (a, b, d) = (
+        c.server("rs01").store(),
+        c.server("rs02").store(),
+        c.server("rs03").store(),
+    );
+    sim_record(&a, 1, "1Mbit", "60s", t0, t0 + 360, 5);
+    sim_record(&b, 1, "1Mbit", "60s", t0, t0 + 60, 5);
+    sim_record(&d, 1, "1Mbit", "60s", t0, t0 + 60, 5);
+    c.serve("rs01");
+    let cfg = |n: &str| p(&c.server(n).config()).to_string();
+    let first = json(&[
+        "backfill",
+        "--config",
+        &cfg("rs02"),
+        "--json",
+        "--from",
+        "rs01",
+    ]);
+    assert_eq!(first["segments"], 5, "{first:#}");
+    assert_eq!(kept(&a, 5), 5);
+    for minute in 1..5 {
+        rot(&a, "cam-0001", t0 + 60 * minute);
+    }
+
+    let out = run(&[
+        "backfill",
+        "--config",
+        &cfg("rs03"),
+        "--json",
+        "--from",
+        "rs01",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let damaged = report["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["reason"]
+                .as_str()
+                .unwrap()
+                .contains("the peer's copy is damaged")
+        })
+        .count();
+    assert_eq!(damaged, 4, "{report:#}");
+    let rs01 = &report["peers"][0];
+    assert_eq!(rs01["peer"], "rs01", "{report:#}");
+    let error = rs01["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("4 segments sent damaged in this run"),
+        "{report:#}"
+    );
+}
+
+/// Flips one byte of `camera`'s segment at `at` in the native store
+/// `store`, keeping its length and modification time; returns its file
+/// name.
+fn rot(store: &std::path::Path, camera: &str, at: i64) -> String {
+    let start = rfc3339(at);
+    let name = start.replace(['-', ':'], "").replace('Z', ".000000Z.seg");
+    let path = store
+        .join("segments")
+        .join(camera)
+        .join(&start[..10])
+        .join(&start[11..13])
+        .join(&name);
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100_000] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    name
 }

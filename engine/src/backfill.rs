@@ -885,13 +885,21 @@ impl Session {
                                 // the next holder is tried; nothing unverified
                                 // counted.
                                 tracing::warn!(camera = %job.meta.camera, start = %job.meta.start, %peer, "fetch failed: {e}");
-                                if let (Some(m), FetchError::Integrity(_)) = (&metrics, &e) {
+                                if let (Some(m), FetchError::Integrity(_) | FetchError::Damaged(_)) = (&metrics, &e) {
                                     m.verify_failed();
                                 }
-                                let misbehaved = e.peer_misbehaved();
+                                let mut misbehaved = e.peer_misbehaved();
+                                let mut why = e.to_string();
+                                if matches!(e, FetchError::Damaged(_)) {
+                                    let n = queue.damaged(&peer);
+                                    if n > client::MAX_DAMAGED_PER_PEER {
+                                        misbehaved = true;
+                                        why = format!("{n} segments sent damaged in this run, the last: {e}");
+                                    }
+                                }
                                 queue.failed(job, &peer, e.to_string());
-                                if misbehaved && queue.cut_off(&peer, e.to_string()) {
-                                    tracing::error!(%peer, "cut off for the rest of this run: {e}");
+                                if misbehaved && queue.cut_off(&peer, why.clone()) {
+                                    tracing::error!(%peer, "cut off for the rest of this run: {why}");
                                     for c in &all {
                                         c.close(3u32.into(), b"cut off: protocol violation");
                                     }

@@ -91,6 +91,8 @@ struct Inner {
     peer_paused: BTreeMap<String, Instant>,
     in_flight: usize,
     cut: BTreeMap<String, String>,
+    /// Segments each peer sent damaged (see `FetchError::Damaged`).
+    damaged: BTreeMap<String, usize>,
     /// Jobs no usable peer is left for.
     undeliverable: Vec<Job>,
 }
@@ -279,6 +281,14 @@ impl JobQueue {
         drop(inner);
         self.wake.notify_waiters();
         true
+    }
+
+    /// `peer` sent one more segment damaged: how many it has in this run.
+    pub fn damaged(&self, peer: &str) -> usize {
+        let mut inner = self.lock();
+        let n = inner.damaged.entry(peer.to_string()).or_default();
+        *n += 1;
+        *n
     }
 
     /// Whether `job`, in flight at `peer`, may leave it early: nothing is

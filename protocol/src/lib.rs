@@ -1,4 +1,4 @@
-//! # The hafill wire protocol, version 3
+//! # The hafill wire protocol, version 4
 //!
 //! Sans-IO: this crate encodes and decodes byte buffers. It opens no socket
 //! and no file, so it can be tested and fuzzed without a network.
@@ -20,8 +20,10 @@
 //! present a self-signed certificate; each checks that the other's ID (the
 //! BLAKE3 of its certificate's SubjectPublicKeyInfo, in hex) is the one its
 //! configuration lists for that peer. Each request opens a bidirectional
-//! stream: the receiver writes one request frame and finishes its side; the
-//! source answers with frames and finishes.
+//! stream: the receiver writes one request frame, the source answers with
+//! frames and finishes. The receiver finishes its side after the request,
+//! except for a fetch: there it finishes once every block it received has
+//! verified, or after a `BlockDamaged` (see below).
 //!
 //! ## Framing
 //!
@@ -51,6 +53,7 @@
 //! | 0x21 | `FetchHeader` | source -> receiver | u64 length, [32] BLAKE3, u32 block size, u32 n blocks, n x [32] block chaining value |
 //! | 0x22 | `Block` | source -> receiver | u32 index, u8 encoding (0 raw, 1 zstd), u32 raw length, data |
 //! | 0x23 | `FetchEnd` | source -> receiver | (empty) |
+//! | 0x24 | `BlockDamaged` | receiver -> source | u32 block index |
 //! | 0x7f | `Error` | either | u16 code, str16 message |
 //!
 //! A coverage entry (raw, before compression) is: str8 camera, i64 start_us,
@@ -88,6 +91,19 @@
 //! one (a segment of one block is checked against the root directly). So
 //! every block is verified against the segment's BLAKE3 before it counts.
 //!
+//! The source sends the list it kept when it first hashed the segment,
+//! and reads the blocks from its file without hashing them again (added
+//! in version 4). A file whose bytes changed since (rot on the disk, a
+//! rewrite that kept its length and time) then sends a block that does not
+//! verify. The receiver says which (`BlockDamaged`), still reading what
+//! the source sent before it heard, and finishes its side. The source
+//! reads that block again: if it no longer matches the list, it forgets
+//! the list and answers `Error` `SourceDamaged` (its copy is bad, not the
+//! source); otherwise any other `Error`, and the receiver takes the source
+//! for a liar. After `FetchEnd` the source keeps its side open until the
+//! receiver finishes its own, so that a report about the last blocks can
+//! still be answered.
+//!
 //! Compression ([`Compression`]): `Off` sends raw blocks; `On` compresses
 //! every block with zstd; `Auto` compresses a block only when a sample
 //! shows it pays. A zstd block's raw length may not exceed the block size.
@@ -108,7 +124,9 @@ pub use message::*;
 pub const ALPN: &[u8] = b"hafill/1";
 /// The protocol version this crate speaks. 2 (2026-12-02): coverage
 /// entries carry the recorder's notes. 3 (2026-12-02): summaries.
-pub const VERSION: u16 = 3;
+/// 4 (2026-12-03): `BlockDamaged`; the source no longer checks the
+/// blocks of a kept list as it reads them.
+pub const VERSION: u16 = 4;
 /// Largest frame length (type byte and body).
 pub const MAX_FRAME_LEN: usize = MAX_BLOCK_SIZE as usize + 64;
 /// Smallest block size: one BLAKE3 chunk.

@@ -252,6 +252,18 @@ pub enum FetchError {
     /// The peer's bytes or block list do not match the segment's BLAKE3.
     #[error("integrity: {0}")]
     Integrity(String),
+    /// A block did not verify, and the peer, told which, found that its
+    /// own file no longer matches the block list it sent: its copy changed
+    /// since it was hashed (rot on its disk). Its fault is its disk's, not
+    /// a lie: it is not cut off for it, unless it happens more than
+    /// [`MAX_DAMAGED_PER_PEER`] times in one run.
+    #[error("the peer's copy is damaged: {0}")]
+    Damaged(String),
+    /// Block `index` did not verify (`why`). Only inside a fetch: the peer
+    /// is told, and its answer makes it [`FetchError::Damaged`] or
+    /// [`FetchError::Integrity`].
+    #[error("block {index} did not verify: {why}")]
+    BadBlock { index: u32, why: String },
     #[error(transparent)]
     Transfer(#[from] TransferError),
     #[error(transparent)]
@@ -274,7 +286,7 @@ impl FetchError {
     /// protocol, a stall): it is then cut off for the rest of the run.
     pub fn peer_misbehaved(&self) -> bool {
         match self {
-            FetchError::Integrity(_) => true,
+            FetchError::Integrity(_) | FetchError::BadBlock { .. } => true,
             FetchError::Transfer(t) => t.is_misbehaviour(),
             _ => false,
         }
@@ -304,9 +316,21 @@ impl FetchError {
 
 impl From<VerifyError> for FetchError {
     fn from(e: VerifyError) -> Self {
-        FetchError::Integrity(e.to_string())
+        match e {
+            VerifyError::BlockHash(index) => FetchError::BadBlock {
+                index,
+                why: e.to_string(),
+            },
+            e => FetchError::Integrity(e.to_string()),
+        }
     }
 }
+
+/// Segments a peer may send damaged in one run (a block that did not
+/// verify, its file found changed when told) before it is cut off: rot
+/// hits a few segments; a peer whose every answer is damaged wastes the
+/// link, and is either failing or lying.
+pub const MAX_DAMAGED_PER_PEER: usize = 3;
 
 /// What a transfer shares: counters, the writer, the rate cap.
 #[derive(Debug)]
@@ -460,10 +484,11 @@ async fn receive_blocks(
         compression: ctx.compression,
         ranges: fetch.ranges().to_vec(),
     };
+    // This side stays open after the request: it finishes once every
+    // block verified, or after it told the peer of one that did not.
     write_message(&mut send, &request)
         .await
         .map_err(FetchError::from)?;
-    send.finish().map_err(TransferError::from)?;
 
     let asked = std::time::Instant::now();
     let header = {
@@ -526,10 +551,17 @@ async fn receive_blocks(
     // would lose bytes mid-frame, and a channel receive is cancel-safe.
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(ctx.pipeline.max(1));
     let stall = ctx.stall;
+    // It reads on past `FetchEnd`: the peer may yet answer a report of a
+    // damaged block (see `report_damage`).
     let reader = tokio::spawn(async move {
         loop {
             let m = read_within(stall, read_incoming(&mut recv, MAX_FRAME_LEN)).await;
-            let more = matches!(m, Ok(Some(Incoming::Block(..))));
+            let more = matches!(
+                m,
+                Ok(Some(
+                    Incoming::Block(..) | Incoming::Message(Message::FetchEnd)
+                ))
+            );
             if frames_tx.send(m).await.is_err() || !more {
                 break;
             }
@@ -548,6 +580,7 @@ async fn receive_blocks(
         }
         ctx.verified_bytes.fetch_add(n, Ordering::Relaxed);
     };
+    let received = async {
     while !fetch.ended() || !in_flight.is_empty() {
         tokio::select! {
             biased;
@@ -591,6 +624,17 @@ async fn receive_blocks(
             }
         }
     }
+    Ok(())
+    }
+    .await;
+    match received {
+        Err(FetchError::BadBlock { index, why }) => {
+            return Err(report_damage(&mut send, &mut frames, index, why).await)
+        }
+        r => r?,
+    }
+    // Every block received verified: the peer may let go.
+    let _ = send.finish();
     if let Some((arrived, asked)) = fetch.shortfall() {
         checkpoint(ctx, sink, meta, &mut fetch).await?;
         return Err(
@@ -603,6 +647,36 @@ async fn receive_blocks(
     ctx.writer.sync_data(file.clone()).await?;
     fetch.handle_synced();
     Ok((fetch.into_progress(), tree))
+}
+
+/// Block `index` did not verify (`why`): tells the peer which, then reads
+/// what it sent before it heard, up to its answer. `SourceDamaged` says its
+/// own file no longer matches the list it sent: [`FetchError::Damaged`].
+/// Any other answer, or none, and the bad block is the peer's doing:
+/// [`FetchError::Integrity`]. Each frame is read within the stall time.
+async fn report_damage(
+    send: &mut quinn::SendStream,
+    frames: &mut tokio::sync::mpsc::Receiver<Result<Option<Incoming>, TransferError>>,
+    index: u32,
+    why: String,
+) -> FetchError {
+    if write_message(send, &Message::BlockDamaged { index })
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+        while let Some(Ok(Some(m))) = frames.recv().await {
+            match m {
+                Incoming::Block(..) | Incoming::Message(Message::FetchEnd) => {}
+                Incoming::Message(Message::Error {
+                    code: ErrorCode::SourceDamaged,
+                    message,
+                }) => return FetchError::Damaged(format!("{message} ({why} here)")),
+                Incoming::Message(_) => break,
+            }
+        }
+    }
+    FetchError::Integrity(why)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -271,7 +271,7 @@ async fn handle_stream(
             ranges,
         } => {
             fetch(
-                &mut send,
+                (&mut send, &mut recv),
                 state,
                 peer,
                 camera,
@@ -524,7 +524,7 @@ fn encode_block(index: u32, data: Bytes, compression: Compression) -> (BlockHead
 
 #[allow(clippy::too_many_arguments)]
 async fn fetch(
-    send: &mut quinn::SendStream,
+    (send, recv): (&mut quinn::SendStream, &mut quinn::RecvStream),
     state: &Arc<ServerState>,
     peer: &str,
     camera: String,
@@ -596,15 +596,13 @@ async fn fetch(
             .ok()
             .flatten()
     };
-    // A kept list is checked block by block as the blocks are read to be
-    // sent: a file whose bytes changed since (rot, a rewrite that kept its
-    // time) is answered `SourceDamaged`, as when it is hashed first, not
-    // sent for its receiver to find bad blocks and cut this server off.
-    let mut check = None;
+    // The blocks of a kept list are not hashed again as they are read: a
+    // file whose bytes changed since (rot, a rewrite that kept its time)
+    // is found by its receiver, which says which block (`BlockDamaged`);
+    // that block is then read again here (see `answer_report`).
     let mut cvs = match kept {
         Some(cvs) => {
             tracing::debug!(%camera, %start, "block list: kept");
-            check = Some(Arc::new(cvs.clone()));
             cvs
         }
         None => {
@@ -640,6 +638,9 @@ async fn fetch(
         }
         h.header(&mut len, &mut cvs);
     }
+    // What the receiver checks the blocks against, and so what a block it
+    // reports damaged is checked against here.
+    let sent = Arc::new(cvs.clone());
     let header = Message::FetchHeader {
         len,
         blake3: *meta.blake3.as_bytes(),
@@ -667,7 +668,7 @@ async fn fetch(
     // has them.
     let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes, ReadRoom), Refusal>>(1);
     let (st, reading, asker) = (state.clone(), file.clone(), peer.to_string());
-    let (len, what) = (meta.len, format!("{camera} {start}"));
+    let len = meta.len;
     let internal = |e: String| (ErrorCode::Internal, e);
     tokio::spawn(async move {
         for i in wanted {
@@ -685,23 +686,10 @@ async fn fetch(
                 place.send(Err((ErrorCode::Busy, why)));
                 break;
             };
-            let (f, check, what) = (reading.clone(), check.clone(), what.clone());
+            let f = reading.clone();
             let read = tokio::task::spawn_blocking(move || {
                 let buf =
                     crate::io::read_new_at(&f, n, off).map_err(|e| internal(e.to_string()))?;
-                if let Some(cvs) = &check {
-                    let cv = if cvs.len() == 1 {
-                        *blake3::hash(&buf).as_bytes()
-                    } else {
-                        tree::block_cv(i, block_size, &buf)
-                    };
-                    if cvs.get(i as usize) != Some(&cv) {
-                        return Err((
-                            ErrorCode::SourceDamaged,
-                            format!("{what}: block {i} on disk no longer matches its BLAKE3"),
-                        ));
-                    }
-                }
                 Ok(encode_block(i, Bytes::from(buf), compression))
             })
             .await
@@ -715,8 +703,32 @@ async fn fetch(
         // Read through: its pages need not stay cached.
         let _ = tokio::task::spawn_blocking(move || crate::io::drop_cached(&reading)).await;
     });
+    // The receiver's side of the stream: a block it found damaged, or its
+    // end once every block it received verified.
+    let said = async move {
+        match read_message(recv, MAX_REQUEST_FRAME).await {
+            Ok(Some(Message::BlockDamaged { index })) => Said::Damaged(index),
+            Ok(None) => Said::AllVerified,
+            Ok(Some(other)) => Said::Other(format!("0x{:02x}", other.type_byte())),
+            Err(e) => Said::Other(e.to_string()),
+        }
+    };
+    tokio::pin!(said);
+    let mut heard = None;
     let mut first = None;
-    while let Some(m) = rx.recv().await {
+    loop {
+        let m = tokio::select! {
+            m = rx.recv() => m,
+            word = &mut said, if heard.is_none() => {
+                if let Said::Damaged(index) = word {
+                    let what = Damage { camera: &camera, start, block_size, index };
+                    return answer_report(send, state, &meta, file, &sent, what).await;
+                }
+                heard = Some(word);
+                continue;
+            }
+        };
+        let Some(m) = m else { break };
         match m {
             Ok((header, data, _room)) => {
                 if let (None, Some(h)) = (&first, &hook) {
@@ -756,6 +768,34 @@ async fn fetch(
         }
     }
     send_within_stall(send, message_chunks(&Message::FetchEnd)).await?;
+    // The receiver may yet find one of the last blocks damaged: this side
+    // stays open until it says so, or that all verified. One that says
+    // neither within the stall time gets its stream reset.
+    let heard = match heard {
+        Some(h) => h,
+        None => match tokio::time::timeout(SEND_STALL, &mut said).await {
+            Ok(h) => h,
+            Err(_) => {
+                let _ = send.reset(super::RESET_STALLED.into());
+                return Ok(());
+            }
+        },
+    };
+    match heard {
+        Said::Damaged(index) => {
+            let what = Damage {
+                camera: &camera,
+                start,
+                block_size,
+                index,
+            };
+            return answer_report(send, state, &meta, file, &sent, what).await;
+        }
+        Said::Other(what) => {
+            tracing::debug!(%peer, %camera, %start, "after a fetch the peer sent {what}")
+        }
+        Said::AllVerified => {}
+    }
     send.finish()?;
     // The slot is held until the peer has every byte: until then QUIC
     // keeps them. A peer that takes no more within the stall time gets
@@ -767,6 +807,87 @@ async fn fetch(
         let _ = send.reset(super::RESET_STALLED.into());
     }
     Ok(())
+}
+
+/// What a fetch's receiver said on its side of the stream.
+enum Said {
+    /// This block did not verify.
+    Damaged(u32),
+    /// Every block it received verified (it finished its side).
+    AllVerified,
+    /// Anything else: a frame a receiver does not send, a reset.
+    Other(String),
+}
+
+/// A block a receiver reported damaged.
+struct Damage<'a> {
+    camera: &'a CameraId,
+    start: Timestamp,
+    block_size: u32,
+    index: u32,
+}
+
+/// Answers a receiver that found block `index` damaged: the block is read
+/// again and checked against the list `sent`. If it no longer matches,
+/// the file changed since it was hashed: its kept list is forgotten (the
+/// next fetch hashes the file, and refuses it) and the answer is
+/// `SourceDamaged`, so the receiver fails the segment without taking this
+/// server for a liar. If it matches, the answer is `Internal`: the
+/// receiver got other bytes than these, and this side cannot say why.
+async fn answer_report(
+    send: &mut quinn::SendStream,
+    state: &Arc<ServerState>,
+    meta: &crate::segment::SegmentMeta,
+    file: Arc<File>,
+    sent: &Arc<Vec<[u8; 32]>>,
+    Damage {
+        camera,
+        start,
+        block_size,
+        index,
+    }: Damage<'_>,
+) -> Result<(), TransferError> {
+    let (cvs, len) = (sent.clone(), meta.len);
+    let matches = tokio::task::spawn_blocking(move || -> std::io::Result<Option<bool>> {
+        let Some(listed) = cvs.get(index as usize) else {
+            return Ok(None);
+        };
+        let off = index as u64 * block_size as u64;
+        let n = (len - off.min(len)).min(block_size as u64) as usize;
+        let buf = crate::io::read_new_at(&file, n, off)?;
+        let cv = if cvs.len() == 1 {
+            *blake3::hash(&buf).as_bytes()
+        } else {
+            tree::block_cv(index, block_size, &buf)
+        };
+        Ok(Some(cv == *listed))
+    })
+    .await
+    .map_err(|e| TransferError::Protocol(e.to_string()))?;
+    let (code, msg) = match matches {
+        Ok(Some(false)) => {
+            tracing::error!(%camera, %start, "the peer found block {index} damaged, and it no longer matches its BLAKE3 here: the file changed since it was hashed; not serving it");
+            let (ob, m) = (state.outboards.clone(), meta.clone());
+            let _ = tokio::task::spawn_blocking(move || ob.forget(&m)).await;
+            (
+                ErrorCode::SourceDamaged,
+                format!("{camera} {start}: block {index} on disk no longer matches its BLAKE3"),
+            )
+        }
+        Ok(Some(true)) => {
+            tracing::warn!(%camera, %start, "the peer found block {index} damaged, but it matches its BLAKE3 here");
+            (
+                ErrorCode::Internal,
+                format!("{camera} {start}: block {index} matches its BLAKE3 here"),
+            )
+        }
+        Ok(None) => (
+            ErrorCode::BadRequest,
+            format!("{camera} {start} has no block {index}"),
+        ),
+        Err(e) => (ErrorCode::Internal, format!("{camera} {start}: {e}")),
+    };
+    send_error(send, code, msg).await
 }
 
 /// Longest the serving side waits for a peer to take more of a fetch

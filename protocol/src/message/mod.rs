@@ -207,6 +207,14 @@ pub enum Message {
         data: Vec<u8>,
     },
     FetchEnd,
+    /// The receiver's word that block `index` of the fetch on this stream
+    /// did not verify against the list the source sent (added in version
+    /// 4). The source reads that block again and ends the fetch with an
+    /// `Error`: `SourceDamaged` if its own file no longer matches the list
+    /// (it changed since it was hashed), any other code if it does.
+    BlockDamaged {
+        index: u32,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -241,6 +249,7 @@ pub mod types {
     pub const FETCH_HEADER: u8 = 0x21;
     pub const BLOCK: u8 = 0x22;
     pub const FETCH_END: u8 = 0x23;
+    pub const BLOCK_DAMAGED: u8 = 0x24;
     pub const ERROR: u8 = 0x7f;
 }
 use types::*;
@@ -463,6 +472,7 @@ impl Message {
             Message::FetchHeader { .. } => FETCH_HEADER,
             Message::Block { .. } => BLOCK,
             Message::FetchEnd => FETCH_END,
+            Message::BlockDamaged { .. } => BLOCK_DAMAGED,
             Message::Error { .. } => ERROR,
         }
     }
@@ -545,6 +555,9 @@ impl Message {
                     .bytes(data);
             }
             Message::FetchEnd => {}
+            Message::BlockDamaged { index } => {
+                w.u32(*index);
+            }
             Message::Error { code, message } => {
                 w.u16(code.code()).str16(message);
             }
@@ -695,6 +708,7 @@ impl Message {
                 }
             }
             FETCH_END => Message::FetchEnd,
+            BLOCK_DAMAGED => Message::BlockDamaged { index: r.u32()? },
             ERROR => {
                 let code = ErrorCode::from_code(r.u16()?);
                 let message = r.str16()?;

@@ -109,6 +109,13 @@ fn golden_block_and_error() {
          02 00 6e 6f   # str16 \"no\"",
     );
     assert_eq!(e.to_frame(), expect);
+    let d = Message::BlockDamaged { index: 5 };
+    let expect = hexdump(
+        "05 00 00 00   # frame length 5
+         24            # type BlockDamaged
+         05 00 00 00   # block 5",
+    );
+    assert_eq!(d.to_frame(), expect);
 }
 
 #[test]
@@ -331,6 +338,7 @@ fn message() -> impl Strategy<Value = Message> {
             }
         }),
         Just(Message::FetchEnd),
+        any::<u32>().prop_map(|index| Message::BlockDamaged { index }),
         (1u16..8, "[ -~]{0,100}").prop_map(|(c, message)| Message::Error {
             code: ErrorCode::from_code(c),
             message

@@ -108,12 +108,15 @@ impl DiskWriter {
         self.backend
     }
 
-    /// Writes all of `data` at `offset`.
+    /// Writes all of `data` at `offset`, then gives the buffer back (see
+    /// `buffers`).
     pub async fn write_at(&self, file: Arc<File>, offset: u64, data: Vec<u8>) -> io::Result<()> {
         match &self.tx {
             None => tokio::task::spawn_blocking(move || {
                 crate::throttle::disk::lower_io_priority();
-                file.write_all_at(&data, offset)
+                let r = file.write_all_at(&data, offset);
+                crate::buffers::give_back(data);
+                r
             })
             .await
             .map_err(io::Error::other)?,
@@ -308,7 +311,8 @@ fn uring_thread(mut rx: mpsc::Receiver<Op>) {
                     } => {
                         let r = async {
                             let f = tokio_uring::fs::File::from_std(file.try_clone()?);
-                            let (res, _) = f.write_all_at(data, offset).await;
+                            let (res, data) = f.write_all_at(data, offset).await;
+                            crate::buffers::give_back(data);
                             let closed = f.close().await;
                             res.and(closed)
                         }

@@ -10,6 +10,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backfill;
+pub mod buffers;
 pub mod camera;
 pub mod config;
 pub mod daemon;

@@ -708,6 +708,7 @@ async fn verify_and_write(
                     let raw = zstd::bulk::decompress(&data, cap).map_err(|e| {
                         FetchError::Integrity(format!("block {index} does not decompress: {e}"))
                     })?;
+                    crate::buffers::give_back(data);
                     if raw.len() != raw_len as usize {
                         return Err(FetchError::Integrity(format!(
                             "block {index} decompresses to {} bytes, not {raw_len}",

@@ -314,9 +314,10 @@ pub async fn read_incoming(
         let mut h = [0u8; 9];
         recv.read_exact(&mut h).await?;
         let header = BlockHeader::decode(n, &h)?;
-        // QUIC's chunks appended as they come: one copy, no zeroing first.
+        // QUIC's chunks appended as they come: one copy, no zeroing first,
+        // into a buffer used before (given back once the block is written).
         let len = header.data_len as usize;
-        let mut data = Vec::with_capacity(len);
+        let mut data = crate::buffers::take(len);
         while data.len() < len {
             match recv.read_chunk(len - data.len(), true).await {
                 Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),

@@ -278,3 +278,69 @@ fn a_peer_whose_coverage_never_ends_is_skipped_at_the_gate_s_deadline() {
     ]);
     assert_eq!(ls["segments"], 30, "rs01's segments are placed: {ls:#}");
 }
+
+/// A receiver's report of a damaged block (`BlockDamaged`) is answered,
+/// after the fetch's last block too: a block that still matches on the
+/// server's disk with `Internal` (the receiver then knows the bad bytes
+/// were not the disk's), a block the segment does not have with
+/// `BadRequest`. A hostile receiver gets nothing else out of it.
+#[test]
+fn a_report_of_a_damaged_block_is_answered_after_the_last_block() {
+    use hafill_engine::transfer::{client, client_endpoint, read_message};
+    use hafill_protocol::{Compression, ErrorCode, Message, MAX_FRAME_LEN};
+
+    let mut c = Cluster::new(&["rs01", "rs02"]);
+    let t0 = base_time();
+    sim_record(&c.server("rs01").store(), 1, "1Mbit", "60s", t0, t0 + 60, 5);
+    c.serve("rs01");
+    let (me, peer) = c.speaker("rs02", "rs01");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ep = client_endpoint(peer.addr).unwrap();
+        let conn = client::connect(&ep, &me, "rs02", &peer, Duration::from_secs(10))
+            .await
+            .unwrap();
+        for (index, expect, says) in [
+            (0, ErrorCode::Internal, "matches its BLAKE3 here"),
+            (999, ErrorCode::BadRequest, "has no block 999"),
+        ] {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let request = Message::FetchRequest {
+                camera: "cam-0001".into(),
+                start_us: t0 * 1_000_000,
+                block_size: 1 << 20,
+                compression: Compression::Off,
+                ranges: vec![],
+            };
+            send.write_all(&request.to_frame()).await.unwrap();
+            let mut blocks = 0;
+            loop {
+                let m = read_message(&mut recv, MAX_FRAME_LEN).await.unwrap();
+                match m {
+                    Some(Message::FetchHeader { .. }) => {}
+                    Some(Message::Block { .. }) => blocks += 1,
+                    Some(Message::FetchEnd) => break,
+                    other => panic!("expected a fetch, got {other:?}"),
+                }
+            }
+            assert_eq!(blocks, 8, "7.5 MB in 1 MiB blocks");
+            // Every block is in: the server still listens.
+            let report = Message::BlockDamaged { index };
+            send.write_all(&report.to_frame()).await.unwrap();
+            send.finish().unwrap();
+            let answer = tokio::time::timeout(
+                Duration::from_secs(60),
+                read_message(&mut recv, MAX_FRAME_LEN),
+            )
+            .await
+            .expect("the server must answer the report");
+            match answer {
+                Ok(Some(Message::Error { code, message })) => {
+                    assert_eq!(code, expect, "{message}");
+                    assert!(message.contains(says), "{message}");
+                }
+                other => panic!("expected an Error, got {other:?}"),
+            }
+        }
+    });
+}

@@ -900,8 +900,12 @@ impl Session {
                                 queue.failed(job, &peer, e.to_string());
                                 if misbehaved && queue.cut_off(&peer, why.clone()) {
                                     tracing::error!(%peer, "cut off for the rest of this run: {why}");
+                                    let reason: &[u8] = match e {
+                                        FetchError::Damaged(_) => b"cut off: too many damaged segments",
+                                        _ => b"cut off: protocol violation",
+                                    };
                                     for c in &all {
-                                        c.close(3u32.into(), b"cut off: protocol violation");
+                                        c.close(3u32.into(), reason);
                                     }
                                     if let Some(m) = &metrics {
                                         m.peer(&peer, false);

@@ -2,8 +2,10 @@
 //! kept once it is known, so that serving a segment needs no hashing pass
 //! over its file before the header: the list is made when the segment
 //! arrives (its blocks verified as they come) or the first time it is
-//! served. (The serving side still checks each block against the list as
-//! it reads it to send it.)
+//! served. The serving side sends the list and the blocks as it reads
+//! them, unhashed; a file that changed since is found by its receiver,
+//! which says which block (see `transfer::server`), and its list is then
+//! forgotten here.
 //!
 //! One small file per segment,
 //! `<dir>/<camera>/<YYYY-MM-DD>/<start_us>-<BLAKE3 hex>`: `HOB1`, the

@@ -608,6 +608,10 @@ async fn receive_blocks(
                         in_flight.push(verify_and_write(ctx, tree.clone(), file.clone(), index, encoding, raw_len, data));
                     }
                     Some(Incoming::Message(Message::FetchEnd)) => fetch.handle_end(),
+                    // A v4 server answers `SourceDamaged` after the header
+                    // only when told of a bad block: unasked, it counts as
+                    // damage all the same.
+                    Some(Incoming::Message(Message::Error { code: ErrorCode::SourceDamaged, message })) => return Err(FetchError::Damaged(message)),
                     Some(Incoming::Message(Message::Error { code, message })) => return Err(TransferError::Remote { code, message }.into()),
                     Some(Incoming::Message(other)) => return Err(TransferError::Protocol(format!("unexpected 0x{:02x} in a fetch", other.type_byte())).into()),
                     None => return Err(TransferError::Protocol("fetch ended without FetchEnd".into()).into()),
@@ -629,7 +633,15 @@ async fn receive_blocks(
     .await;
     match received {
         Err(FetchError::BadBlock { index, why }) => {
-            return Err(report_damage(&mut send, &mut frames, index, why).await)
+            let answer = report_damage(&mut send, &mut frames, index, &why);
+            return Err(tokio::time::timeout(ctx.stall, answer)
+                .await
+                .unwrap_or_else(|_| {
+                    FetchError::Damaged(format!(
+                        "{why}, and no answer within {:?} of saying so",
+                        ctx.stall
+                    ))
+                }));
         }
         r => r?,
     }
@@ -650,15 +662,18 @@ async fn receive_blocks(
 }
 
 /// Block `index` did not verify (`why`): tells the peer which, then reads
-/// what it sent before it heard, up to its answer. `SourceDamaged` says its
-/// own file no longer matches the list it sent: [`FetchError::Damaged`].
-/// Any other answer, or none, and the bad block is the peer's doing:
-/// [`FetchError::Integrity`]. Each frame is read within the stall time.
+/// what it sent before it heard, up to its answer (the caller bounds the
+/// wait). `SourceDamaged` says its own file no longer matches the list it
+/// sent: [`FetchError::Damaged`]. `Internal` says the block matches there:
+/// the bad bytes are the peer's doing, [`FetchError::Integrity`]. Anything
+/// else (another code, a `Busy` sent before it heard, the stream's end)
+/// leaves it unsaid, and counts as damage: the peer is cut off after a
+/// few all the same (see [`MAX_DAMAGED_PER_PEER`]).
 async fn report_damage(
     send: &mut quinn::SendStream,
     frames: &mut tokio::sync::mpsc::Receiver<Result<Option<Incoming>, TransferError>>,
     index: u32,
-    why: String,
+    why: &str,
 ) -> FetchError {
     if write_message(send, &Message::BlockDamaged { index })
         .await
@@ -668,15 +683,24 @@ async fn report_damage(
         while let Some(Ok(Some(m))) = frames.recv().await {
             match m {
                 Incoming::Block(..) | Incoming::Message(Message::FetchEnd) => {}
-                Incoming::Message(Message::Error {
-                    code: ErrorCode::SourceDamaged,
-                    message,
-                }) => return FetchError::Damaged(format!("{message} ({why} here)")),
+                Incoming::Message(Message::Error { code, message }) => {
+                    return match code {
+                        ErrorCode::SourceDamaged => {
+                            FetchError::Damaged(format!("{message} ({why} here)"))
+                        }
+                        ErrorCode::Internal => FetchError::Integrity(format!(
+                            "{why}; told, the peer answered: {message}"
+                        )),
+                        _ => FetchError::Damaged(format!(
+                            "{why}; told, the peer answered {code:?}: {message}"
+                        )),
+                    };
+                }
                 Incoming::Message(_) => break,
             }
         }
     }
-    FetchError::Integrity(why)
+    FetchError::Damaged(format!("{why}; the peer did not answer the report"))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

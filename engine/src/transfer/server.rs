@@ -722,7 +722,7 @@ async fn fetch(
             word = &mut said, if heard.is_none() => {
                 if let Said::Damaged(index) = word {
                     let what = Damage { camera: &camera, start, block_size, index };
-                    return answer_report(send, state, &meta, file, &sent, what).await;
+                    return answer_report(send, state, peer, &meta, file, &sent, what).await;
                 }
                 heard = Some(word);
                 continue;
@@ -752,14 +752,7 @@ async fn fetch(
                 }
                 send_within_stall(send, block_chunks(header, data)).await?
             }
-            Err((code, e)) => {
-                if code == ErrorCode::SourceDamaged {
-                    tracing::error!(%camera, %start, "{e}; not serving it");
-                    let (ob, m) = (state.outboards.clone(), meta.clone());
-                    let _ = tokio::task::spawn_blocking(move || ob.forget(&m)).await;
-                }
-                return send_error(send, code, e).await;
-            }
+            Err((code, e)) => return send_error(send, code, e).await,
         }
     }
     if let (Some(h), Some((header, data))) = (&hook, first) {
@@ -769,16 +762,15 @@ async fn fetch(
     }
     send_within_stall(send, message_chunks(&Message::FetchEnd)).await?;
     // The receiver may yet find one of the last blocks damaged: this side
-    // stays open until it says so, or that all verified. One that says
-    // neither within the stall time gets its stream reset.
+    // stays open until it says so, or that all verified, for the stall
+    // time. A receiver slower than that (up to its stream window of
+    // blocks still to take, under a rate cap) has this side finished
+    // without an answer to a late report, which it counts as damage.
     let heard = match heard {
         Some(h) => h,
         None => match tokio::time::timeout(SEND_STALL, &mut said).await {
             Ok(h) => h,
-            Err(_) => {
-                let _ = send.reset(super::RESET_STALLED.into());
-                return Ok(());
-            }
+            Err(_) => Said::Other(format!("nothing within {SEND_STALL:?} of FetchEnd")),
         },
     };
     match heard {
@@ -789,17 +781,21 @@ async fn fetch(
                 block_size,
                 index,
             };
-            return answer_report(send, state, &meta, file, &sent, what).await;
+            return answer_report(send, state, peer, &meta, file, &sent, what).await;
         }
         Said::Other(what) => {
             tracing::debug!(%peer, %camera, %start, "after a fetch the peer sent {what}")
         }
         Said::AllVerified => {}
     }
+    finish_within_stall(send).await
+}
+
+/// Finishes `send` and waits until the peer has every byte: until then
+/// QUIC keeps them, and the caller's fetch slot holds. A peer that takes
+/// no more within the stall time gets its stream reset, which frees them.
+async fn finish_within_stall(send: &mut quinn::SendStream) -> Result<(), TransferError> {
     send.finish()?;
-    // The slot is held until the peer has every byte: until then QUIC
-    // keeps them. A peer that takes no more within the stall time gets
-    // its stream reset, which frees them.
     if tokio::time::timeout(SEND_STALL, send.stopped())
         .await
         .is_err()
@@ -832,11 +828,14 @@ struct Damage<'a> {
 /// the file changed since it was hashed: its kept list is forgotten (the
 /// next fetch hashes the file, and refuses it) and the answer is
 /// `SourceDamaged`, so the receiver fails the segment without taking this
-/// server for a liar. If it matches, the answer is `Internal`: the
-/// receiver got other bytes than these, and this side cannot say why.
+/// server for a liar; so it is if the block can no longer be read. If it
+/// matches, the answer is `Internal`: the receiver got other bytes than
+/// these, and this side cannot say why. The read takes its room in the
+/// read budget; the answer is sent within the stall time.
 async fn answer_report(
     send: &mut quinn::SendStream,
     state: &Arc<ServerState>,
+    peer: &str,
     meta: &crate::segment::SegmentMeta,
     file: Arc<File>,
     sent: &Arc<Vec<[u8; 32]>>,
@@ -848,12 +847,18 @@ async fn answer_report(
     }: Damage<'_>,
 ) -> Result<(), TransferError> {
     let (cvs, len) = (sent.clone(), meta.len);
+    let off = index as u64 * block_size as u64;
+    let n = (len - off.min(len)).min(block_size as u64) as usize;
+    // The read counts against the read budget like any other.
+    let room = tokio::time::timeout(SEND_STALL, state.limits.read_room(peer, n as u64)).await;
+    let Ok(_room) = room else {
+        let why = format!("busy: no room to read block {index} again within {SEND_STALL:?}");
+        return refuse_within_stall(send, ErrorCode::Busy, why).await;
+    };
     let matches = tokio::task::spawn_blocking(move || -> std::io::Result<Option<bool>> {
         let Some(listed) = cvs.get(index as usize) else {
             return Ok(None);
         };
-        let off = index as u64 * block_size as u64;
-        let n = (len - off.min(len)).min(block_size as u64) as usize;
         let buf = crate::io::read_new_at(&file, n, off)?;
         let cv = if cvs.len() == 1 {
             *blake3::hash(&buf).as_bytes()
@@ -885,9 +890,29 @@ async fn answer_report(
             ErrorCode::BadRequest,
             format!("{camera} {start} has no block {index}"),
         ),
-        Err(e) => (ErrorCode::Internal, format!("{camera} {start}: {e}")),
+        Err(e) => {
+            // A file that can no longer be read where it was is damaged too.
+            tracing::error!(%camera, %start, "the peer found block {index} damaged, and reading it again failed: {e}");
+            let (ob, m) = (state.outboards.clone(), meta.clone());
+            let _ = tokio::task::spawn_blocking(move || ob.forget(&m)).await;
+            (
+                ErrorCode::SourceDamaged,
+                format!("{camera} {start}: block {index} cannot be read again: {e}"),
+            )
+        }
     };
-    send_error(send, code, msg).await
+    refuse_within_stall(send, code, msg).await
+}
+
+/// Ends a fetch with an `Error` as [`send_error`] does, but within the
+/// stall time: a peer that stops reading holds nothing for longer.
+async fn refuse_within_stall(
+    send: &mut quinn::SendStream,
+    code: ErrorCode,
+    message: String,
+) -> Result<(), TransferError> {
+    send_within_stall(send, message_chunks(&Message::Error { code, message })).await?;
+    finish_within_stall(send).await
 }
 
 /// Longest the serving side waits for a peer to take more of a fetch

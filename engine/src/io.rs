@@ -176,10 +176,11 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
     Ok(())
 }
 
-/// `n` bytes of `file` at `offset`, read into a new buffer that is not
-/// zeroed first (the kernel fills it): a block read to be sent.
+/// `n` bytes of `file` at `offset`, read into a buffer that is not
+/// zeroed first (the kernel fills it), one used before where one is idle
+/// (see `buffers`; give it back when done): a block read to be sent.
 pub fn read_new_at(file: &File, n: usize, offset: u64) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(n);
+    let mut buf = crate::buffers::take(n);
     while buf.len() < n {
         let at = offset + buf.len() as u64;
         let got = loop {

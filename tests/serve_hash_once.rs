@@ -121,7 +121,7 @@ fn a_file_that_rotted_after_its_list_was_kept_is_refused_and_its_server_not_cut_
     assert_eq!(first["segments"], 8, "{first:#}");
     assert_eq!(kept(&a, 8), 8);
 
-    let name = rot(&a, "cam-0002", t0 + 180);
+    let (name, _) = rot(&a, "cam-0002", t0 + 180, 100_000);
 
     for (round, says) in [
         ("kept list", "the peer's copy is damaged"),
@@ -188,7 +188,7 @@ fn a_server_whose_segments_keep_arriving_damaged_is_cut_off_after_three() {
     assert_eq!(first["segments"], 5, "{first:#}");
     assert_eq!(kept(&a, 5), 5);
     for minute in 1..5 {
-        rot(&a, "cam-0001", t0 + 60 * minute);
+        rot(&a, "cam-0001", t0 + 60 * minute, 100_000);
     }
 
     let out = run(&[
@@ -223,9 +223,9 @@ fn a_server_whose_segments_keep_arriving_damaged_is_cut_off_after_three() {
 }
 
 /// Flips one byte of `camera`'s segment at `at` in the native store
-/// `store`, keeping its length and modification time; returns its file
-/// name.
-fn rot(store: &std::path::Path, camera: &str, at: i64) -> String {
+/// `store` (at `offset`, from the end if negative), keeping its length
+/// and modification time; returns its file name and length.
+fn rot(store: &std::path::Path, camera: &str, at: i64, offset: i64) -> (String, u64) {
     let start = rfc3339(at);
     let name = start.replace(['-', ':'], "").replace('Z', ".000000Z.seg");
     let path = store
@@ -236,7 +236,12 @@ fn rot(store: &std::path::Path, camera: &str, at: i64) -> String {
         .join(&name);
     let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100_000] ^= 0x01;
+    let i = if offset < 0 {
+        bytes.len() - offset.unsigned_abs() as usize
+    } else {
+        offset as usize
+    };
+    bytes[i] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
     std::fs::File::options()
         .write(true)
@@ -244,5 +249,78 @@ fn rot(store: &std::path::Path, camera: &str, at: i64) -> String {
         .unwrap()
         .set_modified(mtime)
         .unwrap();
-    name
+    (name, bytes.len() as u64)
+}
+
+/// What verified before a damaged block is kept: every block that arrived
+/// before it is written and made durable before the server is told, so
+/// the next holder sends only the rest. Here the damage is in the last
+/// of a segment's blocks: the second holder sends that one block, not the
+/// segment.
+#[test]
+fn blocks_that_verified_before_a_damaged_one_are_kept() {
+    let mut c = Cluster::new(&["rs01", "rs02", "rs03"]);
+    let t0 = base_time();
+    let (a, b, d) = (
+        c.server("rs01").store(),
+        c.server("rs02").store(),
+        c.server("rs03").store(),
+    );
+    sim_record(&a, 1, "1Mbit", "60s", t0, t0 + 120, 5);
+    sim_record(&b, 1, "1Mbit", "60s", t0, t0 + 60, 5);
+    sim_record(&d, 1, "1Mbit", "60s", t0, t0 + 60, 5);
+    c.serve("rs01");
+    c.serve("rs02");
+    let cfg = |n: &str| p(&c.server(n).config()).to_string();
+    // rs01 keeps the segment's list as it first serves it, to rs02.
+    let first = json(&[
+        "backfill",
+        "--config",
+        &cfg("rs02"),
+        "--json",
+        "--from",
+        "rs01",
+    ]);
+    assert_eq!(first["segments"], 1, "{first:#}");
+    assert_eq!(kept(&a, 1), 1);
+    let (name, len) = rot(&a, "cam-0001", t0 + 60, -100);
+    let last = len.div_ceil(1 << 20) - 1;
+
+    let out = run(&[
+        "backfill",
+        "--config",
+        &cfg("rs03"),
+        "--json",
+        "--from",
+        "rs01",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{report:#}");
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("block {last} ")),
+        "{report:#}"
+    );
+
+    let second = json(&[
+        "backfill",
+        "--config",
+        &cfg("rs03"),
+        "--json",
+        "--from",
+        "rs02",
+    ]);
+    assert_eq!(second["segments"], 1, "{second:#}");
+    assert_eq!(second["bytes"], len, "{second:#}");
+    let wire = second["wire_bytes"].as_u64().unwrap();
+    assert_eq!(
+        wire,
+        len - last * (1 << 20),
+        "only the last block again: {second:#}"
+    );
+    let (ours, theirs) = (file_hashes(&d), file_hashes(&b));
+    assert_eq!(ours.get(&name), theirs.get(&name));
 }

@@ -580,24 +580,39 @@ async fn receive_blocks(
         }
         ctx.verified_bytes.fetch_add(n, Ordering::Relaxed);
     };
+    // The first block that did not verify: nothing more is taken, what is
+    // in flight lands, and what verified is made durable before the peer
+    // is told (the next holder then sends only the rest).
+    let mut bad: Option<(u32, String)> = None;
     let received = async {
-    while !fetch.ended() || !in_flight.is_empty() {
+    while (!fetch.ended() && bad.is_none()) || !in_flight.is_empty() {
         tokio::select! {
             biased;
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {
                 // Our own verification and writes count as progress too.
                 last_frame = std::time::Instant::now();
-                written(&mut fetch, r?);
+                match r {
+                    Err(FetchError::BadBlock { index, why }) => {
+                        bad.get_or_insert((index, why));
+                        continue;
+                    }
+                    r => written(&mut fetch, r?),
+                }
                 sink.record_seen(fetch.progress())?;
-                if fetch.checkpoint_due() {
+                if fetch.checkpoint_due() && bad.is_none() {
                     // Drain what is in flight so every seen block is written.
                     while let Some(r) = in_flight.next().await {
-                        written(&mut fetch, r?);
+                        match r {
+                            Err(FetchError::BadBlock { index, why }) => {
+                                bad.get_or_insert((index, why));
+                            }
+                            r => written(&mut fetch, r?),
+                        }
                     }
                     checkpoint(ctx, sink, meta, &mut fetch).await?;
                 }
             }
-            msg = frames.recv(), if !fetch.ended() && in_flight.len() < ctx.pipeline => {
+            msg = frames.recv(), if !fetch.ended() && bad.is_none() && in_flight.len() < ctx.pipeline => {
                 last_frame = std::time::Instant::now();
                 let msg = msg.unwrap_or_else(|| Err(TransferError::Protocol("the stream reader stopped".into())));
                 match msg? {
@@ -617,7 +632,7 @@ async fn receive_blocks(
                     None => return Err(TransferError::Protocol("fetch ended without FetchEnd".into()).into()),
                 }
             }
-            _ = tokio::time::sleep(Duration::from_secs(1)), if !fetch.ended() => {
+            _ = tokio::time::sleep(Duration::from_secs(1)), if !fetch.ended() && bad.is_none() => {
                 if last_frame.elapsed() >= END_GAME_PATIENCE && leave_early() {
                     // What is in flight was verified: let it land first.
                     while let Some(r) = in_flight.next().await {
@@ -628,22 +643,29 @@ async fn receive_blocks(
             }
         }
     }
+    if bad.is_some() {
+        checkpoint(ctx, sink, meta, &mut fetch).await?;
+    }
     Ok(())
     }
     .await;
-    match received {
-        Err(FetchError::BadBlock { index, why }) => {
-            let answer = report_damage(&mut send, &mut frames, index, &why);
-            return Err(tokio::time::timeout(ctx.stall, answer)
-                .await
-                .unwrap_or_else(|_| {
-                    FetchError::Damaged(format!(
-                        "{why}, and no answer within {:?} of saying so",
-                        ctx.stall
-                    ))
-                }));
+    let bad = match received {
+        Err(FetchError::BadBlock { index, why }) => Some((index, why)),
+        r => {
+            r?;
+            bad
         }
-        r => r?,
+    };
+    if let Some((index, why)) = bad {
+        let answer = report_damage(&mut send, &mut frames, index, &why);
+        return Err(tokio::time::timeout(ctx.stall, answer)
+            .await
+            .unwrap_or_else(|_| {
+                FetchError::Damaged(format!(
+                    "{why}, and no answer within {:?} of saying so",
+                    ctx.stall
+                ))
+            }));
     }
     // Every block received verified: the peer may let go.
     let _ = send.finish();

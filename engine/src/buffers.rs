@@ -9,9 +9,10 @@
 
 use std::sync::Mutex;
 
-/// The most bytes of idle buffers kept: what the blocks in flight of a
-/// busy receiver (its streams times its pipeline) need again at once.
-pub const KEEP_BYTES: usize = 64 << 20;
+/// The most bytes of idle buffers kept, for the process (a receiver's
+/// blocks in flight and a server's together): resident for as long as it
+/// runs, on top of what is in flight.
+pub const KEEP_BYTES: usize = 32 << 20;
 
 /// A buffer smaller than this is not worth keeping: the allocator reuses
 /// small ones itself.
@@ -42,7 +43,9 @@ impl Pool {
     fn take(&self, n: usize) -> Vec<u8> {
         if n >= SMALLEST_KEPT {
             let mut idle = self.idle();
-            if let Some(i) = idle.buffers.iter().rposition(|b| b.capacity() >= n) {
+            // Exactly the size asked: a larger one would be read into whole
+            // by `io::read_new_at`, past what its read budget counted.
+            if let Some(i) = idle.buffers.iter().rposition(|b| b.capacity() == n) {
                 let b = idle.buffers.swap_remove(i);
                 idle.bytes -= b.capacity();
                 return b;
@@ -66,8 +69,8 @@ impl Pool {
     }
 }
 
-/// An empty buffer with room for at least `n` bytes: an idle one if one
-/// is large enough, else a new one.
+/// An empty buffer with room for exactly `n` bytes: an idle one of that
+/// size if there is one, else a new one.
 pub fn take(n: usize) -> Vec<u8> {
     POOL.take(n)
 }
@@ -114,15 +117,22 @@ mod tests {
         pool.give_back(b);
         let again = pool.take(1 << 20);
         assert_eq!(again.as_ptr(), at, "the same buffer");
-        assert!(again.is_empty() && again.capacity() >= 1 << 20);
-        // Too small to want it: a new one.
+        assert!(again.is_empty() && again.capacity() == 1 << 20);
+        pool.give_back(again);
+        // Not of the size asked: a new one.
         let bigger = pool.take(2 << 20);
+        let smaller = pool.take(512 << 10);
         assert_ne!(bigger.as_ptr(), at);
+        assert_ne!(smaller.as_ptr(), at);
+        assert_eq!(smaller.capacity(), 512 << 10);
+        let again = pool.take(1 << 20);
+        assert_eq!(again.as_ptr(), at);
         pool.give_back(again);
         pool.give_back(bigger);
+        pool.give_back(smaller);
         // Small ones are not kept.
         pool.give_back(Vec::with_capacity(1024));
-        assert_eq!(pool.idle().buffers.len(), 2);
+        assert_eq!(pool.idle().buffers.len(), 3);
         // No more than KEEP_BYTES idle.
         for _ in 0..(KEEP_BYTES >> 20) + 8 {
             pool.give_back(Vec::with_capacity(1 << 20));

@@ -580,12 +580,19 @@ async fn receive_blocks(
         }
         ctx.verified_bytes.fetch_add(n, Ordering::Relaxed);
     };
-    // The first block that did not verify: nothing more is taken, what is
-    // in flight lands, and what verified is made durable before the peer
-    // is told (the next holder then sends only the rest).
+    // The first block that did not verify: the peer is told at once, no
+    // more blocks are taken (what it sent before it heard is read and
+    // dropped, so that it can answer), what is in flight lands, and what
+    // verified is made durable (the next holder then sends only the rest).
     let mut bad: Option<(u32, String)> = None;
+    let mut told = false;
+    let mut answer: Option<FetchError> = None;
     let received = async {
     while (!fetch.ended() && bad.is_none()) || !in_flight.is_empty() {
+        if let (Some((index, _)), false) = (&bad, told) {
+            told = true;
+            tell(&mut send, *index).await;
+        }
         tokio::select! {
             biased;
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {
@@ -609,10 +616,17 @@ async fn receive_blocks(
                             r => written(&mut fetch, r?),
                         }
                     }
-                    checkpoint(ctx, sink, meta, &mut fetch).await?;
+                    if bad.is_none() {
+                        checkpoint(ctx, sink, meta, &mut fetch).await?;
+                    }
                 }
             }
-            msg = frames.recv(), if !fetch.ended() && bad.is_none() && in_flight.len() < ctx.pipeline => {
+            msg = frames.recv(), if (told && answer.is_none()) || (!fetch.ended() && bad.is_none() && in_flight.len() < ctx.pipeline) => {
+                if let Some((_, why)) = &bad {
+                    // Told: what it sent before it heard is dropped.
+                    answer = answer_of(msg, why);
+                    continue;
+                }
                 last_frame = std::time::Instant::now();
                 let msg = msg.unwrap_or_else(|| Err(TransferError::Protocol("the stream reader stopped".into())));
                 match msg? {
@@ -643,7 +657,11 @@ async fn receive_blocks(
             }
         }
     }
-    if bad.is_some() {
+    if let Some((index, _)) = &bad {
+        if !told {
+            told = true;
+            tell(&mut send, *index).await;
+        }
         checkpoint(ctx, sink, meta, &mut fetch).await?;
     }
     Ok(())
@@ -657,8 +675,20 @@ async fn receive_blocks(
         }
     };
     if let Some((index, why)) = bad {
-        let answer = report_damage(&mut send, &mut frames, index, &why);
-        return Err(tokio::time::timeout(ctx.stall, answer)
+        if !told {
+            tell(&mut send, index).await;
+        }
+        if let Some(a) = answer {
+            return Err(a);
+        }
+        let waiting = async {
+            loop {
+                if let Some(a) = answer_of(frames.recv().await, &why) {
+                    return a;
+                }
+            }
+        };
+        return Err(tokio::time::timeout(ctx.stall, waiting)
             .await
             .unwrap_or_else(|_| {
                 FetchError::Damaged(format!(
@@ -683,46 +713,45 @@ async fn receive_blocks(
     Ok((fetch.into_progress(), tree))
 }
 
-/// Block `index` did not verify (`why`): tells the peer which, then reads
-/// what it sent before it heard, up to its answer (the caller bounds the
-/// wait). `SourceDamaged` says its own file no longer matches the list it
-/// sent: [`FetchError::Damaged`]. `Internal` says the block matches there:
-/// the bad bytes are the peer's doing, [`FetchError::Integrity`]. Anything
-/// else (another code, a `Busy` sent before it heard, the stream's end)
-/// leaves it unsaid, and counts as damage: the peer is cut off after a
-/// few all the same (see [`MAX_DAMAGED_PER_PEER`]).
-async fn report_damage(
-    send: &mut quinn::SendStream,
-    frames: &mut tokio::sync::mpsc::Receiver<Result<Option<Incoming>, TransferError>>,
-    index: u32,
-    why: &str,
-) -> FetchError {
+/// Tells the peer that block `index` did not verify, and finishes this
+/// side: its answer is read with [`answer_of`].
+async fn tell(send: &mut quinn::SendStream, index: u32) {
     if write_message(send, &Message::BlockDamaged { index })
         .await
         .is_ok()
     {
         let _ = send.finish();
-        while let Some(Ok(Some(m))) = frames.recv().await {
-            match m {
-                Incoming::Block(..) | Incoming::Message(Message::FetchEnd) => {}
-                Incoming::Message(Message::Error { code, message }) => {
-                    return match code {
-                        ErrorCode::SourceDamaged => {
-                            FetchError::Damaged(format!("{message} ({why} here)"))
-                        }
-                        ErrorCode::Internal => FetchError::Integrity(format!(
-                            "{why}; told, the peer answered: {message}"
-                        )),
-                        _ => FetchError::Damaged(format!(
-                            "{why}; told, the peer answered {code:?}: {message}"
-                        )),
-                    };
-                }
-                Incoming::Message(_) => break,
-            }
-        }
     }
-    FetchError::Damaged(format!("{why}; the peer did not answer the report"))
+}
+
+/// What a frame read after telling the peer of a bad block (`why`) says:
+/// nothing yet for a block or `FetchEnd` it sent before it heard; its
+/// answer for an `Error`. `SourceDamaged` says its own file no longer
+/// matches the list it sent: [`FetchError::Damaged`]. `Internal` says the
+/// block matches there: the bad bytes are its doing,
+/// [`FetchError::Integrity`]. Anything else (another code, a `Busy` sent
+/// before it heard, the stream's end, a frame out of place) leaves it
+/// unsaid, and counts as damage: the peer is cut off after a few all the
+/// same (see [`MAX_DAMAGED_PER_PEER`]).
+fn answer_of(
+    frame: Option<Result<Option<Incoming>, TransferError>>,
+    why: &str,
+) -> Option<FetchError> {
+    match frame {
+        Some(Ok(Some(Incoming::Block(..) | Incoming::Message(Message::FetchEnd)))) => None,
+        Some(Ok(Some(Incoming::Message(Message::Error { code, message })))) => Some(match code {
+            ErrorCode::SourceDamaged => FetchError::Damaged(format!("{message} ({why} here)")),
+            ErrorCode::Internal => {
+                FetchError::Integrity(format!("{why}; told, the peer answered: {message}"))
+            }
+            _ => FetchError::Damaged(format!(
+                "{why}; told, the peer answered {code:?}: {message}"
+            )),
+        }),
+        _ => Some(FetchError::Damaged(format!(
+            "{why}; the peer did not answer the report"
+        ))),
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -26,6 +26,10 @@ pub struct BlockFetch {
     asked: Vec<(u32, u32)>,
     wanted: HashSet<u32>,
     arrived: HashSet<u32>,
+    /// Verified and written in this fetch: what a sync makes durable (a
+    /// block seen by an earlier attempt, asked for again and arrived bad,
+    /// is not).
+    written: HashSet<u32>,
     progress: Progress,
     /// Bytes verified and written since the last checkpoint.
     unsynced: u64,
@@ -43,6 +47,7 @@ impl BlockFetch {
             asked,
             wanted,
             arrived: HashSet::new(),
+            written: HashSet::new(),
             progress,
             unsynced: 0,
             window,
@@ -75,6 +80,7 @@ impl BlockFetch {
     pub fn handle_written(&mut self, index: u32, n: u64) -> bool {
         let again = self.progress.was_seen(index);
         self.progress.mark_seen(index);
+        self.written.insert(index);
         self.unsynced += n;
         again
     }
@@ -86,10 +92,8 @@ impl BlockFetch {
 
     /// Every block written so far has been synced: they are durable.
     pub fn handle_synced(&mut self) {
-        for &i in &self.arrived {
-            if self.progress.was_seen(i) {
-                self.progress.mark_durable(i);
-            }
+        for &i in &self.written {
+            self.progress.mark_durable(i);
         }
         self.unsynced = 0;
     }
@@ -124,6 +128,22 @@ mod tests {
 
     fn fresh(blocks: u32) -> BlockFetch {
         BlockFetch::new(Progress::new(1 << 20, blocks), 3 << 20)
+    }
+
+    #[test]
+    fn a_block_seen_before_that_arrives_bad_is_not_made_durable() {
+        let mut p = Progress::new(1 << 20, 4);
+        // An earlier attempt wrote block 1 but crashed before syncing.
+        p.mark_seen(1);
+        let mut f = BlockFetch::new(p, 1 << 30);
+        for i in 0..2 {
+            f.handle_arrival(i).unwrap();
+        }
+        // Block 0 verifies and is written; block 1 arrives bad.
+        f.handle_written(0, 1 << 20);
+        f.handle_synced();
+        assert!(f.progress().missing_ranges().contains(&(1, 3)));
+        assert!(!f.progress().missing_ranges().iter().any(|&(a, _)| a == 0));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! and give it back once QUIC has them; QUIC then holds at most
 //! [`SEND_WINDOW`] unacknowledged bytes per connection. So the serving
 //! side's memory for fetches is bounded by `FETCHES_IN_ALL x SEND_WINDOW +
-//! READ_BUDGET` (192 MiB), with no whole segment ever read into memory.
+//! READ_BUDGET` (192 MiB), with no whole segment ever read into memory;
+//! besides, the process keeps up to `buffers::KEEP_BYTES` (32 MiB) of idle
+//! block buffers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

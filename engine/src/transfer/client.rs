@@ -552,7 +552,7 @@ async fn receive_blocks(
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(ctx.pipeline.max(1));
     let stall = ctx.stall;
     // It reads on past `FetchEnd`: the peer may yet answer a report of a
-    // damaged block (see `report_damage`).
+    // damaged block (see `answer_of`).
     let reader = tokio::spawn(async move {
         loop {
             let m = read_within(stall, read_incoming(&mut recv, MAX_FRAME_LEN)).await;

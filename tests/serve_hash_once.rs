@@ -64,16 +64,19 @@ fn a_segment_is_hashed_once_to_serve_it_and_its_receiver_serves_it_unhashed() {
     // list; rs02 keeps the list it verified.
     c.serve_logging("rs01", &["--no-scrub"], SERVER_LOG);
     backfill(&c.server("rs02").config(), "rs01");
+    // (A fetch asked again, after a receiver starved of CPU let the
+    // server's send stall pass, is served from the kept list: the counts
+    // of "kept" are at least, not exactly.)
     let log = c.serve_log("rs01");
     assert_eq!(count(&log, "block list: hashing the file"), 8, "{log}");
-    assert_eq!(count(&log, "block list: kept"), 0, "{log}");
+    let kept_before = count(&log, "block list: kept");
     assert_eq!((kept(&a, 8), kept(&b, 8)), (8, 8));
 
     // rs01 again, for rs03: no hashing.
     backfill(&c.server("rs03").config(), "rs01");
     let log = c.serve_log("rs01");
     assert_eq!(count(&log, "block list: hashing the file"), 8, "{log}");
-    assert_eq!(count(&log, "block list: kept"), 8, "{log}");
+    assert!(count(&log, "block list: kept") >= kept_before + 8, "{log}");
     c.kill_servers();
 
     // rs02 serves what it received without hashing it: rs03's copies are
@@ -85,7 +88,7 @@ fn a_segment_is_hashed_once_to_serve_it_and_its_receiver_serves_it_unhashed() {
     backfill(&c.server("rs03").config(), "rs02");
     let log = c.serve_log("rs02");
     assert_eq!(count(&log, "block list: hashing the file"), 0, "{log}");
-    assert_eq!(count(&log, "block list: kept"), 8, "{log}");
+    assert!(count(&log, "block list: kept") >= 8, "{log}");
     assert_eq!(file_hashes(&a), file_hashes(&d));
 }
 

@@ -5,8 +5,9 @@
 # (VmHWM), on loopback with page caches dropped before every run.
 #
 # Data: CAMERAS (default 8) x MINUTES (default 9) of 4 Mbit/s synthetic
-# recordings in 60-second segments (about 2.2 GB); rs02 holds nothing and
-# backfills all of it from rs01 with HAFILL_ARGS (default: none).
+# recordings in SEGMENT-long segments (default 60s; about 2.2 GB); rs02
+# holds nothing and backfills all of it from rs01 with HAFILL_ARGS
+# (default: none).
 #
 # LISTS=cold (the default) removes rs01's kept block lists before every
 # run, so each segment is hashed as it is first served, as in a backfill
@@ -25,6 +26,7 @@ own_work=
 cameras=${CAMERAS:-8}
 minutes=${MINUTES:-9}
 rounds=${ROUNDS:-3}
+segment=${SEGMENT:-60s}
 mkdir -p "$work"
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -z "$own_work" ] || rm -rf "$work"' EXIT
 . benches/quiet.sh
@@ -64,7 +66,7 @@ id2=$("$hafill" keygen --out "$work/rs02" --name rs02 2>/dev/null)
 config "$work/rs01" rs01 17601 rs02 17602 "$id2"
 config "$work/rs02" rs02 17602 rs01 17601 "$id1"
 HAFILL_LOG=warn "$hafill" sim record --store "$work/rs01/store" --cameras "$cameras" --bitrate 4Mbit \
-    --segment 60s --from "$from" --to "$to" --seed 7 >/dev/null
+    --segment "$segment" --from "$from" --to "$to" --seed 7 >/dev/null
 
 # CPU seconds (user + system) of a live process.
 cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
@@ -97,7 +99,7 @@ PY
     tail -1 "$work/runs" | awk '{ gb = $2 / 1e9; printf "%-6s %.2f GB in %.2f s, %6.1f MiB/s | CPU per GB: serve %.2f s, backfill %.2f s, both %.2f s | serve peak %d MiB\n", $1, gb, $3, $2 / $3 / 1048576, $4 / gb, $5 / gb, ($4 + $5) / gb, $6 / 1024 }'
 }
 
-echo "backfill cost on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s in 60 s segments, $rounds rounds, block lists ${LISTS:-cold}"
+echo "backfill cost on loopback ($(nproc) cores), $cameras cameras x $minutes min at 4 Mbit/s in $segment segments, $rounds rounds, block lists ${LISTS:-cold}"
 for r in $(seq "$rounds"); do
     # Builds take turns, in a different order each round.
     builds=($BUILDS)

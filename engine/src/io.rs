@@ -179,25 +179,31 @@ pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()>
 /// `n` bytes of `file` at `offset`, read into a buffer that is not
 /// zeroed first (the kernel fills it), one used before where one is idle
 /// (see `buffers`; give it back when done): a block read to be sent.
+#[allow(unsafe_code)]
 pub fn read_new_at(file: &File, n: usize, offset: u64) -> io::Result<Vec<u8>> {
     let mut buf = crate::buffers::take(n);
     while buf.len() < n {
         let at = offset + buf.len() as u64;
+        // Only up to `n`: the buffer may have more room than that.
+        let room = n - buf.len();
         let got = loop {
-            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            match rustix::io::pread(file, &mut buf.spare_capacity_mut()[..room], at) {
                 Err(rustix::io::Errno::INTR) => continue,
-                r => break r?,
+                r => break r?.0.len(),
             }
         };
         if got == 0 {
+            let had = buf.len();
+            crate::buffers::give_back(buf);
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{} of {n} bytes at {offset}: the file ends", buf.len()),
+                format!("{had} of {n} bytes at {offset}: the file ends"),
             ));
         }
+        // SAFETY: `pread` initialised these `got` bytes, the first of the
+        // spare room (rustix returned them as initialised).
+        unsafe { buf.set_len(buf.len() + got) };
     }
-    // (A buffer given more room than asked may have read past `n`.)
-    buf.truncate(n);
     Ok(buf)
 }
 

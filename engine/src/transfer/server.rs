@@ -200,12 +200,16 @@ async fn handle_connection(conn: quinn::Connection, state: Arc<ServerState>) {
     }
 }
 
+/// Answers a request with an error and finishes the stream. The write is
+/// bounded by [`SEND_STALL`], as every write here: a peer whose
+/// connection has no credit left (it stopped reading) cannot hold the
+/// task, nor a fetch slot taken before the error, for ever.
 async fn send_error(
     send: &mut quinn::SendStream,
     code: ErrorCode,
     message: String,
 ) -> Result<(), TransferError> {
-    write_message(send, &Message::Error { code, message }).await?;
+    send_within_stall(send, message_chunks(&Message::Error { code, message })).await?;
     send.finish()?;
     Ok(())
 }
@@ -242,14 +246,11 @@ async fn handle_stream(
                 )
                 .await;
             }
-            write_message(
-                &mut send,
-                &Message::HelloAck {
-                    version: VERSION,
-                    name: state.config.name.clone(),
-                },
-            )
-            .await?;
+            let ack = Message::HelloAck {
+                version: VERSION,
+                name: state.config.name.clone(),
+            };
+            send_within_stall(&mut send, message_chunks(&ack)).await?;
             send.finish()?;
         }
         Message::CoverageRequest {

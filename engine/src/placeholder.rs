@@ -429,14 +429,16 @@ struct Dir {
 }
 
 /// What a placeholder of `len` bytes takes from the free space once filled:
-/// its blocks (rounded up to 4 KiB, the common filesystem block), plus a
-/// block for its inode, attribute, directory entry and index record, so the
-/// reserve holds even on a small filesystem.
+/// its blocks (rounded up to 4 KiB, the common filesystem block), a block
+/// for its inode, attribute, directory entry and index record, and the
+/// most its kept block list can take (`store::outboard`, written as it is
+/// filled), so the reserve holds even on a small filesystem.
 pub(crate) fn space_cost(len: u64) -> u64 {
     const BLOCK: u64 = 4096;
-    len.div_ceil(BLOCK)
-        .saturating_mul(BLOCK)
+    let blocks = |n: u64| n.div_ceil(BLOCK).saturating_mul(BLOCK);
+    blocks(len)
         .saturating_add(BLOCK)
+        .saturating_add(blocks(crate::store::outboard::most_bytes(len)))
 }
 
 /// Gives a placeholder its size: allocated blocks (`fallocate`), or holes.

@@ -38,6 +38,15 @@ const HEADER: usize = 24;
 /// of up to 1 GiB in 1 MiB blocks (the default) is kept as it arrived.
 pub const MAX_KEPT: usize = 1024;
 
+/// The most bytes the kept list of a segment of `len` bytes takes on disk,
+/// whatever block size it arrives in (the smallest gives the most blocks,
+/// up to [`MAX_KEPT`]): what a placeholder's budget counts for it, so that
+/// the lists of filled segments do not eat into the reserve.
+pub fn most_bytes(len: u64) -> u64 {
+    let blocks = block_count(len, hafill_protocol::MIN_BLOCK_SIZE).clamp(1, MAX_KEPT as u64);
+    HEADER as u64 + 32 * blocks
+}
+
 /// The kept block lists of one store (or one recorder's state).
 #[derive(Debug, Clone)]
 pub struct Outboards {

@@ -41,7 +41,7 @@ impl Pool {
     }
 
     fn take(&self, n: usize) -> Vec<u8> {
-        let class = size_class(n);
+        let class = room_for(n);
         if class >= SMALLEST_KEPT {
             let mut idle = self.idle();
             if let Some(i) = idle.buffers.iter().rposition(|b| b.capacity() == class) {
@@ -55,7 +55,8 @@ impl Pool {
 
     fn give_back(&self, mut b: Vec<u8>) {
         let cap = b.capacity();
-        if cap < SMALLEST_KEPT {
+        // (One of no class would never be handed out again.)
+        if cap < SMALLEST_KEPT || cap != room_for(cap) {
             return;
         }
         let mut idle = self.idle();
@@ -68,20 +69,23 @@ impl Pool {
     }
 }
 
-/// The room a buffer for `n` bytes gets: the power of two at or above it
-/// (from [`SMALLEST_KEPT`]). A segment's last block is shorter than the
-/// others; with a class of its own it was a new mapping every time, faulted
-/// in and zeroed (4% of each side's samples with 10-second segments, whose
-/// every fifth block is a last one; perf 2026-12-03).
-fn size_class(n: usize) -> usize {
+/// The room a buffer for `n` bytes gets (its class): `n` rounded up to a
+/// quarter of the power of two at or below it (1, 1.25, 1.5 or 1.75
+/// times it), from [`SMALLEST_KEPT`]; never a quarter more than `n`. A
+/// 1 MiB block is a class of its own. A segment's last block is shorter
+/// than the others: handed out buffers of exactly its size, it was a new
+/// mapping every time, faulted in and zeroed (4% of each side's samples
+/// with 10-second segments, whose every fifth block is a last one; perf
+/// 2026-12-03); by class, it reuses one.
+pub fn room_for(n: usize) -> usize {
     if n < SMALLEST_KEPT {
-        n
-    } else {
-        n.checked_next_power_of_two().unwrap_or(n)
+        return n;
     }
+    let quarter = (1usize << (usize::BITS - 1 - n.leading_zeros())) / 4;
+    n.div_ceil(quarter) * quarter
 }
 
-/// An empty buffer with room for at least `n` bytes (see [`size_class`]):
+/// An empty buffer with room for at least `n` bytes (see [`room_for`]):
 /// an idle one of that room if there is one, else a new one. Fill no more
 /// than `n` of it: a read into all of its room would read past what its
 /// read budget counted.
@@ -133,8 +137,9 @@ mod tests {
         assert_eq!(again.as_ptr(), at, "the same buffer");
         assert!(again.is_empty() && again.capacity() == 1 << 20);
         pool.give_back(again);
-        // A segment's shorter last block gets the same class of buffer.
-        let last = pool.take(700_000);
+        // A segment's shorter last block within a quarter of it gets the
+        // same buffer.
+        let last = pool.take(1_000_000);
         assert_eq!(last.as_ptr(), at, "the same buffer for a shorter block");
         pool.give_back(last);
         // Of another class: a new one.
@@ -159,6 +164,23 @@ mod tests {
         assert!(idle.bytes <= KEEP_BYTES);
         let all: usize = idle.buffers.iter().map(Vec::capacity).sum();
         assert_eq!(all, idle.bytes);
+    }
+
+    #[test]
+    fn a_class_is_never_a_quarter_more_than_asked_and_a_class_is_its_own() {
+        assert_eq!(room_for(1 << 20), 1 << 20);
+        assert_eq!(room_for(1000), 1000);
+        assert_eq!(room_for(700_000), 786_432);
+        assert_eq!(room_for(524_289), 655_360);
+        for n in (SMALLEST_KEPT..64 << 20).step_by(9_973) {
+            let class = room_for(n);
+            assert!(class >= n && class - n <= n / 4, "{n} -> {class}");
+            assert_eq!(room_for(class), class, "{n} -> {class}");
+        }
+        // A buffer of no class is not kept.
+        let pool = Pool::new();
+        pool.give_back(Vec::with_capacity(700_000));
+        assert!(pool.idle().buffers.is_empty());
     }
 
     #[test]

@@ -5,12 +5,13 @@
 //! [`FETCHES_IN_ALL`] for every peer together, a fetch is answered `Busy`
 //! and the peer asks again later. Bytes read from disk wait for room in
 //! [`READ_BUDGET`] (one peer may take half of it) before they are read,
-//! and give it back once QUIC has them; QUIC then holds at most
-//! [`SEND_WINDOW`] unacknowledged bytes per connection. So the serving
-//! side's memory for fetches is bounded by `FETCHES_IN_ALL x SEND_WINDOW +
-//! READ_BUDGET` (192 MiB), with no whole segment ever read into memory;
-//! besides, the process keeps up to `buffers::KEEP_BYTES` (32 MiB) of idle
-//! block buffers.
+//! counted as the buffer they are read into (`buffers::room_for`), and
+//! give it back once QUIC has them; QUIC then holds at most
+//! [`SEND_WINDOW`] unacknowledged bytes per connection, in buffers at most
+//! a quarter larger. So the serving side's memory for fetches is bounded
+//! by `FETCHES_IN_ALL x SEND_WINDOW x 5/4 + READ_BUDGET` (224 MiB), with
+//! no whole segment ever read into memory; besides, the process keeps up
+//! to `buffers::KEEP_BYTES` (32 MiB) of idle block buffers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

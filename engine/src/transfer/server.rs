@@ -706,7 +706,7 @@ async fn fetch(
             // Waiting for room counts against the send stall too: this
             // fetch's receiver would take a longer wait for a stall.
             let Ok(room) =
-                tokio::time::timeout(SEND_STALL, st.limits.read_room(&asker, n as u64)).await
+                tokio::time::timeout(SEND_STALL, st.limits.read_room(&asker, room_for(n))).await
             else {
                 let why = format!("busy: no room to read within {SEND_STALL:?}; ask again later");
                 place.send(Err((ErrorCode::Busy, why)));
@@ -880,7 +880,7 @@ async fn answer_report(
     let off = index as u64 * block_size as u64;
     let n = (len - off.min(len)).min(block_size as u64) as usize;
     // The read counts against the read budget like any other.
-    let room = tokio::time::timeout(SEND_STALL, state.limits.read_room(peer, n as u64)).await;
+    let room = tokio::time::timeout(SEND_STALL, state.limits.read_room(peer, room_for(n))).await;
     let Ok(room) = room else {
         let why = format!("busy: no room to read block {index} again within {SEND_STALL:?}");
         return refuse_within_stall(send, ErrorCode::Busy, why).await;
@@ -896,6 +896,7 @@ async fn answer_report(
         } else {
             tree::block_cv(index, block_size, &buf)
         };
+        crate::buffers::give_back(buf);
         Ok(Some(cv == *listed))
     })
     .await
@@ -978,6 +979,13 @@ fn block_chunks(header: BlockHeader, data: Bytes) -> Vec<Bytes> {
     vec![Bytes::copy_from_slice(&header.encode()), data]
 }
 
+/// Room in the read budget for a read of `n` bytes: the buffer it is
+/// read into (see `buffers::room_for`), which QUIC holds until the peer
+/// has the bytes.
+fn room_for(n: usize) -> u64 {
+    crate::buffers::room_for(n) as u64
+}
+
 /// Bytes of a file hashed per piece of the block-list pass: each piece is
 /// read under the read budget, and its blocks hashed in parallel.
 const HASH_PIECE: u64 = 4 << 20;
@@ -1000,18 +1008,20 @@ async fn block_cvs_of_file(
         let count = per_piece.min(n - first);
         let off = first * block_size as u64;
         let bytes = (count * block_size as u64).min(len - off) as usize;
-        let _room = state.limits.read_room(peer, bytes as u64).await;
+        let _room = state.limits.read_room(peer, room_for(bytes)).await;
         let f = file.clone();
         let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<[u8; 32]>> {
             let buf = crate::io::read_new_at(&f, bytes, off)?;
-            if n == 1 {
-                return Ok(vec![*blake3::hash(&buf).as_bytes()]);
-            }
-            Ok(buf
-                .par_chunks(block_size as usize)
-                .enumerate()
-                .map(|(k, b)| tree::block_cv((first + k as u64) as u32, block_size, b))
-                .collect())
+            let cvs = if n == 1 {
+                vec![*blake3::hash(&buf).as_bytes()]
+            } else {
+                buf.par_chunks(block_size as usize)
+                    .enumerate()
+                    .map(|(k, b)| tree::block_cv((first + k as u64) as u32, block_size, b))
+                    .collect()
+            };
+            crate::buffers::give_back(buf);
+            Ok(cvs)
         })
         .await
         .map_err(std::io::Error::other)??;

@@ -82,7 +82,7 @@ pub fn room_for(n: usize) -> usize {
         return n;
     }
     let quarter = (1usize << (usize::BITS - 1 - n.leading_zeros())) / 4;
-    n.div_ceil(quarter) * quarter
+    n.checked_next_multiple_of(quarter).unwrap_or(n)
 }
 
 /// An empty buffer with room for at least `n` bytes (see [`room_for`]):

@@ -110,6 +110,7 @@ pub fn create(
                     continue;
                 }
                 if existing.blake3 == src.blake3 && existing.len == src.len {
+                    budget.owe_list(src.len);
                     let on_file = existing.into_meta(src.camera.clone());
                     kept.push(on_file.clone());
                     out.placed.push(SegmentMeta {
@@ -312,16 +313,25 @@ impl Budget {
         ))
     }
 
-    /// Takes `cost` bytes and one file for the next (older) placeholder,
-    /// or refuses it and every one after it.
+    /// Takes `cost` bytes and two files (the placeholder, and the block
+    /// list kept once it is filled) for the next (older) placeholder, or
+    /// refuses it and every one after it.
     pub(crate) fn take(&mut self, cost: u64) -> bool {
-        if self.exhausted || cost > self.left || self.inodes_left == 0 {
+        if self.exhausted || cost > self.left || self.inodes_left < 2 {
             self.exhausted = true;
             return false;
         }
         self.left -= cost;
-        self.inodes_left -= 1;
+        self.inodes_left -= 2;
         true
+    }
+
+    /// What a placeholder an earlier run made still owes once filled: its
+    /// kept block list (its own bytes and inode are spent already). Taken
+    /// whatever is left; it refuses nothing.
+    pub(crate) fn owe_list(&mut self, len: u64) {
+        self.left = self.left.saturating_sub(list_cost(len));
+        self.inodes_left = self.inodes_left.saturating_sub(1);
     }
 }
 
@@ -434,11 +444,21 @@ struct Dir {
 /// most its kept block list can take (`store::outboard`, written as it is
 /// filled), so the reserve holds even on a small filesystem.
 pub(crate) fn space_cost(len: u64) -> u64 {
-    const BLOCK: u64 = 4096;
-    let blocks = |n: u64| n.div_ceil(BLOCK).saturating_mul(BLOCK);
-    blocks(len)
-        .saturating_add(BLOCK)
-        .saturating_add(blocks(crate::store::outboard::most_bytes(len)))
+    fs_blocks(len)
+        .saturating_add(FS_BLOCK)
+        .saturating_add(list_cost(len))
+}
+
+/// The common filesystem block.
+const FS_BLOCK: u64 = 4096;
+
+fn fs_blocks(n: u64) -> u64 {
+    n.div_ceil(FS_BLOCK).saturating_mul(FS_BLOCK)
+}
+
+/// The most the kept block list of a segment of `len` bytes takes.
+fn list_cost(len: u64) -> u64 {
+    fs_blocks(crate::store::outboard::most_bytes(len))
 }
 
 /// Gives a placeholder its size: allocated blocks (`fallocate`), or holes.
@@ -734,12 +754,17 @@ mod tests {
 
     #[test]
     fn files_stop_at_the_inode_reserve_whatever_their_size() {
-        // Room for any number of bytes, three inodes above the reserve:
-        // the fourth empty placeholder is refused, and so is every later one.
-        let mut b = Budget::with_inodes(u64::MAX, 3);
+        // Room for any number of bytes, seven inodes above the reserve:
+        // each placeholder takes two (its file, and its block list once
+        // filled), so the fourth is refused, and so is every later one.
+        let mut b = Budget::with_inodes(u64::MAX, 7);
         assert!(b.take(4096) && b.take(4096) && b.take(4096));
         assert!(!b.take(4096));
         assert!(!b.take(0));
+        // One an earlier run made owes its list's bytes and inode.
+        let mut b = Budget::with_inodes(100_000, 4);
+        b.owe_list(1 << 20);
+        assert_eq!((b.left, b.inodes_left), (100_000 - list_cost(1 << 20), 3));
         assert_eq!(inode_reserve(50_000), 10_000);
         assert_eq!(inode_reserve(100_000_000), 1_000_000);
     }

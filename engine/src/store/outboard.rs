@@ -34,8 +34,10 @@ use crate::store::traits::UNKNOWN_HASH;
 
 const MAGIC: &[u8; 4] = b"HOB1";
 const HEADER: usize = 24;
-/// Blocks kept per segment at most (32 KiB of chaining values): a segment
-/// of up to 1 GiB in 1 MiB blocks (the default) is kept as it arrived.
+/// Blocks kept per segment at most (32 KiB of chaining values), up to
+/// segments of 16 GiB (past that, a list of 16 MiB blocks, the largest, is
+/// longer): a segment of up to 1 GiB in 1 MiB blocks (the default) is kept
+/// as it arrived.
 pub const MAX_KEPT: usize = 1024;
 
 /// The most bytes the kept list of a segment of `len` bytes takes on disk,
@@ -43,7 +45,11 @@ pub const MAX_KEPT: usize = 1024;
 /// up to [`MAX_KEPT`]): what a placeholder's budget counts for it, so that
 /// the lists of filled segments do not eat into the reserve.
 pub fn most_bytes(len: u64) -> u64 {
-    let blocks = block_count(len, hafill_protocol::MIN_BLOCK_SIZE).clamp(1, MAX_KEPT as u64);
+    use hafill_protocol::{MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+    // Past 16 GiB even the largest blocks are more than MAX_KEPT.
+    let blocks = block_count(len, MIN_BLOCK_SIZE)
+        .min(MAX_KEPT as u64)
+        .max(block_count(len, MAX_BLOCK_SIZE));
     HEADER as u64 + 32 * blocks
 }
 
@@ -261,6 +267,31 @@ mod tests {
         assert_eq!(ob.get(&meta, 4096, 5), Some(tree::block_cvs(&data, 4096)));
         let kept = fs::read(ob.path(&meta)).unwrap();
         assert!((kept.len() - HEADER) / 32 <= MAX_KEPT);
+    }
+
+    #[test]
+    fn a_kept_list_is_never_more_than_most_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outboards::new(dir.path().to_path_buf(), 30);
+        let gib = 1u64 << 30;
+        for (len, block_size) in [
+            (5_000_000u64, 1024u32),
+            (gib + 1, 1 << 20),
+            (16 * gib, 16 << 20),
+            (100 * gib + 7, 16 << 20),
+            (100 * gib + 7, 4 << 20),
+        ] {
+            // Made-up chaining values, and the root they merge into.
+            let cvs: Vec<[u8; 32]> = (0..block_count(len, block_size))
+                .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+                .collect();
+            let mut meta = segment(1_764_633_600, b"");
+            meta.len = len;
+            meta.blake3 = tree::root_of(&cvs).unwrap();
+            ob.put(&meta, block_size, &cvs, 5);
+            let kept = fs::metadata(ob.path(&meta)).unwrap().len();
+            assert!(kept <= most_bytes(len), "{len} in {block_size}: {kept}");
+        }
     }
 
     #[test]

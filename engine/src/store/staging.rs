@@ -144,6 +144,7 @@ impl Staging {
                     && existing.origin == Origin::Peer(peer.to_string())
                     && (existing.blake3 == src.blake3 || src.blake3 == UNKNOWN_HASH);
                 if same && existing.state != SegmentState::Complete {
+                    budget.owe_list(src.len);
                     let mut m = existing.into_meta(src.camera.clone());
                     m.notes = read_notes(&path).or_else(|| src.notes.clone());
                     out.placed.push(m);

@@ -6,12 +6,13 @@
 //! and the peer asks again later. Bytes read from disk wait for room in
 //! [`READ_BUDGET`] (one peer may take half of it) before they are read,
 //! counted as the buffer they are read into (`buffers::room_for`), and
-//! give it back once QUIC has them; QUIC then holds at most
-//! [`SEND_WINDOW`] unacknowledged bytes per connection, in buffers at most
-//! a quarter larger. So the serving side's memory for fetches is bounded
-//! by `FETCHES_IN_ALL x SEND_WINDOW x 5/4 + READ_BUDGET` (224 MiB), with
-//! no whole segment ever read into memory; besides, the process keeps up
-//! to `buffers::KEEP_BYTES` (32 MiB) of idle block buffers.
+//! keep it until QUIC drops them: once the peer has acknowledged the last
+//! of a block's bytes (QUIC keeps a block's buffer whole until then), or
+//! the stream is reset. QUIC sends at most [`SEND_WINDOW`] unacknowledged
+//! bytes per connection. So the blocks the serving side holds, read, queued
+//! or in QUIC, never pass `READ_BUDGET` (64 MiB) whatever the block size,
+//! with no whole segment ever read into memory; besides, the process keeps
+//! up to `buffers::KEEP_BYTES` (32 MiB) of idle block buffers.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -533,6 +533,9 @@ fn encode_block(index: u32, data: Bytes, compression: Compression) -> (BlockHead
                     raw_len,
                     data_len: z.len() as u32,
                 };
+                // (Its room was the bound of the compressed size.)
+                let mut z = z;
+                z.shrink_to_fit();
                 return (header, Bytes::from(z));
             }
         }
@@ -690,9 +693,10 @@ async fn fetch(
     };
     // Blocks are read from disk (each once it has a place in the queue and
     // room in the read budget) and compressed one ahead of the network,
-    // and handed to QUIC without copying; the room is given back once QUIC
-    // has them.
-    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes, ReadRoom), Refusal>>(1);
+    // and handed to QUIC without copying; the room goes with the block's
+    // bytes, given back once QUIC has dropped them (acknowledged, or the
+    // stream reset).
+    let (tx, mut rx) = mpsc::channel::<Result<(BlockHeader, Bytes), Refusal>>(1);
     let (st, reading, asker) = (state.clone(), file.clone(), peer.to_string());
     let len = meta.len;
     let internal = |e: String| (ErrorCode::Internal, e);
@@ -725,7 +729,7 @@ async fn fetch(
             .await
             .unwrap_or_else(|e| Err(internal(e.to_string())));
             let failed = read.is_err();
-            place.send(read.map(|(h, d)| (h, d, room)));
+            place.send(read.map(|(h, d)| (h, with_room(d, room))));
             if failed {
                 break;
             }
@@ -760,7 +764,7 @@ async fn fetch(
         };
         let Some(m) = m else { break };
         match m {
-            Ok((header, data, _room)) => {
+            Ok((header, data)) => {
                 if let (None, Some(h)) = (&first, &hook) {
                     first = Some((header, data.clone()));
                     match h.first_block(&data) {
@@ -890,13 +894,13 @@ async fn answer_report(
             return Ok(None);
         };
         let buf = crate::io::read_new_at(&file, n, off)?;
-        drop(room);
         let cv = if cvs.len() == 1 {
             *blake3::hash(&buf).as_bytes()
         } else {
             tree::block_cv(index, block_size, &buf)
         };
         crate::buffers::give_back(buf);
+        drop(room);
         Ok(Some(cv == *listed))
     })
     .await
@@ -979,6 +983,22 @@ fn block_chunks(header: BlockHeader, data: Bytes) -> Vec<Bytes> {
     vec![Bytes::copy_from_slice(&header.encode()), data]
 }
 
+/// `data` holding `room` in the read budget until its last clone is
+/// dropped: QUIC keeps a block's bytes, whole, until the peer has
+/// acknowledged the last of them.
+fn with_room(data: Bytes, room: ReadRoom) -> Bytes {
+    struct Held {
+        data: Bytes,
+        _room: ReadRoom,
+    }
+    impl AsRef<[u8]> for Held {
+        fn as_ref(&self) -> &[u8] {
+            &self.data
+        }
+    }
+    Bytes::from_owner(Held { data, _room: room })
+}
+
 /// Room in the read budget for a read of `n` bytes: the buffer it is
 /// read into (see `buffers::room_for`), which QUIC holds until the peer
 /// has the bytes.
@@ -1012,16 +1032,16 @@ async fn block_cvs_of_file(
         let f = file.clone();
         let piece = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<[u8; 32]>> {
             let buf = crate::io::read_new_at(&f, bytes, off)?;
-            let cvs = if n == 1 {
+            // (Not given back: pieces of 4 MiB would crowd the block
+            // buffers out of the pool.)
+            Ok(if n == 1 {
                 vec![*blake3::hash(&buf).as_bytes()]
             } else {
                 buf.par_chunks(block_size as usize)
                     .enumerate()
                     .map(|(k, b)| tree::block_cv((first + k as u64) as u32, block_size, b))
                     .collect()
-            };
-            crate::buffers::give_back(buf);
-            Ok(cvs)
+            })
         })
         .await
         .map_err(std::io::Error::other)??;

@@ -261,7 +261,8 @@ fn index_the_unindexed(store: &Store, kept: Vec<SegmentMeta>) -> Result<(), Stor
 /// A placeholder an earlier run made already holds its space and is kept
 /// whatever its age.
 ///
-/// Each placeholder is a file, so it also takes an inode: files stop where
+/// Each placeholder is a file, and once filled has a kept block list
+/// (`store::outboard`), so it also takes two inodes: files stop where
 /// the filesystem would be left with fewer free inodes than
 /// [`inode_reserve`] (a peer advertising millions of tiny segments cannot
 /// exhaust them; live recording needs them too).

@@ -10,7 +10,8 @@
 //! of a block's bytes (QUIC keeps a block's buffer whole until then), or
 //! the stream is reset. QUIC sends at most [`SEND_WINDOW`] unacknowledged
 //! bytes per connection. So the blocks the serving side holds, read, queued
-//! or in QUIC, never pass `READ_BUDGET` (64 MiB) whatever the block size,
+//! or in QUIC, never pass `READ_BUDGET` (64 MiB) whatever the block size
+//! (for a moment, a block being compressed has zstd's output beside it),
 //! with no whole segment ever read into memory; besides, the process keeps
 //! up to `buffers::KEEP_BYTES` (32 MiB) of idle block buffers.
 
@@ -24,9 +25,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const FETCHES_PER_PEER: usize = 16;
 /// Fetches in flight at once, for all peers together.
 pub const FETCHES_IN_ALL: usize = 32;
-/// Bytes read from disk and not yet handed to QUIC, for all fetches.
+/// Blocks read from disk and not yet acknowledged by their peer, for all
+/// fetches (counted as the buffers they are read into).
 pub const READ_BUDGET: u32 = 64 << 20;
-/// Unacknowledged bytes QUIC keeps per connection of the serving side.
+/// Unacknowledged bytes QUIC sends per connection of the serving side.
 /// 4 MiB is 32 ms at 1 Gbit/s, 3 ms at 10 Gbit/s: more than a LAN's round
 /// trip; a WAN peer 50 ms away gets at most 80 MiB/s per connection.
 pub const SEND_WINDOW: u64 = 4 << 20;
@@ -45,7 +47,8 @@ pub struct ServeLimits {
     peer_read: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
-/// Room taken in the read budget for one read, until QUIC has its bytes.
+/// Room taken in the read budget for one read, until QUIC drops its bytes
+/// (acknowledged, or the stream reset).
 #[derive(Debug)]
 pub struct ReadRoom {
     _peer: OwnedSemaphorePermit,

@@ -533,7 +533,8 @@ fn encode_block(index: u32, data: Bytes, compression: Compression) -> (BlockHead
                     raw_len,
                     data_len: z.len() as u32,
                 };
-                // (Its room was the bound of the compressed size.)
+                // (zstd's buffer is of the worst case; a block that does
+                // not compress is at most a fraction of a percent larger.)
                 let mut z = z;
                 z.shrink_to_fit();
                 return (header, Bytes::from(z));
@@ -755,6 +756,10 @@ async fn fetch(
             m = rx.recv() => m,
             word = &mut said, if heard.is_none() => {
                 if let Said::Damaged(index) = word {
+                    // Blocks read ahead hold room the re-read may need:
+                    // they are not sent now.
+                    rx.close();
+                    while rx.try_recv().is_ok() {}
                     let what = Damage { camera: &camera, start, block_size, index };
                     return answer_report(send, state, peer, &meta, file, &sent, what).await;
                 }
@@ -766,7 +771,11 @@ async fn fetch(
         match m {
             Ok((header, data)) => {
                 if let (None, Some(h)) = (&first, &hook) {
-                    first = Some((header, data.clone()));
+                    // A copy, kept only to be sent again: it holds no room.
+                    let again = h
+                        .repeat_first_block()
+                        .then(|| Bytes::copy_from_slice(&data));
+                    first = Some((header, again));
                     match h.first_block(&data) {
                         FirstBlock::AsIs => {}
                         FirstBlock::Replace(other) => {
@@ -786,13 +795,13 @@ async fn fetch(
                 }
                 send_within_stall(send, block_chunks(header, data)).await?
             }
-            Err((code, e)) => return send_error(send, code, e).await,
+            // Blocks sent before hold room until acknowledged: a peer that
+            // does not take them has the stream reset after the stall.
+            Err((code, e)) => return refuse_within_stall(send, code, e).await,
         }
     }
-    if let (Some(h), Some((header, data))) = (&hook, first) {
-        if h.repeat_first_block() {
-            write_block(send, header, data).await?;
-        }
+    if let Some((header, Some(data))) = first {
+        write_block(send, header, data).await?;
     }
     send_within_stall(send, message_chunks(&Message::FetchEnd)).await?;
     // The receiver may yet find one of the last blocks damaged: this side

@@ -525,7 +525,7 @@ fn encode_block(index: u32, data: Bytes, compression: Compression) -> (BlockHead
         }
     };
     if try_zstd {
-        if let Ok(z) = zstd_compress(&data) {
+        if let Ok(mut z) = zstd_compress(&data) {
             if compression == Compression::On || z.len() * 100 < data.len() * 95 {
                 let header = BlockHeader {
                     index,
@@ -535,7 +535,6 @@ fn encode_block(index: u32, data: Bytes, compression: Compression) -> (BlockHead
                 };
                 // (zstd's buffer is of the worst case; a block that does
                 // not compress is at most a fraction of a percent larger.)
-                let mut z = z;
                 z.shrink_to_fit();
                 return (header, Bytes::from(z));
             }

@@ -496,8 +496,8 @@ impl Config {
                 });
                 if let Some(other) = clash {
                     return Err(invalid(format!(
-                        "[[camera]] {}: names.{srv} = {local:?} is also what {srv} calls {}; one name on a server is one camera",
-                        c.id, other.pattern
+                        "[[camera]] {}: names.{srv} = {:?} is also what {srv} calls {}; one name on a server is one camera",
+                        c.id, local.as_str(), other.pattern
                     )));
                 }
             }
@@ -510,6 +510,9 @@ impl Config {
                 ip: c.ip,
                 names: local_names,
             });
+        }
+        if let Some(m) = renamed_onto_kept_name(&cameras) {
+            return Err(invalid(m));
         }
         let throttle =
             parse_throttle(file.throttle).map_err(|m| invalid(format!("[throttle] {m}")))?;
@@ -645,11 +648,57 @@ impl Config {
             .unwrap_or_else(|| local.clone())
     }
 
-    /// Whether `camera` is paired between this server and `peer`.
+    /// Whether `camera` is paired between this server and `peer`. A
+    /// camera whose name here another camera takes (`cam-*` paired, and
+    /// `cam-9` called `cam-1` here) is not: its recordings and the other's
+    /// would be one folder.
     pub fn paired_with(&self, camera: &CameraId, peer: &str) -> bool {
         self.servers_of(camera)
             .is_some_and(|s| s.contains(&self.name) && s.iter().any(|x| x == peer))
+            && !self.name_taken(camera)
     }
+
+    /// Whether this server's name for `camera` is another camera's.
+    pub fn name_taken(&self, camera: &CameraId) -> bool {
+        self.id_of_local(&self.local_name(camera)) != *camera
+    }
+}
+
+/// A camera renamed on a server must not take the name another camera
+/// keeps there. With `cam-1` and `cam-9` recorded on rs01 and `cam-9`
+/// called `cam-1` on rs01, the camera `cam-1` keeps its name on rs01 too,
+/// and the two would fill one folder; the rules may stand in either order,
+/// and `cam-1` may be paired by a pattern. Returns the error, if any.
+fn renamed_onto_kept_name(cameras: &[CameraRule]) -> Option<String> {
+    for r in cameras {
+        for (srv, local) in &r.names {
+            if r.pattern == local.as_str() {
+                continue;
+            }
+            // The rule that pairs the camera whose id is `local`, if a
+            // rule names it exactly (a pattern may match an id no camera
+            // has: `paired_with` refuses such a camera if it appears).
+            let Some(other) = cameras.iter().find(|x| x.matcher.is_match(local.as_str())) else {
+                continue;
+            };
+            let exact = cameras.iter().any(|x| x.pattern == local.as_str());
+            if !exact || !other.servers.contains(srv) {
+                continue;
+            }
+            // That camera keeps its id as its name on `srv` unless an
+            // exact rule renames it there.
+            let renamed = cameras
+                .iter()
+                .any(|x| x.pattern == local.as_str() && x.names.contains_key(srv));
+            if !renamed {
+                return Some(format!(
+                    "[[camera]] {}: names.{srv} = {:?} is also the name of the camera {} on {srv} ([[camera]] {} records it there); one name on a server is one camera",
+                    r.pattern, local.as_str(), local.as_str(), other.pattern
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// The recorder, the folder it writes, and how long it keeps recordings
@@ -951,6 +1000,40 @@ mod tests {
         assert_eq!(c.name_on(&id, "rs01"), id);
         assert_eq!(c.id_of_local(&local), id);
         assert!(c.paired_with(&id, "rs01"));
+    }
+
+    #[test]
+    fn a_name_another_camera_keeps_is_refused_in_either_order() {
+        let glob = "[[camera]]\nid = \"cam-*\"\nservers = [\"rs01\", \"rs02\"]\n";
+        let exact = "[[camera]]\nid = \"cam-1\"\nservers = [\"rs01\", \"rs02\"]\n";
+        let renamed =
+            "[[camera]]\nid = \"cam-9\"\nservers = [\"rs01\", \"rs02\"]\nnames = { rs02 = \"cam-1\" }\n";
+        // cam-1 keeps its name on rs02 whether a pattern or its own rule
+        // pairs it, before or after the rename.
+        for rules in [
+            [exact, renamed, glob],
+            [renamed, exact, glob],
+            [glob, renamed, exact],
+        ] {
+            let e = cfg(&format!("\n{}\n{}\n{}", rules[0], rules[1], rules[2]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("names.rs02 = \"cam-1\""), "{e}");
+            assert!(e.contains("one name on a server is one camera"), "{e}");
+        }
+        // Not known when the config is read: whether a camera cam-1
+        // exists. If one does, it is not paired (its name is cam-9's).
+        let c = cfg(&format!("\n{glob}\n{renamed}")).unwrap();
+        let one = CameraId::new("cam-1").unwrap();
+        let nine = CameraId::new("cam-9").unwrap();
+        assert!(c.name_taken(&one) && !c.paired_with(&one, "rs01"));
+        assert!(!c.name_taken(&nine) && c.paired_with(&nine, "rs01"));
+        // Not a clash: cam-1 is renamed too.
+        let moved =
+            "[[camera]]\nid = \"cam-1\"\nservers = [\"rs01\", \"rs02\"]\nnames = { rs02 = \"cam-1-old\" }\n";
+        let c = cfg(&format!("\n{moved}\n{renamed}\n{glob}")).unwrap();
+        assert_eq!(c.local_name(&nine), one);
+        assert!(c.paired_with(&one, "rs01") && c.paired_with(&nine, "rs01"));
     }
 
     #[test]

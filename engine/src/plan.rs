@@ -483,6 +483,10 @@ pub fn peer_segments(
                 tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
                 return None;
             };
+            if config.name_taken(&camera) {
+                tracing::warn!(%peer, "camera {camera} not backfilled: its name here, {}, is the camera {}'s (see its [[camera]] names)", config.local_name(&camera), config.id_of_local(&config.local_name(&camera)));
+                return None;
+            }
             config.paired_with(&camera, peer).then_some(camera)
         });
         let Some(camera) = camera else { continue };

@@ -609,7 +609,7 @@ mod tests {
     fn holdings(segs: Vec<SegmentMeta>) -> Holdings {
         let mut h = Holdings::new();
         for s in segs {
-            h.entry(s.camera.clone()).or_insert_with(Vec::new).push(s);
+            h.entry(s.camera.clone()).or_default().push(s);
         }
         h
     }

@@ -1097,10 +1097,7 @@ mod tests {
         assert_eq!(n.motion, Some(12));
         assert_eq!(n.dbfs, Some(-40));
         assert_eq!(n.segment_size, Some(1.25));
-        assert_eq!(
-            n.to_text().unwrap().len() < crate::segment::MAX_NOTES_LEN,
-            true
-        );
+        assert!(n.to_text().unwrap().len() < crate::segment::MAX_NOTES_LEN);
         assert_eq!(Notes::parse(Some("not json")), Notes::default());
         let n = Notes::parse(Some(r#"{"motion":1e300,"segment_size":-1}"#));
         assert_eq!(n, Notes::default());

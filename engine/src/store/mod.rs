@@ -1374,7 +1374,7 @@ mod tests {
             state: SegmentState::Complete,
             ..b.clone()
         };
-        store.append_index(&[done.clone()]).unwrap();
+        store.append_index(std::slice::from_ref(&done)).unwrap();
         store.remove_from_index(&[a, b]).unwrap();
         assert_eq!(store.all_segments(&cam).unwrap(), vec![done]);
     }

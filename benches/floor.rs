@@ -2,9 +2,9 @@
 //! seconds per GB of a QUIC transfer on loopback, memory to memory, with
 //! hafill's transport (TLS 1.3 with pinned peer IDs, its cipher order,
 //! MTU, windows and congestion controller; quinn's GSO and GRO). The
-//! serving end sends one shared 4 MiB block again and again without
-//! copying it, as `hafill serve` sends a block it has read; no disk, no
-//! kept lists, no placeholders. Both ends run in this one process, so the
+//! serving end sends one shared 1 MiB block (the default block size)
+//! again and again without copying it, as `hafill serve` sends a block it
+//! has read; no disk, no kept lists, no placeholders. Both ends run in this one process, so the
 //! CPU figure is both ends together, as `benches/cost.sh` reports it.
 //!
 //! Three receivers, each in its own runs:
@@ -23,7 +23,8 @@ use bytes::Bytes;
 use hafill_engine::config::Config;
 use hafill_engine::{identity, transfer};
 
-const BLOCK: usize = 4 << 20;
+/// `hafill backfill`'s default block size.
+const BLOCK: usize = 1 << 20;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -33,7 +34,7 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 /// User plus system CPU seconds of this process so far, from
-/// `/proc/self/stat` (in clock ticks of 1/100 s, Linux's `USER_HZ`).
+/// `/proc/self/stat` (in clock ticks).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
     // The fields after the command name, which ends at the last ')'.
@@ -41,7 +42,7 @@ fn cpu_seconds() -> f64 {
     let f: Vec<&str> = rest.split(' ').collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
     let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -180,6 +181,8 @@ async fn run(ends: &Ends, how: Receiver, total: u64, conns: u64, streams: u64) -
     for c in cs {
         c.close(0u32.into(), b"done");
     }
+    // The next run starts once this one's closes are sent.
+    ends.client.wait_idle().await;
     (got, secs, cpu)
 }
 

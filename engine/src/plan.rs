@@ -483,11 +483,17 @@ pub fn peer_segments(
                 tracing::warn!(%peer, "ignored coverage of an invalid camera id {:?}", e.camera);
                 return None;
             };
-            if config.name_taken(&camera) {
-                tracing::warn!(%peer, "camera {camera} not backfilled: its name here, {}, is the camera {}'s (see its [[camera]] names)", config.local_name(&camera), config.id_of_local(&config.local_name(&camera)));
-                return None;
+            if config.paired_with(&camera, peer) {
+                return Some(camera);
             }
-            config.paired_with(&camera, peer).then_some(camera)
+            let by_servers = config
+                .servers_of(&camera)
+                .is_some_and(|s| s.contains(&config.name) && s.iter().any(|x| x == peer));
+            if by_servers && config.name_taken(&camera) {
+                let local = config.local_name(&camera);
+                tracing::warn!(%peer, "camera {camera} not backfilled: its name here, {local}, is the camera {}'s (see its [[camera]] names)", config.id_of_local(&local));
+            }
+            None
         });
         let Some(camera) = camera else { continue };
         // No camera writes more than a gigabit a second: a larger length is

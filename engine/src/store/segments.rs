@@ -41,19 +41,32 @@ struct Named {
     start: Timestamp,
 }
 
-/// A camera's files by name, and every folder walked to find them with
-/// its mtime then (None: it did not exist).
+/// A camera's files by name, every folder walked to find them as it was
+/// then, and the camera's usual spacing between starts.
 #[derive(Debug)]
 struct Listing {
-    dirs: Vec<(PathBuf, Option<i64>)>,
+    dirs: Vec<(PathBuf, Option<DirStamp>)>,
     names: Vec<Named>,
+    /// The median spacing of the whole camera: a file's duration, where
+    /// its container gives none, does not depend on what was asked.
+    usual: Option<i64>,
+}
+
+/// What tells a folder changed: a file made, renamed or removed in it sets
+/// its ctime (which no one can set back, as `touch -d` or `rsync -a` set
+/// an mtime back); a folder removed and made again has another inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirStamp {
+    ino: u64,
+    ctime_ns: i64,
 }
 
 impl Listing {
-    /// Whether no folder walked has changed since: a file made, renamed
-    /// or removed changes its folder's mtime.
+    /// Whether no folder walked has changed since (or appeared).
     fn still_current(&self) -> bool {
-        self.dirs.iter().all(|(d, m)| dir_mtime(d).ok() == Some(*m))
+        self.dirs
+            .iter()
+            .all(|(d, was)| dir_stamp(d).is_ok_and(|now| now == *was))
     }
 }
 
@@ -62,9 +75,23 @@ impl Listing {
 /// milliseconds to read, and a peer asks for one segment at a time. At
 /// most [`MAX_LISTED`] names are kept, the least recently used camera's
 /// dropped first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Listings {
     inner: Mutex<Kept>,
+    /// [`RACY_NS`], or another span in tests.
+    racy_ns: i64,
+    /// Whether hafill's `clock` file could not be touched (said once).
+    no_clock: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Listings {
+    fn default() -> Self {
+        Listings {
+            inner: Mutex::default(),
+            racy_ns: RACY_NS,
+            no_clock: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -74,12 +101,13 @@ struct Kept {
     tick: u64,
 }
 
-/// Names kept in all (about 50 bytes each).
+/// Names kept in all (about 80 bytes each, 40 MiB), a camera's listing
+/// counting one more.
 const MAX_LISTED: usize = 1 << 19;
 
 /// A listing taken within this of a change to one of its folders is not
 /// kept: a change in the same tick of the filesystem's clock would leave
-/// the folder's mtime as it was (2 s: the coarsest clock of a common
+/// the folder's ctime as it was (2 s: the coarsest clock of a common
 /// filesystem).
 const RACY_NS: i64 = 2_000_000_000;
 
@@ -97,9 +125,9 @@ impl Listings {
         let mut k = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         k.tick += 1;
         let tick = k.tick;
-        k.names += listing.names.len();
+        k.names += 1 + listing.names.len();
         if let Some((old, _)) = k.by_camera.insert(camera.clone(), (listing, tick)) {
-            k.names -= old.names.len();
+            k.names -= 1 + old.names.len();
         }
         while k.names > MAX_LISTED {
             let Some(oldest) = k
@@ -112,26 +140,26 @@ impl Listings {
                 break;
             };
             if let Some((old, _)) = k.by_camera.remove(&oldest) {
-                k.names -= old.names.len();
+                k.names -= 1 + old.names.len();
             }
         }
     }
 }
 
-fn dir_mtime(dir: &Path) -> Result<Option<i64>, StoreError> {
+fn dir_stamp(dir: &Path) -> Result<Option<DirStamp>, StoreError> {
     match fs::metadata(dir) {
-        Ok(m) => Ok(Some(mtime_ns(&m))),
+        Ok(m) => Ok(Some(DirStamp {
+            ino: m.ino(),
+            ctime_ns: ctime_ns(&m),
+        })),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_at(dir)(e)),
     }
 }
 
-/// Spacings read on each side of a window for a camera's usual spacing.
-const SPACING_SAMPLE: usize = 64;
-
-/// A camera's newest files that the recorder may still be writing: one,
-/// and the one it closed a moment ago, and some to spare.
-const RECORDING_AT_ONCE: usize = 4;
+fn ctime_ns(m: &fs::Metadata) -> i64 {
+    m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec()
+}
 
 /// A recorder file the pattern names.
 #[derive(Debug, Clone)]
@@ -250,22 +278,49 @@ impl SegmentsRecorder {
             }
         }
         names.sort_by_key(|f| f.start);
+        let spacing: Vec<i64> = names
+            .windows(2)
+            .map(|w| w[1].start.0 - w[0].start.0)
+            .collect();
+        let usual = median(&spacing);
+        // Not kept: a camera with no folder (asking costs one `stat`, and
+        // a peer may ask for any number of names a pattern pairs), or one
+        // listed just after a change.
+        let absent = dirs.first().is_none_or(|(_, stamp)| stamp.is_none());
         let racy = listed_at.is_none_or(|at| {
-            dirs.iter()
-                .any(|(_, m)| m.is_some_and(|m| m > at.saturating_sub(RACY_NS)))
+            dirs.iter().any(|(_, stamp)| {
+                stamp.is_some_and(|st| st.ctime_ns > at.saturating_sub(self.listings.racy_ns))
+            })
         });
-        let listing = Arc::new(Listing { dirs, names });
-        if !racy {
+        let listing = Arc::new(Listing { dirs, names, usual });
+        if !absent && !racy {
             self.listings.put(camera, listing.clone());
         }
         Ok(listing)
     }
 
-    /// Now, by the clock that stamps files (ns since the epoch): the mtime
+    /// Now, by the clock that stamps files (ns since the epoch): the ctime
     /// the kernel gives a file of hafill's state it touches, as it gives
     /// the recorder's folders theirs (a process's own clock may differ, as
-    /// under `faketime`). None if the file cannot be touched.
+    /// under `faketime`). None if the file cannot be touched (said once):
+    /// then no listing is kept.
     fn filesystem_now(&self) -> Option<i64> {
+        let now = self.touch_clock();
+        if now.is_none()
+            && !self
+                .listings
+                .no_clock
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "{}: cannot be touched, so the recorder's folders are listed again at each request (slow with many files); let hafill's user write it",
+                self.state.dir().join("clock").display()
+            );
+        }
+        now
+    }
+
+    fn touch_clock(&self) -> Option<i64> {
         use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD, UTIME_NOW, UTIME_OMIT};
         let path = self.state.dir().join("clock");
         let times = Timestamps {
@@ -281,7 +336,7 @@ impl SegmentsRecorder {
         if utimensat(CWD, &path, &times, AtFlags::empty()).is_err() {
             File::create(&path).ok()?;
         }
-        fs::metadata(&path).ok().map(|m| mtime_ns(&m))
+        fs::metadata(&path).ok().map(|m| ctime_ns(&m))
     }
 
     /// The files of `names` with their length and mtime (a file removed
@@ -333,14 +388,9 @@ impl SegmentsRecorder {
         // longest segment before it), and the one after them, whose start
         // ends the last one when its container gives no duration.
         let lo = names.partition_point(|n| n.start.0.saturating_add(longest) <= from.0);
-        let hi = names.partition_point(|n| n.start.0 < to.0);
-        // The usual spacing, from the names about the window.
-        let spacing: Vec<i64> = names
-            [lo.saturating_sub(SPACING_SAMPLE)..(hi + SPACING_SAMPLE).min(names.len())]
-            .windows(2)
-            .map(|w| w[1].start.0 - w[0].start.0)
-            .collect();
-        let usual = median(&spacing);
+        // An empty or reversed window (a peer may ask for one) holds none.
+        let hi = names.partition_point(|n| n.start.0 < to.0).max(lo);
+        let usual = listing.usual;
         let files = self.stat(&names[lo..hi])?;
         let next_start = names.get(hi).map(|n| n.start);
         let now_ns = Timestamp::now().0.saturating_mul(1000);
@@ -412,17 +462,17 @@ fn median(v: &[i64]) -> Option<i64> {
 }
 
 /// Regular files exactly `depth` levels below `dir`, by the type the
-/// directory gives (no `stat` of each file); and each folder walked with
-/// its mtime, read before its entries.
+/// directory gives (no `stat` of each file); and each folder walked as it
+/// was before its entries were read.
 fn walk(
     dir: &Path,
     depth: usize,
     out: &mut Vec<PathBuf>,
-    dirs: &mut Vec<(PathBuf, Option<i64>)>,
+    dirs: &mut Vec<(PathBuf, Option<DirStamp>)>,
 ) -> Result<(), StoreError> {
-    let mtime = dir_mtime(dir)?;
-    dirs.push((dir.to_path_buf(), mtime));
-    if mtime.is_none() {
+    let stamp = dir_stamp(dir)?;
+    dirs.push((dir.to_path_buf(), stamp));
+    if stamp.is_none() {
         return Ok(());
     }
     let rd = match fs::read_dir(dir) {
@@ -515,16 +565,24 @@ impl Recorder for SegmentsRecorder {
     fn recording_since(&self, camera: &CameraId) -> Result<Option<Timestamp>, StoreError> {
         // The recorder writes at the camera's newest end; a segment hafill
         // installed is new too, but is not being recorded.
+        // From the newest file back to the newest settled one the recorder
+        // wrote: those after it changed within `settle`.
         let listing = self.names_of(camera)?;
-        let names = &listing.names;
-        let newest = &names[names.len().saturating_sub(RECORDING_AT_ONCE)..];
         let now_ns = Timestamp::now().0.saturating_mul(1000);
-        Ok(self
-            .stat(newest)?
-            .iter()
-            .filter(|f| self.unsettled(f, now_ns) && self.state.origin_of(&f.path).is_none())
-            .map(|f| f.start)
-            .min())
+        let mut since = None;
+        for n in listing.names.iter().rev() {
+            let Some(f) = self.stat(std::slice::from_ref(n))?.pop() else {
+                continue;
+            };
+            if self.state.origin_of(&f.path).is_some() {
+                continue; // hafill installed it: not being recorded
+            }
+            if !self.unsettled(&f, now_ns) {
+                break;
+            }
+            since = Some(f.start);
+        }
+        Ok(since)
     }
 
     fn open(
@@ -638,13 +696,27 @@ mod tests {
         fs::write(path, b"x").unwrap();
     }
 
-    /// Sets a folder's mtime `ago` seconds back from the one the kernel
-    /// gave it, as if the recorder had last changed it then (whatever this
-    /// process's clock says, as under `faketime`).
-    fn age(dir: &Path, ago: u64) {
-        let t =
-            fs::metadata(dir).unwrap().modified().unwrap() - std::time::Duration::from_secs(ago);
-        File::open(dir).unwrap().set_modified(t).unwrap();
+    /// A recorder that keeps listings (`racy_ns` 0) or never does.
+    fn keeping(dir: &Path, keep: bool) -> SegmentsRecorder {
+        let mut r = recorder(dir);
+        r.listings.racy_ns = if keep { 0 } else { i64::MAX / 2 };
+        r
+    }
+
+    /// Makes a file the way a recorder does, and makes sure its folder's
+    /// ctime moved on (a coarse clock may stamp two changes alike; the
+    /// guard against that is tested apart).
+    fn record(r: &SegmentsRecorder, camera: &str, start: i64) {
+        let path = r.path.join(r.pattern.expand(camera, Timestamp(start)));
+        let dir = path.parent().unwrap().to_path_buf();
+        let before = dir_stamp(&dir).unwrap();
+        add(r, camera, start);
+        while dir_stamp(&dir).unwrap() == before {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let scratch = dir.join(".scratch");
+            fs::write(&scratch, b"").unwrap();
+            fs::remove_file(&scratch).unwrap();
+        }
     }
 
     fn starts(r: &SegmentsRecorder, camera: &CameraId) -> Vec<i64> {
@@ -658,58 +730,102 @@ mod tests {
     #[test]
     fn a_kept_listing_follows_what_the_recorder_adds_and_removes() {
         let tmp = tempfile::tempdir().unwrap();
-        let r = recorder(tmp.path());
+        let r = keeping(tmp.path(), true);
         let cam = CameraId::new("cam-1").unwrap();
         let t0 = 1_700_000_000 * 1_000_000;
         for i in 0..3 {
-            add(&r, "cam-1", t0 + i * MIN);
+            record(&r, "cam-1", t0 + i * MIN);
         }
-        let dir = r.path.join("cam-1");
-        age(&dir, 3600);
-        // Listed once and kept: the folder changed an hour ago.
         assert_eq!(starts(&r, &cam), [t0, t0 + MIN, t0 + 2 * MIN]);
-        assert!(r.listings.get(&cam).is_some());
-        // The recorder starts a new file: the folder's mtime moves on.
-        add(&r, "cam-1", t0 + 3 * MIN);
+        let kept = r.listings.get(&cam).expect("kept");
+        // The recorder starts a new file.
+        record(&r, "cam-1", t0 + 3 * MIN);
         assert_eq!(starts(&r, &cam), [t0, t0 + MIN, t0 + 2 * MIN, t0 + 3 * MIN]);
-        // Retention removes the oldest.
-        fs::remove_file(r.path.join(r.pattern.expand("cam-1", Timestamp(t0)))).unwrap();
+        assert!(
+            !Arc::ptr_eq(&kept, &r.listings.get(&cam).unwrap()),
+            "listed again"
+        );
+        // Retention removes the oldest, from a kept listing.
+        let oldest = r.path.join(r.pattern.expand("cam-1", Timestamp(t0)));
+        let before = dir_stamp(oldest.parent().unwrap()).unwrap();
+        fs::remove_file(&oldest).unwrap();
+        assert_ne!(dir_stamp(oldest.parent().unwrap()).unwrap(), before);
         assert_eq!(starts(&r, &cam), [t0 + MIN, t0 + 2 * MIN, t0 + 3 * MIN]);
+        // Nothing changed: the same listing serves.
+        let kept = r.listings.get(&cam).unwrap();
+        assert_eq!(starts(&r, &cam), [t0 + MIN, t0 + 2 * MIN, t0 + 3 * MIN]);
+        assert!(Arc::ptr_eq(&kept, &r.listings.get(&cam).unwrap()));
     }
 
     #[test]
-    fn a_listing_taken_just_after_a_change_is_not_kept() {
+    fn a_listing_taken_soon_after_a_change_is_not_kept() {
         let tmp = tempfile::tempdir().unwrap();
-        let r = recorder(tmp.path());
+        let r = keeping(tmp.path(), false);
         let cam = CameraId::new("cam-1").unwrap();
         let t0 = 1_700_000_000 * 1_000_000;
         add(&r, "cam-1", t0);
         add(&r, "cam-1", t0 + MIN);
-        let dir = r.path.join("cam-1");
-        let before = fs::metadata(&dir).unwrap().modified().unwrap();
         assert_eq!(starts(&r, &cam), [t0, t0 + MIN]);
-        assert!(
-            r.listings.get(&cam).is_none(),
-            "listed within RACY_NS of a change"
-        );
-        // A file made in the same tick of the filesystem's clock leaves the
-        // folder's mtime as it was; it is seen all the same.
+        assert!(r.listings.get(&cam).is_none());
         add(&r, "cam-1", t0 + 2 * MIN);
-        File::open(&dir).unwrap().set_modified(before).unwrap();
         assert_eq!(starts(&r, &cam), [t0, t0 + MIN, t0 + 2 * MIN]);
     }
 
     #[test]
     fn a_camera_that_appears_later_is_found() {
         let tmp = tempfile::tempdir().unwrap();
-        let r = recorder(tmp.path());
+        let r = keeping(tmp.path(), true);
         let cam = CameraId::new("cam-2").unwrap();
-        age(&r.path, 3600);
         assert!(starts(&r, &cam).is_empty());
+        assert!(
+            r.listings.get(&cam).is_none(),
+            "a camera with no folder is not kept"
+        );
         let t0 = 1_700_000_000 * 1_000_000;
         add(&r, "cam-2", t0);
         add(&r, "cam-2", t0 + MIN);
         assert_eq!(starts(&r, &cam), [t0, t0 + MIN]);
+    }
+
+    #[test]
+    fn a_new_day_folder_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = keeping(tmp.path(), true);
+        r.pattern = SegmentPattern::parse("{camera}/%Y-%m-%d/%H%M%S.bin").unwrap();
+        let cam = CameraId::new("cam-1").unwrap();
+        // 2023-11-14 23:58 and 23:59 UTC.
+        let t0 = 1_700_006_280 * 1_000_000;
+        record(&r, "cam-1", t0);
+        record(&r, "cam-1", t0 + MIN);
+        assert_eq!(starts(&r, &cam), [t0, t0 + MIN]);
+        assert!(r.listings.get(&cam).is_some());
+        // Midnight: the recorder makes the next day's folder.
+        record(&r, "cam-1", t0 + 2 * MIN);
+        assert!(r.path.join("cam-1/2023-11-15").is_dir());
+        assert_eq!(starts(&r, &cam), [t0, t0 + MIN, t0 + 2 * MIN]);
+        // And a file into a day folder listed before.
+        record(&r, "cam-1", t0 + 3 * MIN);
+        assert_eq!(starts(&r, &cam), [t0, t0 + MIN, t0 + 2 * MIN, t0 + 3 * MIN]);
+    }
+
+    #[test]
+    fn a_reversed_window_holds_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = keeping(tmp.path(), true);
+        let cam = CameraId::new("cam-1").unwrap();
+        let t0 = 1_700_000_000 * 1_000_000;
+        for i in 0..3 {
+            record(&r, "cam-1", t0 + i * 4 * 3_600_000_000);
+        }
+        let day = 86_400_000_000;
+        assert!(r
+            .segments(&cam, Timestamp(t0 + day), Timestamp(t0))
+            .unwrap()
+            .is_empty());
+        assert!(r
+            .summaries(&cam, Timestamp(t0 + day), Timestamp(t0), 3_600_000_000)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -724,6 +840,7 @@ mod tests {
                         start: Timestamp(i as i64),
                     })
                     .collect(),
+                usual: None,
             })
         };
         let (a, b, c) = (
@@ -743,51 +860,57 @@ mod tests {
     }
 
     #[test]
-    fn recording_since_is_the_newest_unsettled_file_not_an_installed_one() {
+    fn recording_since_is_the_newest_unsettled_files_not_an_installed_one() {
         let tmp = tempfile::tempdir().unwrap();
         let folder = tmp.path().join("rec");
         let state = tmp.path().join("state");
         fs::create_dir_all(&folder).unwrap();
         State::init(&state).unwrap();
         let pattern = SegmentPattern::parse("{camera}/%Y%m%d-%H%M%S.bin").unwrap();
+        // Settle is an hour: the newest six files are not settled yet.
         let r = SegmentsRecorder::open(&folder, pattern, 3_600_000_000, &state, false).unwrap();
         let cam = CameraId::new("cam-1").unwrap();
         let t0 = 1_700_000_000 * 1_000_000;
+        let path = |i: i64| {
+            r.path
+                .join(r.pattern.expand("cam-1", Timestamp(t0 + i * MIN)))
+        };
         for i in 0..10 {
             add(&r, "cam-1", t0 + i * MIN);
-            // New by this process's clock, which settle is counted by.
-            let path = r
-                .path
-                .join(r.pattern.expand("cam-1", Timestamp(t0 + i * MIN)));
+            // By this process's clock, which settle is counted by.
+            let changed = if i < 4 {
+                std::time::SystemTime::now() - std::time::Duration::from_secs(7200)
+            } else {
+                std::time::SystemTime::now()
+            };
             File::options()
                 .write(true)
-                .open(path)
+                .open(path(i))
                 .unwrap()
-                .set_modified(std::time::SystemTime::now())
+                .set_modified(changed)
                 .unwrap();
         }
-        // All ten are new (settle is an hour); the recorder writes the
-        // newest end only.
         assert_eq!(
             r.recording_since(&cam).unwrap(),
-            Some(Timestamp(t0 + 6 * MIN))
+            Some(Timestamp(t0 + 4 * MIN))
         );
-        // One of them hafill installed (a backfilled segment): not being
-        // recorded.
-        let installed = t0 + 6 * MIN;
-        r.state
-            .record_origin(crate::state::OriginRecord {
-                path: r.path.join(r.pattern.expand("cam-1", Timestamp(installed))),
-                camera: "cam-1".into(),
-                start_us: installed,
-                len: 1,
-                blake3: blake3::hash(b"x").to_hex().to_string(),
-                peer: "rs01".into(),
-            })
-            .unwrap();
+        // Two of them hafill installed (backfilled segments, one new and
+        // one settled): not being recorded.
+        for i in [4, 2] {
+            r.state
+                .record_origin(crate::state::OriginRecord {
+                    path: path(i),
+                    camera: "cam-1".into(),
+                    start_us: t0 + i * MIN,
+                    len: 1,
+                    blake3: blake3::hash(b"x").to_hex().to_string(),
+                    peer: "rs01".into(),
+                })
+                .unwrap();
+        }
         assert_eq!(
             r.recording_since(&cam).unwrap(),
-            Some(Timestamp(t0 + 7 * MIN))
+            Some(Timestamp(t0 + 5 * MIN))
         );
     }
 }

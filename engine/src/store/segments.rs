@@ -57,6 +57,7 @@ struct Listing {
 /// an mtime back); a folder removed and made again has another inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct DirStamp {
+    dev: u64,
     ino: u64,
     ctime_ns: i64,
 }
@@ -80,16 +81,17 @@ struct Listings {
     inner: Mutex<Kept>,
     /// [`RACY_NS`], or another span in tests.
     racy_ns: i64,
-    /// Whether hafill's `clock` file could not be touched (said once).
-    no_clock: std::sync::atomic::AtomicBool,
 }
+
+/// Whether hafill's `clock` file could not be touched (said once a
+/// process: recorders are opened again and again, by the status page).
+static NO_CLOCK_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl Default for Listings {
     fn default() -> Self {
         Listings {
             inner: Mutex::default(),
             racy_ns: RACY_NS,
-            no_clock: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -149,6 +151,7 @@ impl Listings {
 fn dir_stamp(dir: &Path) -> Result<Option<DirStamp>, StoreError> {
     match fs::metadata(dir) {
         Ok(m) => Ok(Some(DirStamp {
+            dev: m.dev(),
             ino: m.ino(),
             ctime_ns: ctime_ns(&m),
         })),
@@ -158,7 +161,9 @@ fn dir_stamp(dir: &Path) -> Result<Option<DirStamp>, StoreError> {
 }
 
 fn ctime_ns(m: &fs::Metadata) -> i64 {
-    m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec()
+    m.ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.ctime_nsec())
 }
 
 /// A recorder file the pattern names.
@@ -283,10 +288,10 @@ impl SegmentsRecorder {
             .map(|w| w[1].start.0 - w[0].start.0)
             .collect();
         let usual = median(&spacing);
-        // Not kept: a camera with no folder (asking costs one `stat`, and
-        // a peer may ask for any number of names a pattern pairs), or one
+        // Not kept: a camera with no files (asking costs a walk, and a
+        // peer may ask for any number of names a pattern pairs), or one
         // listed just after a change.
-        let absent = dirs.first().is_none_or(|(_, stamp)| stamp.is_none());
+        let absent = names.is_empty();
         let racy = listed_at.is_none_or(|at| {
             dirs.iter().any(|(_, stamp)| {
                 stamp.is_some_and(|st| st.ctime_ns > at.saturating_sub(self.listings.racy_ns))
@@ -306,12 +311,7 @@ impl SegmentsRecorder {
     /// then no listing is kept.
     fn filesystem_now(&self) -> Option<i64> {
         let now = self.touch_clock();
-        if now.is_none()
-            && !self
-                .listings
-                .no_clock
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
+        if now.is_none() && !NO_CLOCK_SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(
                 "{}: cannot be touched, so the recorder's folders are listed again at each request (slow with many files); let hafill's user write it",
                 self.state.dir().join("clock").display()
@@ -321,12 +321,14 @@ impl SegmentsRecorder {
     }
 
     fn touch_clock(&self) -> Option<i64> {
-        use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD, UTIME_NOW, UTIME_OMIT};
+        use rustix::fs::{utimensat, AtFlags, Timespec, Timestamps, CWD, UTIME_NOW};
         let path = self.state.dir().join("clock");
+        // Both times "now": any user who may write the file may set that
+        // (an explicit time needs its owner).
         let times = Timestamps {
             last_access: Timespec {
                 tv_sec: 0,
-                tv_nsec: UTIME_OMIT,
+                tv_nsec: UTIME_NOW,
             },
             last_modification: Timespec {
                 tv_sec: 0,
@@ -568,9 +570,18 @@ impl Recorder for SegmentsRecorder {
         // From the newest file back to the newest settled one the recorder
         // wrote: those after it changed within `settle`.
         let listing = self.names_of(camera)?;
-        let now_ns = Timestamp::now().0.saturating_mul(1000);
+        let now = Timestamp::now();
+        let now_ns = now.0.saturating_mul(1000);
+        // A file that started before this ended before `settle` ago.
+        let oldest = now
+            .0
+            .saturating_sub(self.settle_us as i64)
+            .saturating_sub(super::MAX_SEGMENT_DURATION_US as i64);
         let mut since = None;
         for n in listing.names.iter().rev() {
+            if n.start.0 < oldest {
+                break;
+            }
             let Some(f) = self.stat(std::slice::from_ref(n))?.pop() else {
                 continue;
             };
@@ -708,10 +719,16 @@ mod tests {
     /// guard against that is tested apart).
     fn record(r: &SegmentsRecorder, camera: &str, start: i64) {
         let path = r.path.join(r.pattern.expand(camera, Timestamp(start)));
-        let dir = path.parent().unwrap().to_path_buf();
-        let before = dir_stamp(&dir).unwrap();
-        add(r, camera, start);
-        while dir_stamp(&dir).unwrap() == before {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        changing(path.parent().unwrap(), || add(r, camera, start));
+    }
+
+    /// Does `change` in `dir`, then changes `dir` again until its stamp
+    /// moved on.
+    fn changing(dir: &Path, change: impl FnOnce()) {
+        let before = dir_stamp(dir).unwrap();
+        change();
+        while dir_stamp(dir).unwrap() == before {
             std::thread::sleep(std::time::Duration::from_millis(1));
             let scratch = dir.join(".scratch");
             fs::write(&scratch, b"").unwrap();
@@ -747,9 +764,9 @@ mod tests {
         );
         // Retention removes the oldest, from a kept listing.
         let oldest = r.path.join(r.pattern.expand("cam-1", Timestamp(t0)));
-        let before = dir_stamp(oldest.parent().unwrap()).unwrap();
-        fs::remove_file(&oldest).unwrap();
-        assert_ne!(dir_stamp(oldest.parent().unwrap()).unwrap(), before);
+        changing(oldest.parent().unwrap(), || {
+            fs::remove_file(&oldest).unwrap()
+        });
         assert_eq!(starts(&r, &cam), [t0 + MIN, t0 + 2 * MIN, t0 + 3 * MIN]);
         // Nothing changed: the same listing serves.
         let kept = r.listings.get(&cam).unwrap();
@@ -870,7 +887,8 @@ mod tests {
         // Settle is an hour: the newest six files are not settled yet.
         let r = SegmentsRecorder::open(&folder, pattern, 3_600_000_000, &state, false).unwrap();
         let cam = CameraId::new("cam-1").unwrap();
-        let t0 = 1_700_000_000 * 1_000_000;
+        // Named as a recorder names them: by when they start, minutes ago.
+        let t0 = (Timestamp::now().0 / MIN - 10) * MIN;
         let path = |i: i64| {
             r.path
                 .join(r.pattern.expand("cam-1", Timestamp(t0 + i * MIN)))

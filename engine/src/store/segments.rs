@@ -363,6 +363,78 @@ impl SegmentsRecorder {
         Ok(out)
     }
 
+    /// Where each camera has a folder of its own named after it
+    /// (`{camera}/...`, `rec/{camera}/...`): the folder (relative) that
+    /// holds them.
+    fn camera_folders_in(&self) -> Option<PathBuf> {
+        let a = self.pattern.camera_root("a");
+        let b = self.pattern.camera_root("b");
+        (a.file_name()? == "a" && b.file_name()? == "b" && a.parent() == b.parent())
+            .then(|| a.parent().map(Path::to_path_buf).unwrap_or_default())
+    }
+
+    /// The cameras of a pattern that gives each its own folder: each
+    /// folder in `parent` that holds one file the pattern names for it,
+    /// found without reading the rest (a camera of 30 days of 60-second
+    /// files has 43,200).
+    fn cameras_by_folder(&self, parent: &Path) -> Result<Vec<CameraId>, StoreError> {
+        let dir = self.path.join(parent);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_at(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.map_err(io_at(&dir))?;
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let Some(camera) = e.file_name().to_str().and_then(|n| CameraId::new(n).ok()) else {
+                continue;
+            };
+            if self.pattern.camera_root(camera.as_str()) != parent.join(camera.as_str()) {
+                continue;
+            }
+            let depth = self.pattern.depth() - parent.components().count() - 1;
+            if self.holds_one(&camera, &e.path(), depth)? {
+                out.push(camera);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether `dir`, `depth` levels above the files, holds one file the
+    /// pattern names for `camera`; stops at the first.
+    fn holds_one(&self, camera: &CameraId, dir: &Path, depth: usize) -> Result<bool, StoreError> {
+        let rd = match fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_at(dir)(e)),
+        };
+        for e in rd {
+            let e = e.map_err(io_at(dir))?;
+            let Ok(ft) = e.file_type() else { continue };
+            let path = e.path();
+            if depth > 1 && ft.is_dir() {
+                if self.holds_one(camera, &path, depth - 1)? {
+                    return Ok(true);
+                }
+            } else if depth == 1 && ft.is_file() {
+                let named = path
+                    .strip_prefix(&self.path)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                    .and_then(|rel| self.pattern.parse_name(rel));
+                if named.is_some_and(|(cam, _)| cam == camera.as_str()) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// What the file is: from the state's cache, else read (and cached).
     fn facts(&self, f: &RecFile) -> FileFacts {
         let (k, fresh) = self.state.facts_or_read(&f.path, f.len, f.mtime_ns);
@@ -517,6 +589,9 @@ impl Recorder for SegmentsRecorder {
     }
 
     fn cameras(&self) -> Result<Vec<CameraId>, StoreError> {
+        if let Some(parent) = self.camera_folders_in() {
+            return self.cameras_by_folder(&parent);
+        }
         // The cameras are what the names say: walk the folder to the
         // pattern's depth.
         let mut found = Vec::new();
@@ -823,6 +898,56 @@ mod tests {
         // And a file into a day folder listed before.
         record(&r, "cam-1", t0 + 3 * MIN);
         assert_eq!(starts(&r, &cam), [t0, t0 + MIN, t0 + 2 * MIN, t0 + 3 * MIN]);
+    }
+
+    /// The cameras as the walk of every file finds them.
+    fn cameras_by_walk(r: &SegmentsRecorder) -> Vec<CameraId> {
+        let mut found = Vec::new();
+        walk(&r.path, r.pattern.depth(), &mut found, &mut Vec::new()).unwrap();
+        let mut out: Vec<CameraId> = found
+            .iter()
+            .filter_map(|p| {
+                let rel = p.strip_prefix(&r.path).ok()?.to_str()?;
+                CameraId::new(r.pattern.parse_name(rel)?.0).ok()
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn the_cameras_are_the_folders_that_hold_a_segment() {
+        for pattern in [
+            "{camera}/%Y%m%d-%H%M%S.bin",
+            "{camera}/%Y-%m-%d/%H%M%S.bin",
+            "rec/{camera}/%Y%m%d-%H%M%S.bin",
+            "{camera}-%Y%m%d-%H%M%S.bin",
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut r = recorder(tmp.path());
+            r.pattern = SegmentPattern::parse(pattern).unwrap();
+            let t0 = 1_700_000_000 * 1_000_000;
+            for (cam, n) in [("cam-1", 3), ("cam-2", 1)] {
+                for i in 0..n {
+                    add(&r, cam, t0 + i * MIN);
+                }
+            }
+            // Not cameras: a folder with a file the pattern does not name,
+            // an empty one, a file beside the folders.
+            let beside = r.path.join(r.pattern.camera_root("cam-3"));
+            fs::create_dir_all(beside.join("2023-11-14")).unwrap();
+            fs::write(beside.join("notes.txt"), b"").unwrap();
+            fs::write(beside.join("2023-11-14/notes.txt"), b"").unwrap();
+            fs::create_dir_all(r.path.join(r.pattern.camera_root("cam-4"))).unwrap();
+            fs::write(r.path.join("README"), b"").unwrap();
+            let want = [
+                CameraId::new("cam-1").unwrap(),
+                CameraId::new("cam-2").unwrap(),
+            ];
+            assert_eq!(r.cameras().unwrap(), want, "{pattern}");
+            assert_eq!(cameras_by_walk(&r), want, "{pattern}");
+        }
     }
 
     #[test]

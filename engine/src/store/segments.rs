@@ -63,6 +63,11 @@ struct DirStamp {
 }
 
 impl Listing {
+    /// What it counts against [`MAX_LISTED`]: its names, and one more.
+    fn weight(&self) -> usize {
+        1 + self.names.len()
+    }
+
     /// Whether no folder walked has changed since (or appeared).
     fn still_current(&self) -> bool {
         self.dirs
@@ -83,10 +88,6 @@ struct Listings {
     racy_ns: i64,
 }
 
-/// Whether hafill's `clock` file could not be touched (said once a
-/// process: recorders are opened again and again, by the status page).
-static NO_CLOCK_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 impl Default for Listings {
     fn default() -> Self {
         Listings {
@@ -102,6 +103,10 @@ struct Kept {
     names: usize,
     tick: u64,
 }
+
+/// Whether hafill's `clock` file could not be touched (said once a
+/// process: recorders are opened again and again, by the status page).
+static NO_CLOCK_SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Names kept in all (about 80 bytes each, 40 MiB), a camera's listing
 /// counting one more.
@@ -127,9 +132,9 @@ impl Listings {
         let mut k = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         k.tick += 1;
         let tick = k.tick;
-        k.names += 1 + listing.names.len();
+        k.names += listing.weight();
         if let Some((old, _)) = k.by_camera.insert(camera.clone(), (listing, tick)) {
-            k.names -= 1 + old.names.len();
+            k.names -= old.weight();
         }
         while k.names > MAX_LISTED {
             let Some(oldest) = k
@@ -142,7 +147,7 @@ impl Listings {
                 break;
             };
             if let Some((old, _)) = k.by_camera.remove(&oldest) {
-                k.names -= 1 + old.names.len();
+                k.names -= old.weight();
             }
         }
     }
@@ -363,6 +368,29 @@ impl SegmentsRecorder {
         Ok(out)
     }
 
+    /// The cameras as the names of every file say: the folder walked to
+    /// the pattern's depth.
+    fn cameras_by_walk(&self) -> Result<Vec<CameraId>, StoreError> {
+        let mut found = Vec::new();
+        walk(
+            &self.path,
+            self.pattern.depth(),
+            &mut found,
+            &mut Vec::new(),
+        )?;
+        let mut out: Vec<CameraId> = found
+            .iter()
+            .filter_map(|p| {
+                let rel = p.strip_prefix(&self.path).ok()?.to_str()?;
+                let (cam, _) = self.pattern.parse_name(rel)?;
+                CameraId::new(cam).ok()
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Where each camera has a folder of its own named after it
     /// (`{camera}/...`, `rec/{camera}/...`): the folder (relative) that
     /// holds them.
@@ -384,6 +412,8 @@ impl SegmentsRecorder {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io_at(&dir)(e)),
         };
+        // Levels from a camera's folder to its files.
+        let depth = self.pattern.depth() - parent.components().count() - 1;
         let mut out = Vec::new();
         for e in rd {
             let e = e.map_err(io_at(&dir))?;
@@ -396,7 +426,6 @@ impl SegmentsRecorder {
             if self.pattern.camera_root(camera.as_str()) != parent.join(camera.as_str()) {
                 continue;
             }
-            let depth = self.pattern.depth() - parent.components().count() - 1;
             if self.holds_one(&camera, &e.path(), depth)? {
                 out.push(camera);
             }
@@ -589,29 +618,10 @@ impl Recorder for SegmentsRecorder {
     }
 
     fn cameras(&self) -> Result<Vec<CameraId>, StoreError> {
-        if let Some(parent) = self.camera_folders_in() {
-            return self.cameras_by_folder(&parent);
+        match self.camera_folders_in() {
+            Some(parent) => self.cameras_by_folder(&parent),
+            None => self.cameras_by_walk(),
         }
-        // The cameras are what the names say: walk the folder to the
-        // pattern's depth.
-        let mut found = Vec::new();
-        walk(
-            &self.path,
-            self.pattern.depth(),
-            &mut found,
-            &mut Vec::new(),
-        )?;
-        let mut out: Vec<CameraId> = found
-            .iter()
-            .filter_map(|p| {
-                let rel = p.strip_prefix(&self.path).ok()?.to_str()?;
-                let (cam, _) = self.pattern.parse_name(rel)?;
-                CameraId::new(cam).ok()
-            })
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
     }
 
     fn segments(
@@ -768,12 +778,18 @@ mod tests {
     const MIN: i64 = 60_000_000;
 
     fn recorder(dir: &Path) -> SegmentsRecorder {
+        settling(dir, 0)
+    }
+
+    /// A recorder of `{camera}/%Y%m%d-%H%M%S.bin` files in `dir/rec`,
+    /// with `settle_us`.
+    fn settling(dir: &Path, settle_us: u64) -> SegmentsRecorder {
         let folder = dir.join("rec");
         let state = dir.join("state");
         fs::create_dir_all(&folder).unwrap();
         State::init(&state).unwrap();
         let pattern = SegmentPattern::parse("{camera}/%Y%m%d-%H%M%S.bin").unwrap();
-        SegmentsRecorder::open(&folder, pattern, 0, &state, false).unwrap()
+        SegmentsRecorder::open(&folder, pattern, settle_us, &state, false).unwrap()
     }
 
     fn add(r: &SegmentsRecorder, camera: &str, start: i64) {
@@ -900,22 +916,6 @@ mod tests {
         assert_eq!(starts(&r, &cam), [t0, t0 + MIN, t0 + 2 * MIN, t0 + 3 * MIN]);
     }
 
-    /// The cameras as the walk of every file finds them.
-    fn cameras_by_walk(r: &SegmentsRecorder) -> Vec<CameraId> {
-        let mut found = Vec::new();
-        walk(&r.path, r.pattern.depth(), &mut found, &mut Vec::new()).unwrap();
-        let mut out: Vec<CameraId> = found
-            .iter()
-            .filter_map(|p| {
-                let rel = p.strip_prefix(&r.path).ok()?.to_str()?;
-                CameraId::new(r.pattern.parse_name(rel)?.0).ok()
-            })
-            .collect();
-        out.sort();
-        out.dedup();
-        out
-    }
-
     #[test]
     fn the_cameras_are_the_folders_that_hold_a_segment() {
         for pattern in [
@@ -946,7 +946,7 @@ mod tests {
                 CameraId::new("cam-2").unwrap(),
             ];
             assert_eq!(r.cameras().unwrap(), want, "{pattern}");
-            assert_eq!(cameras_by_walk(&r), want, "{pattern}");
+            assert_eq!(r.cameras_by_walk().unwrap(), want, "{pattern}");
         }
     }
 
@@ -1004,13 +1004,8 @@ mod tests {
     #[test]
     fn recording_since_is_the_newest_unsettled_files_not_an_installed_one() {
         let tmp = tempfile::tempdir().unwrap();
-        let folder = tmp.path().join("rec");
-        let state = tmp.path().join("state");
-        fs::create_dir_all(&folder).unwrap();
-        State::init(&state).unwrap();
-        let pattern = SegmentPattern::parse("{camera}/%Y%m%d-%H%M%S.bin").unwrap();
         // Settle is an hour: the newest six files are not settled yet.
-        let r = SegmentsRecorder::open(&folder, pattern, 3_600_000_000, &state, false).unwrap();
+        let r = settling(tmp.path(), 3_600_000_000);
         let cam = CameraId::new("cam-1").unwrap();
         // Named as a recorder names them: by when they start, minutes ago.
         let t0 = (Timestamp::now().0 / MIN - 10) * MIN;
